@@ -1,0 +1,176 @@
+"""Configuration: daemon settings (TOML) and backend credentials (JSON).
+
+Two files, two owners:
+- `confabd.toml` (daemon settings: paths, intervals, sink) belongs to confabd;
+  unknown keys are an error, so a typo is caught instead of silently ignored.
+- `~/.confab/config.json` (backend_url, api_key, redaction) is written by the
+  confab CLI; unknown keys are ignored there.
+Environment variables override both (interface.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import msgspec
+
+from . import paths
+from .errors import ConfigError
+
+DEFAULT_SYNC_INTERVAL_MS = 30_000
+DEFAULT_JITTER_MS = 5_000
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Daemon settings; every key is documented in packaging/confabd.toml."""
+
+    state_dir: str = ""
+    socket: str = ""
+    log_level: str = "info"
+    log_file: str = ""
+    sink: str = "auto"  # auto | http | archive
+    archive_path: str = ""
+    sync_interval_ms: int = DEFAULT_SYNC_INTERVAL_MS
+    sync_jitter_ms: int = -1  # -1: 5000 with the default interval, else 0
+    shutdown_timeout_ms: int = 30_000
+    finish_linger_ms: int = 300
+    transcript_wait_s: float = 60.0
+    transcript_poll_s: float = 2.0
+    http_timeout_s: float = 30.0
+    max_sessions_per_user: int = 64
+    max_requests_per_second: float = 50.0
+
+    def __post_init__(self):
+        if self.sink not in ("auto", "http", "archive"):
+            raise ValueError(f"sink must be auto, http or archive, not {self.sink!r}")
+        for name in ("sync_interval_ms", "shutdown_timeout_ms", "finish_linger_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    @property
+    def jitter_ms(self) -> int:
+        if self.sync_jitter_ms >= 0:
+            return self.sync_jitter_ms
+        return DEFAULT_JITTER_MS if self.sync_interval_ms == DEFAULT_SYNC_INTERVAL_MS else 0
+
+
+ENV_INT_OVERRIDES = {
+    "CONFAB_SYNC_INTERVAL_MS": "sync_interval_ms",
+    "CONFAB_SYNC_JITTER_MS": "sync_jitter_ms",
+    "CONFABD_SHUTDOWN_TIMEOUT_MS": "shutdown_timeout_ms",
+    "CONFABD_FINISH_LINGER_MS": "finish_linger_ms",
+}
+
+
+def load_settings(path: Optional[str] = None, env=None, required: bool = False) -> Settings:
+    """Read settings from `path` (missing is fine unless `required`), then apply the environment."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            if required:
+                raise ConfigError(f"{path}: no such config file") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        else:
+            settings = _decode_settings(path, data)
+    return _apply_env(settings, env)
+
+
+def _decode_settings(path: str, data: bytes) -> Settings:
+    try:
+        return msgspec.toml.decode(data, type=Settings)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _apply_env(settings: Settings, env) -> Settings:
+    changes: dict[str, Any] = {}
+    if env.get("CONFABD_STATE_DIR"):
+        changes["state_dir"] = env["CONFABD_STATE_DIR"]
+    if env.get("CONFABD_SOCKET"):
+        changes["socket"] = env["CONFABD_SOCKET"]
+    for var, field in ENV_INT_OVERRIDES.items():
+        value = env.get(var)
+        if value:
+            try:
+                changes[field] = int(value)
+            except ValueError:
+                raise ConfigError(f"{var}={value!r}: expected a whole number of milliseconds") from None
+    return msgspec.structs.replace(settings, **changes) if changes else settings
+
+
+# ---------------------------------------------------------------------------
+# Backend credentials, as the confab CLI writes them.
+
+
+class BackendConfig(msgspec.Struct):
+    backend_url: str = ""
+    api_key: str = ""
+    redaction: Optional[dict[str, Any]] = None
+
+    def __repr__(self) -> str:  # never print the key
+        key = "set" if self.api_key else "unset"
+        return f"BackendConfig(backend_url={self.backend_url!r}, api_key=<{key}>)"
+
+
+def load_backend_config(home: str, env=None) -> BackendConfig:
+    """~/.confab/config.json with CONFAB_BACKEND_URL / CONFAB_API_KEY applied on top."""
+    env = os.environ if env is None else env
+    path = paths.confab_config_path(home)
+    config = BackendConfig()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    else:
+        if data.strip():
+            try:
+                config = msgspec.json.decode(data, type=BackendConfig)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise ConfigError(f"{path}: not a valid confab config ({exc})") from None
+    changes = {}
+    if env.get("CONFAB_BACKEND_URL"):
+        changes["backend_url"] = env["CONFAB_BACKEND_URL"]
+    if env.get("CONFAB_API_KEY"):
+        changes["api_key"] = env["CONFAB_API_KEY"]
+    return msgspec.structs.replace(config, **changes) if changes else config
+
+
+def choose_sink(settings: Settings, backend: BackendConfig) -> str:
+    """'archive' when asked for or when no backend is configured, else 'http'."""
+    if settings.sink == "archive":
+        return "archive"
+    if settings.sink == "http" or backend.backend_url:
+        return "http"
+    return "archive"
+
+
+def check_backend_url(url: str) -> str:
+    """Plain http only for loopback; anything else must be https. Returns the URL without a trailing '/'."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"backend_url {url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigError(
+            f"backend_url {url!r} uses plain http to a non-loopback host; use https"
+        )
+    return url.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

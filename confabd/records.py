@@ -1,0 +1,161 @@
+"""The data model, declared once: State and inbox records on disk, hook input,
+and the wire messages of the confab incremental-sync API.
+
+Every record is a msgspec Struct, so encoding and validation happen in one step
+(`msgspec.json.decode(data, type=State)` either gives a valid State or raises).
+Field names of State follow the original Go client so its tools can read ours.
+Unknown fields are ignored on decode: newer writers may add fields.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import msgspec
+
+# ---------------------------------------------------------------------------
+# External IDs become file names, so they are validated before anything else.
+
+EXTERNAL_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
+
+
+class InvalidExternalId(ValueError):
+    """An external ID that cannot safely become a file name."""
+
+
+def validate_external_id(external_id: object) -> str:
+    """Return the ID unchanged if it is `[A-Za-z0-9._-]{1,128}` not starting with '.'."""
+    if not isinstance(external_id, str) or not EXTERNAL_ID_RE.match(external_id):
+        shown = repr(external_id)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise InvalidExternalId(
+            f"invalid session id {shown}: expected 1-128 characters of "
+            "[A-Za-z0-9._-], not starting with '.'"
+        )
+    return external_id
+
+
+# ---------------------------------------------------------------------------
+# On disk: State (one JSON object per session) and the inbox (JSON Lines).
+
+
+class FileProgress(msgspec.Struct, omit_defaults=True):
+    """What the worker last knew of one file. A cache: the server is the truth.
+
+    `byte_offset` is where line `last_synced_line + 1` starts, valid only while
+    the file is the same inode and at least that long (see transcript.py).
+    """
+
+    last_synced_line: int = 0
+    byte_offset: int = 0
+    inode: int = 0
+    file_type: str = "transcript"
+    path: str = ""
+
+
+class State(msgspec.Struct, omit_defaults=True):
+    """One session's State file: `<sync dir>/<external_id>.json`."""
+
+    external_id: str
+    transcript_path: str
+    cwd: str = ""
+    pid: int = 0
+    parent_pid: int = 0
+    inbox_path: str = ""
+    started_at: str = ""
+    confab_session_id: str = ""
+    # confabd's additions; the original client's readers ignore them.
+    parent_create_time: float = 0.0
+    worker_restarts: int = 0
+    phase: str = "waiting"
+    finishing: bool = False
+    files: dict[str, FileProgress] = {}
+    last_sync_at: str = ""
+    last_error: str = ""
+    sink: str = ""
+
+
+class InboxRecord(msgspec.Struct, omit_defaults=True):
+    """One line of `<sync dir>/<external_id>.inbox.jsonl`."""
+
+    type: str
+    timestamp: str = ""
+    hook_input: dict[str, Any] = {}
+
+
+# ---------------------------------------------------------------------------
+# Hook input: read tolerantly (unknown fields kept in the raw payload).
+
+
+class HookInput(msgspec.Struct):
+    session_id: str
+    transcript_path: str = ""
+    cwd: str = ""
+    hook_event_name: str = ""
+    source: str = ""
+    reason: str = ""
+    permission_mode: str = ""
+
+
+# ---------------------------------------------------------------------------
+# Wire messages of protocol.md.
+
+
+class GitInfo(msgspec.Struct, omit_defaults=True, frozen=True):
+    repo_url: str = ""
+    branch: str = ""
+    commit_sha: str = ""
+
+
+class InitMetadata(msgspec.Struct, omit_defaults=True, frozen=True):
+    cwd: str = ""
+    git_info: Optional[GitInfo] = None
+    hostname: str = ""
+    username: str = ""
+
+
+class InitRequest(msgspec.Struct, frozen=True):
+    external_id: str
+    transcript_path: str
+    metadata: InitMetadata = InitMetadata()
+
+
+class ServerFile(msgspec.Struct, frozen=True):
+    last_synced_line: int = 0
+
+
+class InitResponse(msgspec.Struct, frozen=True):
+    session_id: str
+    files: dict[str, ServerFile] = {}
+
+
+class ChunkMetadata(msgspec.Struct, omit_defaults=True, frozen=True):
+    git_info: Optional[GitInfo] = None
+    summary: str = ""
+    first_user_message: str = ""
+
+
+class ChunkRequest(msgspec.Struct, omit_defaults=True, frozen=True):
+    session_id: str
+    file_name: str
+    file_type: str
+    first_line: int
+    lines: list[str]
+    metadata: Optional[ChunkMetadata] = None
+
+
+class ChunkResponse(msgspec.Struct, frozen=True):
+    last_synced_line: int
+
+
+class EventRequest(msgspec.Struct, frozen=True):
+    session_id: str
+    event_type: str
+    timestamp: str
+    payload: dict[str, Any] = {}
+
+
+class ErrorReply(msgspec.Struct, frozen=True):
+    error: str = ""

@@ -1,0 +1,1 @@
+"""Destinations for a session's lines: `http` (the confab backend) and `archive` (local SQLite)."""

@@ -1,0 +1,201 @@
+"""State and inbox files on disk: the only state shared between processes.
+
+Rules that make `kill -9` at any instant safe:
+- State is replaced atomically (temp file in the same dir, fsync, rename), so a
+  reader sees the old or the new record, never half of one.
+- The inbox is appended with O_APPEND, one record per line; a line torn by a
+  crash is skipped when read, the records before and after it survive.
+- Every file is created 0600 inside a 0700 dir, opened with O_NOFOLLOW so a
+  planted symlink is never followed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from typing import Iterator, Optional
+
+import msgspec
+
+from . import paths
+from .errors import CorruptRecord
+from .records import InboxRecord, State, validate_external_id
+
+log = logging.getLogger(__name__)
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+STATE_SUFFIX = ".json"
+INBOX_SUFFIX = ".inbox.jsonl"
+
+_state_decoder = msgspec.json.Decoder(State)
+_inbox_decoder = msgspec.json.Decoder(InboxRecord)
+_encoder = msgspec.json.Encoder()
+
+
+def utc_now() -> str:
+    """RFC 3339 timestamp in UTC, as the original client writes them."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create `path` (and parents) 0700 if missing; refuse a symlink at `path`."""
+    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    st = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise NotADirectoryError(f"{path} is not a directory")
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        os.chmod(path, DIR_MODE)
+    return path
+
+
+class SyncDir:
+    """One sync dir: `<dir>/<external_id>.json` and `<dir>/<external_id>.inbox.jsonl`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def state_path(self, external_id: str) -> str:
+        return paths.state_path(self.path, validate_external_id(external_id))
+
+    def inbox_path(self, external_id: str) -> str:
+        return paths.inbox_path(self.path, validate_external_id(external_id))
+
+    # -- State ---------------------------------------------------------------
+
+    def load_state(self, external_id: str) -> Optional[State]:
+        """The State of a session, None when there is none; CorruptRecord when unreadable."""
+        return load_state_file(self.state_path(external_id))
+
+    def save_state(self, state: State) -> None:
+        ensure_private_dir(self.path)
+        atomic_write(self.state_path(state.external_id), _encoder.encode(state))
+
+    def delete_session(self, external_id: str) -> None:
+        """Remove a finished session's State and inbox (missing files are fine)."""
+        for path in (self.inbox_path(external_id), self.state_path(external_id)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def list_states(self) -> list[State]:
+        """Every readable State in the dir; corrupt ones are skipped with a warning."""
+        states = []
+        for external_id in self.external_ids():
+            try:
+                state = self.load_state(external_id)
+            except CorruptRecord as exc:
+                log.warning("skipping %s", exc)
+                continue
+            if state is not None:
+                states.append(state)
+        return states
+
+    def external_ids(self) -> Iterator[str]:
+        try:
+            names = sorted(os.listdir(self.path))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(STATE_SUFFIX) and not name.startswith("."):
+                external_id = name[: -len(STATE_SUFFIX)]
+                try:
+                    yield validate_external_id(external_id)
+                except ValueError:
+                    log.warning("ignoring %s: not a valid session file name", name)
+
+    # -- Inbox ---------------------------------------------------------------
+
+    def append_inbox(self, external_id: str, record: InboxRecord) -> None:
+        """Append one record as one line, in one write(2) on an O_APPEND fd."""
+        ensure_private_dir(self.path)
+        append_line(self.inbox_path(external_id), _encoder.encode(record))
+
+    def read_inbox(self, external_id: str) -> list[InboxRecord]:
+        return read_inbox_file(self.inbox_path(external_id))
+
+
+# ---------------------------------------------------------------------------
+# File-level helpers, usable without a SyncDir (e.g. by confabctl's fallback).
+
+
+def load_state_file(path: str) -> Optional[State]:
+    try:
+        data = read_private_file(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CorruptRecord(path, exc.strerror or str(exc)) from exc
+    if not data.strip():
+        raise CorruptRecord(path, "empty file")
+    try:
+        return _state_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise CorruptRecord(path, str(exc)) from exc
+
+
+def read_inbox_file(path: str) -> list[InboxRecord]:
+    """Every well-formed record; torn or corrupt lines are skipped with a warning."""
+    try:
+        data = read_private_file(path)
+    except FileNotFoundError:
+        return []
+    records = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(_inbox_decoder.decode(line))
+        except msgspec.DecodeError as exc:
+            log.warning("%s line %d: skipping a torn or corrupt inbox record (%s)", path, number, exc)
+    return records
+
+
+def read_private_file(path: str) -> bytes:
+    """Read a file without following a symlink at its last component."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Replace `path` with `data`: temp file, fsync, rename. Cleans up on failure (e.g. ENOSPC)."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def append_line(path: str, data: bytes) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, FILE_MODE)
+    try:
+        os.write(fd, data + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
