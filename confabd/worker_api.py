@@ -1,0 +1,76 @@
+"""The contract between the master and a session worker.
+
+The master starts one process per session with `confabd.worker.run_worker(spec, conn)`
+as its target, where `conn` is the worker's end of a `multiprocessing.Pipe()`.
+
+Master -> worker (bytes of `encode(...)` via conn.send_bytes):
+    Finish()   final sync (bounded by the shutdown timeout), the `session_end`
+               event if the inbox has one, then delete State and inbox, exit 0.
+    Reload()   re-read credentials and settings files before the next cycle.
+
+Worker -> master:
+    Report     sent on every phase change and after each sync cycle, so
+               `confabctl status` can answer without touching user files.
+
+Exit codes: EXIT_DONE (0) the session is finished and its files removed;
+EXIT_MASTER_GONE the pipe hit EOF (the master died; State saved, session
+still live: a new master re-adopts it); anything else is a crash and the
+master restarts the worker with backoff.
+The worker never exits because the backend is down.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from .config import Settings
+
+EXIT_DONE = 0
+EXIT_MASTER_GONE = 75  # EX_TEMPFAIL: nothing wrong with the session itself
+EXIT_BAD_SESSION = 65  # EX_DATAERR: the session cannot be synced (logged, State kept)
+
+
+class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a worker needs; picklable and small."""
+
+    external_id: str
+    transcript_path: str
+    sync_dir: str
+    home: str
+    settings: Settings
+    cwd: str = ""
+    parent_pid: int = 0
+    parent_create_time: float = 0.0
+    restarts: int = 0
+    finish: bool = False  # start straight in finishing mode (e.g. parent already gone)
+    # System mode: the user the worker runs as (dropped before any user file is opened).
+    uid: int = -1
+    gid: int = -1
+    username: str = ""
+
+
+class Finish(msgspec.Struct, tag="finish", frozen=True):
+    reason: str = ""
+
+
+class Reload(msgspec.Struct, tag="reload", frozen=True):
+    pass
+
+
+class Report(msgspec.Struct, tag="report", frozen=True, kw_only=True):
+    phase: str  # waiting | connecting | syncing | finishing | done
+    confab_session_id: str = ""
+    files: dict[str, int] = {}  # file name -> last_synced_line
+    last_sync_at: str = ""
+    last_error: str = ""
+    sink: str = ""
+
+
+MasterToWorker = Union[Finish, Reload]
+WorkerToMaster = Report
+
+encode = msgspec.msgpack.encode
+decode_command = msgspec.msgpack.Decoder(MasterToWorker).decode
+decode_report = msgspec.msgpack.Decoder(WorkerToMaster).decode
