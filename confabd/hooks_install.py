@@ -1,0 +1,315 @@
+"""`confabctl install-hooks` / `uninstall-hooks`: edit Claude Code's settings.json.
+
+Claude Code reads its hooks from `~/.claude/settings.json` (or
+`$CLAUDE_CONFIG_DIR/settings.json`)::
+
+    {"hooks": {"SessionStart": [{"matcher": "*", "hooks": [
+                   {"type": "command", "command": "confabctl hook session-start"}]}],
+               "SessionEnd":   [{"matcher": "*", "hooks": [
+                   {"type": "command", "command": "confabctl hook session-end"}]}]}}
+
+Rules (behaviour.md):
+- our entry goes into an existing `"matcher": "*"` group when there is one,
+  else into a new `{"matcher": "*", "hooks": [...]}` group at the end;
+- an old entry of ours (a command whose first word is `confabctl` or `confab`,
+  by basename, followed by `hook session-start` / `hook session-end`: ours, or
+  the Go client's) is replaced *in place*, keeping any extra keys it had
+  (e.g. a `timeout`); further duplicates of ours are dropped;
+- every other setting and hook is kept, in order; a second run changes nothing
+  and does not even rewrite the file;
+- the write is atomic (temp file in the same directory, fsync, rename), keeps
+  the file's mode (and owner, when run as root), and follows a symlinked
+  settings.json to its target;
+- a file that is not valid JSON (or whose top level or `hooks` is not an
+  object) is refused with a message on stderr, exit 1, and left untouched;
+  an empty (zero-length or blank) file counts as `{}`;
+- a missing file is created (its directory with mode 0700);
+- `dry_run` prints a unified diff and writes nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shlex
+import sys
+import tempfile
+from typing import Any, Callable, List, Optional, Tuple
+
+EVENTS: Tuple[Tuple[str, str], ...] = (
+    ("SessionStart", "session-start"),
+    ("SessionEnd", "session-end"),
+)
+OUR_PROGRAMS = ("confabctl", "confab")
+OUR_ARGS = ("session-start", "session-end")
+
+
+class SettingsError(Exception):
+    """The settings file cannot be edited safely; nothing was written."""
+
+
+def default_settings_path() -> str:
+    base = os.environ.get("CLAUDE_CONFIG_DIR") or os.path.join(
+        os.path.expanduser("~"), ".claude"
+    )
+    return os.path.join(base, "settings.json")
+
+
+def is_our_command(command: Any) -> bool:
+    """True for `[path/]confabctl hook session-start|session-end ...` (or the Go `confab`)."""
+    if not isinstance(command, str):
+        return False
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    return (
+        len(words) >= 3
+        and os.path.basename(words[0]) in OUR_PROGRAMS
+        and words[1] == "hook"
+        and words[2] in OUR_ARGS
+    )
+
+
+def _is_our_entry(entry: Any) -> bool:
+    return isinstance(entry, dict) and is_our_command(entry.get("command"))
+
+
+def _event_groups(hooks: dict, event: str, create: bool) -> Optional[list]:
+    groups = hooks.get(event)
+    if groups is None:
+        if not create:
+            return None
+        groups = []
+        hooks[event] = groups
+    if not isinstance(groups, list):
+        raise SettingsError(f'"hooks.{event}" is not a list')
+    return groups
+
+
+def _our_positions(groups: list) -> List[Tuple[int, int]]:
+    found = []
+    for gi, group in enumerate(groups):
+        if isinstance(group, dict) and isinstance(group.get("hooks"), list):
+            for hi, entry in enumerate(group["hooks"]):
+                if _is_our_entry(entry):
+                    found.append((gi, hi))
+    return found
+
+
+def _drop_entries(groups: list, positions: List[Tuple[int, int]]) -> None:
+    """Remove the given entries; a group we emptied goes too."""
+    for gi, hi in sorted(positions, reverse=True):
+        del groups[gi]["hooks"][hi]
+    for gi in sorted({gi for gi, _ in positions}, reverse=True):
+        if not groups[gi]["hooks"]:
+            del groups[gi]
+
+
+def add_hooks(settings: dict, command_prefix: str = "confabctl") -> dict:
+    """Return a copy of `settings` with our two hooks in place."""
+    settings = json.loads(json.dumps(settings))  # deep copy, order kept
+    hooks = settings.setdefault("hooks", {})
+    if not isinstance(hooks, dict):
+        raise SettingsError('"hooks" is not an object')
+    for event, arg in EVENTS:
+        command = f"{command_prefix} hook {arg}"
+        groups = _event_groups(hooks, event, create=True)
+        found = _our_positions(groups)
+        if found:
+            gi, hi = found[0]
+            entry = groups[gi]["hooks"][hi]
+            entry["type"] = "command"
+            entry["command"] = command
+            _drop_entries(groups, found[1:])
+            continue
+        entry = {"type": "command", "command": command}
+        for group in groups:
+            if (
+                isinstance(group, dict)
+                and group.get("matcher") == "*"
+                and isinstance(group.get("hooks"), list)
+            ):
+                group["hooks"].append(entry)
+                break
+        else:
+            groups.append({"matcher": "*", "hooks": [entry]})
+    return settings
+
+
+def remove_hooks(settings: dict) -> dict:
+    """Return a copy of `settings` without our hooks (nothing else changes)."""
+    settings = json.loads(json.dumps(settings))
+    hooks = settings.get("hooks")
+    if hooks is None:
+        return settings
+    if not isinstance(hooks, dict):
+        raise SettingsError('"hooks" is not an object')
+    touched = False
+    for event, _ in EVENTS:
+        groups = _event_groups(hooks, event, create=False)
+        if not groups:
+            continue
+        found = _our_positions(groups)
+        if found:
+            touched = True
+            _drop_entries(groups, found)
+            if not groups:
+                del hooks[event]
+    if touched and not hooks:
+        del settings["hooks"]
+    return settings
+
+
+# --- file handling -----------------------------------------------------------
+
+def _read(path: str) -> Tuple[Optional[str], dict]:
+    """(original text or None when missing, parsed object)."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None, {}
+    except UnicodeDecodeError as e:
+        raise SettingsError(f"{path} is not valid UTF-8: {e}") from None
+    except OSError as e:
+        raise SettingsError(f"cannot read {path}: {e.strerror or e}") from None
+    if not text.strip():
+        return text, {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SettingsError(
+            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+            "fix it by hand, nothing was changed"
+        ) from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: the top level is not a JSON object; nothing was changed")
+    return text, data
+
+
+def _dump(data: dict) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _atomic_write(path: str, text: str, existed: bool) -> None:
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.stat(path) if existed else None
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            if st is not None:
+                os.fchmod(f.fileno(), st.st_mode & 0o7777)
+                if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+                    os.fchown(f.fileno(), st.st_uid, st.st_gid)
+            else:
+                os.fchmod(f.fileno(), 0o600)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _edit(
+    settings_file: Optional[str],
+    change: Callable[[dict], dict],
+    dry_run: bool,
+    out,
+    verb: str,
+) -> int:
+    path = settings_file or default_settings_path()
+    # Edit the target of a symlinked settings.json, not the link itself.
+    real = os.path.realpath(path)
+    try:
+        old_text, data = _read(real)
+        new_data = change(data)
+    except SettingsError as e:
+        print(f"confabctl: {e}", file=sys.stderr)
+        return 1
+    if old_text is not None and new_data == data:
+        print(f"{path}: hooks already {verb}, nothing to do", file=out)
+        return 0
+    if old_text is None and not new_data:
+        print(f"{path}: no such file, nothing to do", file=out)
+        return 0
+    new_text = _dump(new_data)
+    if dry_run:
+        diff = difflib.unified_diff(
+            (old_text or "").splitlines(keepends=True),
+            new_text.splitlines(keepends=True),
+            fromfile=path if old_text is not None else "/dev/null",
+            tofile=path,
+        )
+        out.writelines(diff)
+        print(f"(dry run: {path} not written)", file=out)
+        return 0
+    try:
+        _atomic_write(real, new_text, existed=old_text is not None)
+    except OSError as e:
+        print(f"confabctl: cannot write {path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"{path}: hooks {verb}", file=out)
+    return 0
+
+
+def install_hooks(
+    settings_file: Optional[str],
+    command_prefix: str = "confabctl",
+    dry_run: bool = False,
+    out=None,
+) -> int:
+    """Add (or update in place) our SessionStart/SessionEnd hooks. Returns an exit code."""
+    return _edit(
+        settings_file,
+        lambda d: add_hooks(d, command_prefix),
+        dry_run,
+        out if out is not None else sys.stdout,
+        "installed",
+    )
+
+
+def uninstall_hooks(settings_file: Optional[str], dry_run: bool = False, out=None) -> int:
+    """Remove our hooks, leaving everything else. Returns an exit code."""
+    return _edit(
+        settings_file,
+        remove_hooks,
+        dry_run,
+        out if out is not None else sys.stdout,
+        "removed",
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """`python -m confabd.hooks_install [install|uninstall] [--settings FILE] [--dry-run]`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="confabd.hooks_install")
+    p.add_argument("action", choices=("install", "uninstall"))
+    p.add_argument("--settings", metavar="FILE")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--command-prefix", default="confabctl")
+    a = p.parse_args(argv)
+    if a.action == "install":
+        return install_hooks(a.settings, a.command_prefix, a.dry_run)
+    return uninstall_hooks(a.settings, a.dry_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

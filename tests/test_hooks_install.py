@@ -1,0 +1,279 @@
+"""confabctl install-hooks / uninstall-hooks (confabd.hooks_install)."""
+
+import io
+import json
+import os
+import stat
+
+import pytest
+
+from confabd import hooks_install as hi
+
+START = "confabctl hook session-start"
+END = "confabctl hook session-end"
+
+
+def run_install(path, **kw):
+    out = io.StringIO()
+    rc = hi.install_hooks(str(path), out=out, **kw)
+    return rc, out.getvalue()
+
+
+def run_uninstall(path, **kw):
+    out = io.StringIO()
+    rc = hi.uninstall_hooks(str(path), out=out, **kw)
+    return rc, out.getvalue()
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def commands(data, event):
+    return [h["command"] for g in data["hooks"][event] for h in g["hooks"]]
+
+
+def test_no_settings_file_creates_it_and_dir(tmp_path):
+    path = tmp_path / ".claude" / "settings.json"
+    rc, _ = run_install(path)
+    assert rc == 0
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    assert load(path) == {
+        "hooks": {
+            "SessionStart": [{"matcher": "*", "hooks": [{"type": "command", "command": START}]}],
+            "SessionEnd": [{"matcher": "*", "hooks": [{"type": "command", "command": END}]}],
+        }
+    }
+    # written the way the user's file is formatted: indent=2, final newline
+    assert path.read_text().startswith('{\n  "hooks": {\n    "SessionStart": [')
+    assert path.read_text().endswith("}\n")
+    assert not [p for p in path.parent.iterdir() if p.name != "settings.json"]  # no temp left
+
+
+def test_default_path_uses_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLAUDE_CONFIG_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert hi.install_hooks(None, out=io.StringIO()) == 0
+    assert commands(load(tmp_path / ".claude" / "settings.json"), "SessionEnd") == [END]
+
+
+def test_empty_object(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text("{}\n")
+    os.chmod(path, 0o640)
+    assert run_install(path)[0] == 0
+    data = load(path)
+    assert commands(data, "SessionStart") == [START]
+    assert commands(data, "SessionEnd") == [END]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # mode kept
+
+
+def test_zero_length_file_counts_as_empty(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text("")
+    assert run_install(path)[0] == 0
+    assert commands(load(path), "SessionStart") == [START]
+
+
+def test_other_settings_and_hooks_kept_in_order(tmp_path):
+    path = tmp_path / "settings.json"
+    original = {
+        "model": "opus",
+        "permissions": {"allow": ["Bash(ls:*)"]},
+        "hooks": {
+            "PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": "audit.sh"}]}],
+            "SessionStart": [
+                {"matcher": "startup", "hooks": [{"type": "command", "command": "echo hi"}]},
+                {"matcher": "*", "hooks": [{"type": "command", "command": "notify-send start", "timeout": 5}]},
+            ],
+        },
+        "env": {"FOO": "1"},
+    }
+    path.write_text(json.dumps(original, indent=2))
+    assert run_install(path)[0] == 0
+    data = load(path)
+    assert list(data) == ["model", "permissions", "hooks", "env"]
+    assert list(data["hooks"]) == ["PreToolUse", "SessionStart", "SessionEnd"]
+    assert data["hooks"]["PreToolUse"] == original["hooks"]["PreToolUse"]
+    ss = data["hooks"]["SessionStart"]
+    assert ss[0] == original["hooks"]["SessionStart"][0]
+    # ours went into the existing "*" group, after the user's hook
+    assert ss[1] == {
+        "matcher": "*",
+        "hooks": [
+            {"type": "command", "command": "notify-send start", "timeout": 5},
+            {"type": "command", "command": START},
+        ],
+    }
+    assert len(ss) == 2
+    assert data["hooks"]["SessionEnd"] == [{"matcher": "*", "hooks": [{"type": "command", "command": END}]}]
+    assert data["model"] == "opus" and data["env"] == {"FOO": "1"}
+
+
+def test_old_confab_hook_replaced_in_place(tmp_path):
+    path = tmp_path / "settings.json"
+    original = {
+        "hooks": {
+            "SessionStart": [
+                {
+                    "matcher": "*",
+                    "hooks": [
+                        {"type": "command", "command": "before.sh"},
+                        {"type": "command", "command": "/home/u/.local/bin/confab hook session-start", "timeout": 10},
+                        {"type": "command", "command": "after.sh"},
+                    ],
+                }
+            ],
+            "SessionEnd": [
+                {"matcher": "*", "hooks": [{"type": "command", "command": "/usr/bin/confabctl hook session-end"}]},
+                # a duplicate of ours elsewhere is dropped (its group emptied -> removed)
+                {"matcher": "other", "hooks": [{"type": "command", "command": "confab hook session-end"}]},
+                {"matcher": "keep", "hooks": [{"type": "command", "command": "confab-like hook session-end"}]},
+            ],
+        }
+    }
+    path.write_text(json.dumps(original))
+    assert run_install(path)[0] == 0
+    data = load(path)
+    assert data["hooks"]["SessionStart"] == [
+        {
+            "matcher": "*",
+            "hooks": [
+                {"type": "command", "command": "before.sh"},
+                {"type": "command", "command": START, "timeout": 10},
+                {"type": "command", "command": "after.sh"},
+            ],
+        }
+    ]
+    assert data["hooks"]["SessionEnd"] == [
+        {"matcher": "*", "hooks": [{"type": "command", "command": END}]},
+        {"matcher": "keep", "hooks": [{"type": "command", "command": "confab-like hook session-end"}]},
+    ]
+
+
+def test_command_prefix(tmp_path):
+    path = tmp_path / "settings.json"
+    assert run_install(path, command_prefix="/usr/bin/confabctl")[0] == 0
+    assert commands(load(path), "SessionStart") == ["/usr/bin/confabctl hook session-start"]
+    # a second install with another prefix replaces ours instead of adding
+    assert run_install(path)[0] == 0
+    assert commands(load(path), "SessionStart") == [START]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"hooks": {', "not json", '{"a": 1,}', "[1, 2]", '{"hooks": []}', '{"hooks": {"SessionStart": {}}}'],
+)
+def test_invalid_json_refused_and_untouched(tmp_path, capsys, text):
+    path = tmp_path / "settings.json"
+    path.write_text(text)
+    before = os.stat(path)
+    out = io.StringIO()
+    assert hi.install_hooks(str(path), out=out) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err or "hooks" in err
+    assert err.strip()
+    assert path.read_text() == text
+    assert os.stat(path).st_ino == before.st_ino
+    assert hi.uninstall_hooks(str(path), out=out) == 1
+    assert path.read_text() == text
+    assert [p.name for p in tmp_path.iterdir()] == ["settings.json"]
+
+
+def test_idempotent_second_run_does_not_rewrite(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text('{"theme": "dark"}')
+    assert run_install(path)[0] == 0
+    first = path.read_text()
+    ino = os.stat(path).st_ino
+    rc, msg = run_install(path)
+    assert rc == 0 and "nothing to do" in msg
+    assert path.read_text() == first
+    assert os.stat(path).st_ino == ino  # not even rewritten
+
+
+def test_uninstall_removes_only_ours(tmp_path):
+    path = tmp_path / "settings.json"
+    original = {
+        "theme": "dark",
+        "hooks": {
+            "SessionStart": [
+                {"matcher": "*", "hooks": [{"type": "command", "command": "notify-send start"}]},
+            ],
+            "Stop": [{"matcher": "", "hooks": [{"type": "command", "command": "stop.sh"}]}],
+        },
+    }
+    path.write_text(json.dumps(original, indent=2) + "\n")
+    assert run_install(path)[0] == 0
+    assert run_uninstall(path)[0] == 0
+    assert load(path) == original
+    # uninstall again: nothing to do, no error
+    rc, msg = run_uninstall(path)
+    assert rc == 0 and "nothing to do" in msg
+
+
+def test_install_then_uninstall_on_empty_gives_empty(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text("{}")
+    assert run_install(path)[0] == 0
+    assert run_uninstall(path)[0] == 0
+    assert load(path) == {}
+
+
+def test_uninstall_missing_file_creates_nothing(tmp_path):
+    path = tmp_path / "nope" / "settings.json"
+    assert run_uninstall(path)[0] == 0
+    assert not path.parent.exists()
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text('{"theme": "dark"}\n')
+    rc, out = run_install(path, dry_run=True)
+    assert rc == 0
+    assert path.read_text() == '{"theme": "dark"}\n'
+    assert out.startswith(f"--- {path}\n+++ {path}\n")
+    assert f'+        "command": "{START}"' in out.replace("          ", "        ") or START in out
+    assert "not written" in out
+    # dry run on a missing file creates nothing either
+    missing = tmp_path / "sub" / "settings.json"
+    rc, out = run_install(missing, dry_run=True)
+    assert rc == 0 and "--- /dev/null" in out
+    assert not missing.parent.exists()
+    # and uninstall --dry-run
+    assert run_install(path)[0] == 0
+    installed = path.read_text()
+    rc, out = run_uninstall(path, dry_run=True)
+    assert rc == 0 and f"-" in out and START in out
+    assert path.read_text() == installed
+
+
+def test_symlinked_settings_edits_target(tmp_path):
+    target = tmp_path / "dotfiles" / "settings.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    link = tmp_path / "settings.json"
+    link.symlink_to(target)
+    assert run_install(link)[0] == 0
+    assert link.is_symlink()
+    assert commands(load(target), "SessionEnd") == [END]
+
+
+@pytest.mark.parametrize(
+    "cmd,ours",
+    [
+        ("confabctl hook session-start", True),
+        ("/usr/bin/confabctl hook session-end", True),
+        ("~/.local/bin/confab hook session-start", True),
+        ("confab hook session-end --verbose", True),
+        ("confab sync", False),
+        ("confabctl status", False),
+        ("echo confabctl hook session-start", False),
+        ("notconfab hook session-start", False),
+        ("confabctl hook 'unbalanced", False),
+        (None, False),
+    ],
+)
+def test_is_our_command(cmd, ours):
+    assert hi.is_our_command(cmd) is ours
