@@ -14,7 +14,10 @@ Worker -> master:
 
 Exit codes: EXIT_DONE (0) the session is finished and its files removed;
 EXIT_MASTER_GONE the pipe hit EOF (the master died; State saved, session
-still live: a new master re-adopts it); anything else is a crash and the
+still live: a new master re-adopts it; also after SIGTERM);
+EXIT_UNFINISHED the final sync could not complete within the shutdown timeout
+(State kept with `finishing`; the master should retry later, not count it as a
+crash); anything else is a crash and the
 master restarts the worker with backoff.
 The worker never exits because the backend is down.
 """
@@ -29,7 +32,7 @@ from .config import Settings
 
 EXIT_DONE = 0
 EXIT_MASTER_GONE = 75  # EX_TEMPFAIL: nothing wrong with the session itself
-EXIT_BAD_SESSION = 65  # EX_DATAERR: the session cannot be synced (logged, State kept)
+EXIT_UNFINISHED = 76  # finishing could not complete (backend down, bad key): State kept, retry later
 
 
 class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):

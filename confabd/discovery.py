@@ -1,0 +1,66 @@
+"""Finding a session's subagent transcripts.
+
+Claude Code names a subagent in the parent's lines (`toolUseResult.agentId`,
+or the same inside a tool_result block); its transcript is
+`agent-<agentId>.jsonl`, either beside the main transcript (older releases) or
+in `<transcript without .jsonl>/subagents/` (newer). Agent files can name
+further agents, so discovery runs over every tracked file's new lines.
+The `subagents/` dir is also scanned, which finds files again after a restart
+even when the lines that named them were synced long ago.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterable, Optional
+
+# Matches only a real `"agentId": "<id>"` key of a JSON object in the raw line
+# (inside an escaped string the quotes are `\"`, which this does not match).
+AGENT_ID_RE = re.compile(rb'"agentId"\s*:\s*"([A-Za-z0-9_-]{6,128})"')
+AGENT_FILE_RE = re.compile(r"agent-([A-Za-z0-9_-]{6,128})\.jsonl\Z")
+
+
+def agent_ids_in(lines: Iterable[bytes]) -> set[str]:
+    found: set[str] = set()
+    for line in lines:
+        if b'"agentId"' in line:
+            found.update(m.decode("ascii") for m in AGENT_ID_RE.findall(line))
+    return found
+
+
+def agent_file_name(agent_id: str) -> str:
+    return f"agent-{agent_id}.jsonl"
+
+
+class SubagentLocator:
+    """Knows the two layouts around one main transcript."""
+
+    def __init__(self, transcript_path: str):
+        self.project_dir = os.path.dirname(transcript_path)
+        stem = transcript_path[: -len(".jsonl")] if transcript_path.endswith(".jsonl") else transcript_path
+        self.subagents_dir = os.path.join(stem, "subagents")
+
+    def locate(self, file_name: str) -> Optional[str]:
+        """Path of an agent file by name, newer layout first; None if neither exists."""
+        for directory in (self.subagents_dir, self.project_dir):
+            path = os.path.join(directory, file_name)
+            if os.path.isfile(path):
+                return path
+        return None
+
+    def scan(self) -> dict[str, str]:
+        """Every `agent-*.jsonl` in the session's own `subagents/` dir: {file name: path}.
+
+        The project dir is shared by all sessions of that directory, so its
+        agent files are taken only when named (see `locate`).
+        """
+        try:
+            names = os.listdir(self.subagents_dir)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return {}
+        return {
+            name: os.path.join(self.subagents_dir, name)
+            for name in sorted(names)
+            if AGENT_FILE_RE.match(name)
+        }

@@ -1,0 +1,342 @@
+"""The sync engine: one session's files delivered to one sink, exactly once.
+
+The sink's `last_synced_line` per file is the only position that counts. The
+engine reads the lines after it, sends them in contiguous chunks, and moves
+on only when the sink says so. After any failed chunk (other than 401/403/404)
+it asks `init` again before sending anything: the chunk may have been stored
+even though its answer was lost.
+
+The engine never sleeps or retries on a timer; the worker decides when to run
+it again (and backs off). One call of `sync()` is one pass over all files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Callable, Optional
+
+import msgspec
+
+from .discovery import SubagentLocator, agent_file_name, agent_ids_in
+from .metadata import SessionFacts, init_metadata
+from .records import ChunkMetadata, FileProgress, GitInfo, InitRequest
+from .sinks.base import (
+    AuthFailed,
+    Chunk,
+    PayloadTooLarge,
+    PositionMismatch,
+    RequestRejected,
+    SessionGone,
+    Sink,
+    Unavailable,
+)
+from .transcript import Batch, LineReader
+
+log = logging.getLogger(__name__)
+
+# The server reads at most 16 MiB of body; chunks are budgeted on their
+# encoded size with 2 MiB to spare for the envelope, metadata and redaction.
+CHUNK_BUDGET = 14 * 1024 * 1024
+DISCOVERY_ROUNDS = 10
+FACTS_SCAN_BYTES = 2 * 1024 * 1024
+MAX_RESYNCS_PER_PASS = 5
+TRUNCATED_HEAD_BYTES = 64 * 1024
+
+
+class TrackedFile:
+    """One file of the session: where it is, and what the sink holds of it."""
+
+    def __init__(self, name: str, path: str, file_type: str):
+        self.name = name
+        self.path = path
+        self.file_type = file_type
+        self.reader = LineReader(path)
+        self.server_line: Optional[int] = None  # None until init told us
+        self.max_lines: Optional[int] = None  # set after a 413, to send smaller chunks
+        self.error = ""  # why this file is stuck, if it is
+        self.blocked_at = 0  # line number this file cannot get past (oversized line)
+
+    def progress(self) -> FileProgress:
+        c = self.reader.cursor
+        line = self.server_line or 0
+        offset = c.offset if c.line == line else 0
+        return FileProgress(last_synced_line=line, byte_offset=offset, inode=c.inode if offset else 0,
+                            file_type=self.file_type, path=self.path)
+
+
+class SessionSync:
+    """Delivers one session (its transcript and subagent files) to a sink."""
+
+    def __init__(
+        self,
+        external_id: str,
+        transcript_path: str,
+        sink: Sink,
+        *,
+        cwd: str = "",
+        redact: Optional[Callable[[bytes], bytes]] = None,
+        oversized_lines: str = "block",
+        budget: int = CHUNK_BUDGET,
+        progress: Optional[dict[str, FileProgress]] = None,
+        on_chunk: Optional[Callable[[TrackedFile, int], None]] = None,
+    ):
+        self.external_id = external_id
+        self.transcript_path = transcript_path
+        self.sink = sink
+        self.cwd = cwd
+        self.redact = redact
+        self.oversized_lines = oversized_lines
+        self.budget = budget
+        self.on_chunk = on_chunk
+        self.session_id = ""
+        self.needs_init = True
+        self.facts = SessionFacts()
+        self.git_info: Optional[GitInfo] = None
+        self.git_info_sent = False
+        self.locator = SubagentLocator(transcript_path)
+        self.files: dict[str, TrackedFile] = {}
+        self._pending_agents: set[str] = set()
+        main_name = transcript_path.rsplit("/", 1)[-1]
+        self.main = self._track(main_name, transcript_path, "transcript")
+        self._restore_offsets(progress or {})
+
+    # -- public --------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Create or resume the session on the sink; take the sink's line numbers as truth."""
+        self._learn_facts_from_head()
+        request = InitRequest(
+            external_id=self.external_id,
+            transcript_path=self.transcript_path,
+            metadata=init_metadata(self.cwd or self.facts.cwd, self.facts.git_branch),
+        )
+        self.git_info = request.metadata.git_info
+        response = self.sink.init(request)
+        self.session_id = response.session_id
+        known = {name: f.last_synced_line for name, f in response.files.items()}
+        for name in known:
+            if name not in self.files:
+                self._track_agent_file(name)
+        for f in self.files.values():
+            f.server_line = known.get(f.name, 0)
+        self.needs_init = False
+
+    def sync(self) -> int:
+        """One pass: discover files, deliver every complete new line. Returns lines delivered.
+
+        Raises Unavailable (back off and call again), AuthFailed (re-read
+        credentials), SessionGone (count it). A position disagreement is
+        settled here by asking init again.
+        """
+        for _ in range(MAX_RESYNCS_PER_PASS):
+            try:
+                if self.needs_init:
+                    self.connect()
+                return self._deliver_all()
+            except PositionMismatch as exc:
+                log.info("%s: %s; asking the sink for its position again", self.external_id, exc)
+                self.needs_init = True
+        raise Unavailable(f"{self.external_id}: the sink's position kept changing under us")
+
+    def sync_until_idle(self) -> int:
+        """Sync until a pass delivers nothing new (used for the final sync and `save`)."""
+        total = 0
+        while True:
+            sent = self.sync()
+            total += sent
+            if not sent:
+                return total
+
+    def send_session_end(self, timestamp: str, payload: dict) -> None:
+        if self.needs_init:
+            self.connect()
+        self.sink.send_event(self.session_id, "session_end", timestamp, payload)
+
+    def progress(self) -> dict[str, FileProgress]:
+        return {name: f.progress() for name, f in self.files.items()}
+
+    def server_lines(self) -> dict[str, int]:
+        return {name: f.server_line or 0 for name, f in self.files.items()}
+
+    def errors(self) -> list[str]:
+        return [f.error for f in self.files.values() if f.error]
+
+    # -- delivery ------------------------------------------------------------
+
+    def _deliver_all(self) -> int:
+        sent = 0
+        for _ in range(DISCOVERY_ROUNDS):
+            known = len(self.files)
+            for f in list(self.files.values()):
+                sent += self._deliver_file(f)
+            self._discover()
+            if len(self.files) == known:
+                break
+        return sent
+
+    def _deliver_file(self, f: TrackedFile) -> int:
+        sent = 0
+        while not f.blocked_at:
+            batch = f.reader.read_batch((f.server_line or 0) + 1, self.budget, f.max_lines)
+            if batch is None or (not batch.lines and not batch.oversized):
+                return sent
+            if batch.oversized:
+                batch, lines = self._oversized_line(f, batch)
+                if f.blocked_at:
+                    return sent
+            else:
+                lines = batch.lines
+            self._learn(f, lines)
+            sent += self._upload(f, batch, lines)
+        return sent
+
+    def _upload(self, f: TrackedFile, batch: Batch, lines: list[bytes]) -> int:
+        chunk = Chunk(
+            session_id=self.session_id,
+            file_name=f.name,
+            file_type=f.file_type,
+            first_line=batch.first_line,
+            lines=[self.redact(line) for line in lines] if self.redact else lines,
+            metadata=self._metadata() if f is self.main else None,
+        )
+        try:
+            last = self.sink.upload_chunk(chunk)
+        except PayloadTooLarge as exc:
+            if len(lines) == 1:
+                f.error = f"{f.name} line {chunk.first_line} is too large for the backend ({exc})"
+                log.error("%s: %s", self.external_id, f.error)
+                f.blocked_at = chunk.first_line
+                return self._failed_chunk(f, retry_now=False)
+            f.max_lines = max(1, len(lines) // 2)
+            log.warning("%s: chunk of %d lines too large; sending at most %d", f.name, len(lines), f.max_lines)
+            return self._failed_chunk(f, retry_now=True)
+        except RequestRejected as exc:
+            f.error = f"{f.name}: the sink refused lines {chunk.first_line}-{chunk.last_line}: {exc}"
+            log.error("%s", f.error)
+            f.blocked_at = chunk.first_line
+            return self._failed_chunk(f, retry_now=False)
+        except (AuthFailed, SessionGone):
+            raise
+        except Exception:
+            self.needs_init = True
+            raise
+        if chunk.metadata is not None and chunk.metadata.git_info is not None:
+            self.git_info_sent = True
+        self._advance(f, batch, last, len(lines))
+        return len(lines)
+
+    def _failed_chunk(self, f: TrackedFile, retry_now: bool) -> int:
+        # The chunk may or may not be stored: only init can tell.
+        self.needs_init = True
+        if retry_now:
+            raise PositionMismatch("re-reading the position after a split chunk")
+        return 0
+
+    def _advance(self, f: TrackedFile, batch: Batch, last: int, count: int) -> None:
+        expected = batch.first_line + count - 1
+        f.server_line = last
+        if last == expected:
+            f.reader.remember(last, batch.end_offset, batch.inode)
+        else:
+            log.warning("%s: sink says last line %d, expected %d; re-reading position", f.name, last, expected)
+            self.needs_init = True
+        if f.blocked_at and f.blocked_at <= last:
+            f.blocked_at = 0
+        if self.on_chunk:
+            self.on_chunk(f, count)
+
+    def _oversized_line(self, f: TrackedFile, batch: Batch) -> tuple[Batch, list[bytes]]:
+        """The next line is over the chunk budget: block the file, or send a marked stand-in."""
+        line_no = batch.first_line
+        size_mib = batch.oversized / (1 << 20)
+        if self.oversized_lines != "truncate":
+            f.blocked_at = line_no
+            f.error = (f"{f.name} line {line_no} is {size_mib:.1f} MiB, over the {self.budget >> 20} MiB a chunk "
+                       f"can carry; this file cannot sync past it (oversized_lines = \"truncate\" sends a "
+                       f"marked, truncated copy instead)")
+            log.error("%s: %s", self.external_id, f.error)
+            return batch, []
+        f.error = f"{f.name} line {line_no} ({size_mib:.1f} MiB) was sent truncated"
+        log.warning("%s: %s", self.external_id, f.error)
+        stand_in = _truncated_stand_in(f.path, batch.start_offset, batch.oversized, line_no)
+        end = batch.start_offset + batch.oversized + 1
+        return msgspec.structs.replace(batch, lines=[stand_in], end_offset=end, oversized=0), [stand_in]
+
+    # -- discovery and facts -------------------------------------------------
+
+    def _learn(self, f: TrackedFile, lines: list[bytes]) -> None:
+        if f is self.main:
+            self.facts.learn(lines)
+        self._pending_agents.update(agent_ids_in(lines))
+
+    def _discover(self) -> None:
+        for agent_id in list(self._pending_agents):
+            name = agent_file_name(agent_id)
+            if name in self.files or self._track_agent_file(name):
+                self._pending_agents.discard(agent_id)
+        for name, path in self.locator.scan().items():
+            if name not in self.files:
+                self._track(name, path, "agent")
+
+    def _track_agent_file(self, name: str) -> Optional[TrackedFile]:
+        path = self.locator.locate(name)
+        return self._track(name, path, "agent") if path else None
+
+    def _track(self, name: str, path: str, file_type: str) -> TrackedFile:
+        f = TrackedFile(name, path, file_type)
+        if not self.needs_init:
+            f.server_line = 0  # new to the sink: init did not name it
+        self.files[name] = f
+        log.debug("%s: tracking %s (%s)", self.external_id, path, file_type)
+        return f
+
+    def _restore_offsets(self, progress: dict[str, FileProgress]) -> None:
+        """Reuse byte offsets from State as a cache (verified before use)."""
+        for name, p in progress.items():
+            f = self.files.get(name)
+            if f is None and p.path and p.file_type == "agent":
+                f = self._track(name, p.path, "agent")
+            if f is not None and p.byte_offset:
+                f.reader.remember(p.last_synced_line, p.byte_offset, p.inode)
+
+    def _learn_facts_from_head(self) -> None:
+        if self.facts.first_user_message:
+            return
+        try:
+            with open(self.transcript_path, "rb") as fh:
+                head = fh.read(FACTS_SCAN_BYTES)
+        except OSError:
+            return
+        self.facts.learn(head.split(b"\n")[:-1])
+
+    def _metadata(self) -> Optional[ChunkMetadata]:
+        facts = self.facts
+        git = None if self.git_info_sent else self.git_info
+        if not (git or facts.summary or facts.first_user_message):
+            return None
+        return ChunkMetadata(git_info=git, summary=facts.summary, first_user_message=facts.first_user_message)
+
+
+def _truncated_stand_in(path: str, offset: int, size: int, line_no: int) -> bytes:
+    """A valid JSON line that stands for an oversized one: its size, hash and head."""
+    digest = hashlib.sha256()
+    head = b""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        remaining = size
+        while remaining:
+            block = fh.read(min(remaining, 1 << 20))
+            if not block:
+                break
+            if len(head) < TRUNCATED_HEAD_BYTES:
+                head += block[: TRUNCATED_HEAD_BYTES - len(head)]
+            digest.update(block)
+            remaining -= len(block)
+    return msgspec.json.encode({
+        "type": "confabd-truncated-line",
+        "line": line_no,
+        "original_bytes": size,
+        "sha256": digest.hexdigest(),
+        "head": head.decode("utf-8", "replace"),
+    })

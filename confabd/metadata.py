@@ -1,0 +1,142 @@
+"""Session metadata sent to the backend: first user message, summary, git and host info."""
+
+from __future__ import annotations
+
+import getpass
+import html
+import os
+import re
+import socket
+import subprocess
+from typing import Optional
+
+import msgspec
+
+from .records import GitInfo, InitMetadata
+
+FIRST_MESSAGE_MAX_BYTES = 4096
+SUMMARY_MAX_CHARS = 2048
+
+_USER_LINE = re.compile(rb'"type"\s*:\s*"user"')
+_SUMMARY_LINE = re.compile(rb'"type"\s*:\s*"summary"')
+_TAG = re.compile(r"<[^>]+>")
+_SPACE = re.compile(r"\s+")
+
+
+class SessionFacts:
+    """What the transcript tells about the session, learnt line by line as they are read."""
+
+    def __init__(self):
+        self.first_user_message = ""
+        self.summary = ""
+        self.cwd = ""
+        self.git_branch = ""
+
+    def learn(self, lines) -> None:
+        for line in lines:
+            if not self.first_user_message and _USER_LINE.search(line):
+                self._learn_user(line)
+            elif _SUMMARY_LINE.search(line):
+                self._learn_summary(line)
+            if not self.cwd and b'"cwd"' in line:
+                self._learn_location(line)
+
+    def _learn_user(self, line: bytes) -> None:
+        obj = _decode(line)
+        if obj.get("type") != "user":
+            return
+        text = _message_text(obj.get("message"))
+        if text:
+            self.first_user_message = clean_text(text, FIRST_MESSAGE_MAX_BYTES)
+        if not self.cwd:
+            self._take_location(obj)
+
+    def _learn_summary(self, line: bytes) -> None:
+        obj = _decode(line)
+        summary = obj.get("summary")
+        # A summary with a leafUuid describes an earlier session.
+        if obj.get("type") == "summary" and isinstance(summary, str) and summary and not obj.get("leafUuid"):
+            self.summary = summary[:SUMMARY_MAX_CHARS]
+
+    def _learn_location(self, line: bytes) -> None:
+        self._take_location(_decode(line))
+
+    def _take_location(self, obj: dict) -> None:
+        cwd = obj.get("cwd")
+        if isinstance(cwd, str) and cwd:
+            self.cwd = cwd
+            branch = obj.get("gitBranch")
+            if isinstance(branch, str):
+                self.git_branch = branch
+
+
+def _decode(line: bytes) -> dict:
+    try:
+        obj = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _message_text(message) -> str:
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content.strip()
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "text":
+                text = block.get("text")
+                if isinstance(text, str) and text.strip():
+                    return text.strip()
+    return ""
+
+
+def clean_text(text: str, max_bytes: int) -> str:
+    """Tags removed, entities unescaped, whitespace collapsed, cut to max_bytes of UTF-8 with '...'."""
+    text = _SPACE.sub(" ", html.unescape(_TAG.sub("", text))).strip()
+    data = text.encode("utf-8")
+    if len(data) <= max_bytes:
+        return text
+    return data[: max_bytes - 3].decode("utf-8", "ignore") + "..."
+
+
+# ---------------------------------------------------------------------------
+# Git and host facts.
+
+
+def git_info(cwd: str, branch: str = "") -> Optional[GitInfo]:
+    """Remote URL, branch and commit of the repo at `cwd` (None when not a repo)."""
+    if not cwd or not os.path.isdir(cwd):
+        return GitInfo(branch=branch) if branch else None
+    repo_url = _git(cwd, "config", "--get", "remote.origin.url")
+    commit = _git(cwd, "rev-parse", "HEAD")
+    branch = branch or _git(cwd, "rev-parse", "--abbrev-ref", "HEAD")
+    if not (repo_url or commit or branch):
+        return None
+    return GitInfo(repo_url=_strip_credentials(repo_url), branch=branch, commit_sha=commit)
+
+
+def _git(cwd: str, *args: str) -> str:
+    try:
+        result = subprocess.run(
+            ["git", "-C", cwd, *args], capture_output=True, text=True, timeout=2,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def _strip_credentials(url: str) -> str:
+    """https://user:token@host/repo -> https://host/repo: never ship a token in metadata."""
+    return re.sub(r"(://)[^/@\s]+@", r"\1", url)
+
+
+def init_metadata(cwd: str, branch: str = "") -> InitMetadata:
+    try:
+        username = getpass.getuser()
+    except (KeyError, OSError):
+        username = ""
+    return InitMetadata(cwd=cwd, git_info=git_info(cwd, branch), hostname=socket.gethostname(), username=username)

@@ -1,0 +1,441 @@
+"""A session worker: one process that syncs one Claude Code session until it is finished.
+
+Life of a worker (see worker_api.py for the contract with the master):
+  1. write its State (so a crash of anything leaves a record to adopt);
+  2. wait for the transcript (Claude Code creates it with the first request);
+  3. take an exclusive lock on the transcript: exactly one uploader per session;
+  4. sync every interval + jitter, backing off while the sink is unavailable;
+  5. on Finish: final sync bounded by the shutdown timeout, a short linger for
+     lines written just after SessionEnd, the `session_end` event, then delete
+     State and inbox.
+It may be killed (-9) at any instant: the sink's line numbers are the truth,
+so the next worker resumes from them with nothing lost or sent twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from multiprocessing.connection import wait as wait_for_ready
+from typing import Optional
+
+import backoff
+
+from . import worker_api as api
+from .config import BackendConfig, ConfigError, check_backend_url, choose_sink, load_backend_config
+from .engine import SessionSync
+from .errors import CorruptRecord
+from .records import State
+from .sinks.base import AuthFailed, SessionGone, SinkError, Unavailable
+from .store import SyncDir, utc_now
+
+log = logging.getLogger("confabd.worker")
+
+SESSION_GONE_LIMIT = 3  # 404s in a row before the session is finished locally
+LOCK_POLL_S = 0.1
+
+
+class MasterGone(Exception):
+    """The pipe to the master hit EOF: the master died."""
+
+
+def run_worker(spec: api.WorkerSpec, conn) -> None:
+    """Process target. Exits with a worker_api exit code."""
+    _become_user(spec)
+    os.environ.pop("NOTIFY_SOCKET", None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which decides
+    sys.exit(SessionWorker(spec, conn).run())
+
+
+def _become_user(spec: api.WorkerSpec) -> None:
+    """System mode: drop to the session's user before touching any of its files. No way back."""
+    if spec.uid < 0 or os.geteuid() != 0:
+        return
+    os.initgroups(spec.username, spec.gid)
+    os.setgid(spec.gid)
+    os.setuid(spec.uid)
+    os.environ.update(HOME=spec.home, USER=spec.username, LOGNAME=spec.username)
+    os.umask(0o077)
+
+
+def retry_wait(max_value: float = 60.0):
+    """backoff wait generator: the server's Retry-After when given, else 1 s doubling to 60 s, full jitter."""
+    expo = backoff.expo(max_value=max_value)
+    expo.send(None)
+    exc = yield
+    while True:
+        delay = next(expo)
+        retry_after = getattr(exc, "retry_after", None)
+        exc = yield retry_after if retry_after is not None else backoff.full_jitter(delay)
+
+
+class SessionWorker:
+    def __init__(self, spec: api.WorkerSpec, conn):
+        self.spec = spec
+        self.conn = conn
+        self.settings = spec.settings
+        self.sync_dir = SyncDir(spec.sync_dir)
+        self.state: State = State(external_id=spec.external_id, transcript_path=spec.transcript_path)
+        self.engine: Optional[SessionSync] = None
+        self.lock_fd: Optional[int] = None
+        self.finish_reason = "" if not spec.finish else "adopted after its Claude Code exited"
+        self.suspend = False  # SIGTERM: final flush, keep State, exit (a master will adopt it)
+        self.reload = False
+        self.gone_count = 0
+        self.last_error = ""
+        self.sink_kind = ""
+        self.master_pid = os.getppid()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # -- main ----------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            self._start_state()
+            if not self._wait_for_transcript():
+                return self._finish_without_transcript()
+            self._sync_loop()
+            if self.suspend:
+                return self._suspend()
+            return self._finish()
+        except MasterGone:
+            log.info("%s: master is gone; saving State for the next master", self.spec.external_id)
+            self._save_state()
+            return api.EXIT_MASTER_GONE
+
+    def _sync_loop(self) -> None:
+        self._set_phase("connecting")
+        while not self._stopping():
+            self._cycle()
+            if self.gone_count >= SESSION_GONE_LIMIT:
+                self.finish_reason = "session deleted from backend"
+                return
+            self._wait_commands(self._next_interval())
+
+    def _cycle(self) -> None:
+        """One sync pass, with backoff while the sink is unavailable (bounded by the interval)."""
+        try:
+            engine = self._engine()
+            self._sync_with_backoff(engine, max_time=self._retry_budget())
+            self.gone_count = 0
+            self._note_success()
+        except AuthFailed as exc:
+            self._drop_engine(f"{exc}; will re-read credentials next cycle")
+        except SessionGone as exc:
+            self.gone_count += 1
+            self._note_error(f"{exc} ({self.gone_count}/{SESSION_GONE_LIMIT})")
+        except Unavailable as exc:
+            self._note_error(f"backend unavailable: {exc}")
+        except (ConfigError, SinkError, CorruptRecord) as exc:
+            self._drop_engine(str(exc))
+        except OSError as exc:
+            self._note_error(f"cannot read {exc.filename or 'a file'}: {exc.strerror}")
+        self._save_state()
+        self._report()
+
+    def _sync_with_backoff(self, engine: SessionSync, max_time: float) -> int:
+        retrying = backoff.on_exception(
+            retry_wait, Unavailable, max_time=max_time, jitter=None,
+            giveup=lambda exc: self._interrupted(), on_backoff=self._on_backoff,
+        )
+        return retrying(engine.sync_until_idle)()
+
+    # -- finishing -----------------------------------------------------------
+
+    def _finish(self) -> int:
+        """Final sync, linger, session_end, cleanup. Bounded by the shutdown timeout."""
+        eid = self.spec.external_id
+        log.info("%s: finishing (%s)", eid, self.finish_reason or "requested")
+        self.state.finishing = True
+        self._set_phase("finishing")
+        deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
+        if self.gone_count >= SESSION_GONE_LIMIT:
+            return self._cleanup()
+        try:
+            engine = self._engine()
+            self._sync_with_backoff(engine, max_time=max(0.0, deadline - time.monotonic()))
+            self._linger(engine, deadline)
+            self._send_session_end(engine)
+        except (SinkError, ConfigError, OSError) as exc:
+            self._note_error(f"final sync incomplete: {exc}")
+            log.warning("%s: final sync incomplete, State kept for a retry: %s", eid, exc)
+            self._save_state()
+            self._report()
+            return api.EXIT_UNFINISHED
+        return self._cleanup()
+
+    def _linger(self, engine: SessionSync, deadline: float) -> None:
+        """Claude Code may write a last line just after SessionEnd (seen: `cost-state` after /clear)."""
+        linger = min(self.settings.finish_linger_ms / 1000, max(0.0, deadline - time.monotonic()))
+        if linger > 0:
+            time.sleep(linger)
+            self._sync_with_backoff(engine, max_time=max(0.0, deadline - time.monotonic()))
+
+    def _send_session_end(self, engine: SessionSync) -> None:
+        records = [r for r in self.sync_dir.read_inbox(self.spec.external_id) if r.type == "session_end"]
+        if records:
+            timestamp, payload = records[-1].timestamp or utc_now(), dict(records[-1].hook_input)
+        else:
+            timestamp, payload = utc_now(), self._synthetic_end_payload()
+        engine.send_session_end(timestamp, payload)
+
+    def _synthetic_end_payload(self) -> dict:
+        """No SessionEnd hook ran (Claude Code was killed, or `confabctl stop`): say why."""
+        return {
+            "session_id": self.spec.external_id,
+            "transcript_path": self.spec.transcript_path,
+            "cwd": self.state.cwd,
+            "hook_event_name": "SessionEnd",
+            "reason": "other",
+            "confabd_reason": self.finish_reason or "stopped",
+        }
+
+    def _finish_without_transcript(self) -> int:
+        if self.suspend:
+            return self._suspend()
+        log.info("%s: no transcript at %s; nothing to sync", self.spec.external_id, self.spec.transcript_path)
+        return self._cleanup()
+
+    def _suspend(self) -> int:
+        """SIGTERM: one last flush, keep the State so a master adopts the session."""
+        if self.engine is not None:
+            try:
+                self._sync_with_backoff(self.engine, max_time=self.settings.shutdown_timeout_ms / 1000)
+            except (SinkError, ConfigError, OSError) as exc:
+                self._note_error(f"flush before stopping incomplete: {exc}")
+        self._save_state()
+        return api.EXIT_MASTER_GONE
+
+    def _cleanup(self) -> int:
+        self.sync_dir.delete_session(self.spec.external_id)
+        self._set_phase("done", save=False)
+        if self.engine is not None:
+            self.engine.sink.close()
+        log.info("%s: finished", self.spec.external_id)
+        return api.EXIT_DONE
+
+    # -- waiting -------------------------------------------------------------
+
+    def _wait_for_transcript(self) -> bool:
+        """Poll for the transcript; then lock it. False when the session ends without one."""
+        path = self.spec.transcript_path
+        # With a parent to watch, wait as long as it lives (the master sends Finish
+        # when it exits): a user may sit minutes before the first prompt.
+        limit = None if self.spec.parent_pid else time.monotonic() + self.settings.transcript_wait_s
+        while not os.path.exists(path):
+            if self._stopping() or (limit is not None and time.monotonic() > limit):
+                break
+            self._wait_commands(self.settings.transcript_poll_s)
+        return os.path.exists(path) and self._lock_transcript()
+
+    def _lock_transcript(self) -> bool:
+        """Exactly one process may upload a session: an flock on the transcript says who."""
+        fd = os.open(self.spec.transcript_path, os.O_RDONLY | os.O_CLOEXEC)
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.lock_fd = fd
+                return True
+            except BlockingIOError:
+                if not announced:
+                    self._note_error("another process is uploading this session; waiting for it")
+                    self._report()
+                    announced = True
+            if self._stopping():
+                os.close(fd)
+                return False
+            self._wait_commands(LOCK_POLL_S)
+
+    def _wait_commands(self, timeout: float) -> None:
+        """Sleep until a command or signal arrives, or `timeout` passes."""
+        ready = wait_for_ready([self.conn, self._wake_r], timeout=max(0.0, timeout))
+        if self._wake_r in ready:
+            self._drain_wakeups()
+        if self.conn in ready:
+            self._read_commands()
+        if os.getppid() != self.master_pid:  # reparented: the master died
+            raise MasterGone()
+
+    def _read_commands(self) -> None:
+        try:
+            while self.conn.poll(0):
+                command = api.decode_command(self.conn.recv_bytes())
+                if isinstance(command, api.Finish):
+                    self.finish_reason = self.finish_reason or command.reason or "requested"
+                elif isinstance(command, api.Reload):
+                    self.reload = True
+        except (EOFError, OSError):
+            raise MasterGone() from None
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _interrupted(self) -> bool:
+        """backoff's giveup: stop retrying when a Finish or SIGTERM arrived meanwhile."""
+        if not self.finish_reason and not self.suspend:
+            self._wait_commands(0)
+        return self._stopping() and self.state.phase != "finishing"
+
+    def _stopping(self) -> bool:
+        return bool(self.finish_reason) or self.suspend
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.suspend = True
+
+    def _next_interval(self) -> float:
+        s = self.settings
+        return (s.sync_interval_ms + random.uniform(0, s.jitter_ms)) / 1000
+
+    def _retry_budget(self) -> float:
+        return max(1.0, self.settings.sync_interval_ms / 1000)
+
+    def _on_backoff(self, details) -> None:
+        exc = details.get("exception")
+        self._note_error(f"backend unavailable ({exc}); retrying in {details['wait']:.1f} s")
+        self._report()
+
+    # -- the engine and its sink ---------------------------------------------
+
+    def _engine(self) -> SessionSync:
+        if self.reload:
+            self.reload = False
+            self._drop_engine("")
+        if self.engine is None:
+            self.engine = self._make_engine()
+        return self.engine
+
+    def _make_engine(self) -> SessionSync:
+        from .redact import Redactor
+
+        backend = load_backend_config(self.spec.home)
+        sink = self._make_sink(backend)
+        redactor = Redactor.from_config(backend.redaction)
+        self._set_phase("connecting")
+        return SessionSync(
+            self.spec.external_id, self.spec.transcript_path, sink,
+            cwd=self.state.cwd,
+            redact=redactor.redact_line if redactor else None,
+            oversized_lines=self.settings.oversized_lines,
+            progress=self.state.files,
+        )
+
+    def _make_sink(self, backend: BackendConfig):
+        kind = choose_sink(self.settings, backend)
+        self.sink_kind = self.state.sink = kind
+        if kind == "archive":
+            from .paths import default_archive_path
+            from .sinks.archive import ArchiveSink
+
+            return ArchiveSink(self.settings.archive_path or default_archive_path(self.spec.home))
+        from .sinks.http import HttpSink
+
+        if not backend.api_key:
+            raise AuthFailed("no api_key configured (~/.confab/config.json or CONFAB_API_KEY)", 401)
+        return HttpSink(check_backend_url(backend.backend_url), backend.api_key, timeout=self.settings.http_timeout_s)
+
+    def _drop_engine(self, error: str) -> None:
+        if self.engine is not None:
+            self._keep_progress()
+            self.engine.sink.close()
+            self.engine = None
+        if error:
+            self._note_error(error)
+
+    # -- State and reports ---------------------------------------------------
+
+    def _start_state(self) -> None:
+        spec = self.spec
+        old = None
+        try:
+            old = self.sync_dir.load_state(spec.external_id)
+        except CorruptRecord as exc:
+            log.warning("%s; starting it afresh (the backend keeps the position)", exc)
+        self.state = State(
+            external_id=spec.external_id,
+            transcript_path=spec.transcript_path,
+            cwd=spec.cwd or (old.cwd if old else ""),
+            pid=os.getpid(),
+            parent_pid=spec.parent_pid,
+            inbox_path=self.sync_dir.inbox_path(spec.external_id),
+            started_at=old.started_at if old and old.started_at else utc_now(),
+            confab_session_id=old.confab_session_id if old else "",
+            parent_create_time=spec.parent_create_time,
+            worker_restarts=spec.restarts,
+            finishing=spec.finish or bool(old and old.finishing),
+            files=old.files if old and old.transcript_path == spec.transcript_path else {},
+        )
+        if self.state.finishing and not self.finish_reason:
+            self.finish_reason = "finishing was already under way"
+        if self._inbox_has_session_end():
+            self.finish_reason = self.finish_reason or "SessionEnd"
+        self._set_phase("waiting")
+
+    def _inbox_has_session_end(self) -> bool:
+        return any(r.type == "session_end" for r in self.sync_dir.read_inbox(self.spec.external_id))
+
+    def _keep_progress(self) -> None:
+        if self.engine is not None:
+            self.state.files = self.engine.progress()
+            if self.engine.session_id:
+                self.state.confab_session_id = self.engine.session_id
+
+    def _save_state(self) -> None:
+        self._keep_progress()
+        try:
+            self.sync_dir.save_state(self.state)
+        except OSError as exc:  # e.g. ENOSPC: keep syncing; the backend holds the position
+            log.error("%s: cannot write State: %s", self.spec.external_id, exc)
+
+    def _set_phase(self, phase: str, save: bool = True) -> None:
+        if self.state.phase == phase and phase != "waiting":
+            return
+        self.state.phase = phase
+        if save:
+            self._save_state()
+        self._report()
+
+    def _note_success(self) -> None:
+        self.state.last_sync_at = utc_now()
+        errors = self.engine.errors() if self.engine else []
+        replaced = getattr(self.engine.sink, "replaced_lines", 0) if self.engine else 0
+        if replaced:
+            errors.append(f"{replaced} line(s) were not valid UTF-8 and went out with U+FFFD replacements")
+        self.last_error = self.state.last_error = "; ".join(errors)
+        if self.state.phase in ("connecting", "waiting"):
+            self._set_phase("syncing")
+
+    def _note_error(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("%s: %s", self.spec.external_id, message)
+        self.last_error = self.state.last_error = message
+
+    def _report(self) -> None:
+        engine = self.engine
+        report = api.Report(
+            phase=self.state.phase,
+            confab_session_id=(engine.session_id if engine else "") or self.state.confab_session_id,
+            files=engine.server_lines() if engine else {n: p.last_synced_line for n, p in self.state.files.items()},
+            last_sync_at=self.state.last_sync_at,
+            last_error=self.last_error,
+            sink=self.sink_kind,
+        )
+        try:
+            self.conn.send_bytes(api.encode(report))
+        except (OSError, EOFError):
+            if self.state.phase != "done":
+                raise MasterGone() from None
