@@ -1,0 +1,294 @@
+"""The HTTP sink: the confab backend's incremental-sync API (protocol.md).
+
+One keep-alive `requests.Session` per sink. Every answer is mapped to exactly
+one error class of base.py, following protocol.md's status table, and the
+sink never retries: after a failure the engine must re-run init before the
+next chunk (the server may have committed a chunk whose answer was lost), so
+a retry here would be wrong, not merely redundant.
+
+Error messages carry the status, the endpoint and the server's error text,
+and never the API key: no header or request object is ever formatted into a
+message, and every message is scrubbed of the key as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import platform
+import re
+import ssl
+import time
+from typing import Any, Optional, TypeVar
+
+import msgspec
+import requests
+import requests.adapters
+import requests.auth
+import requests.certs
+import zstandard
+
+from .. import __version__
+from ..config import check_backend_url
+from ..records import (
+    ChunkRequest,
+    ChunkResponse,
+    ErrorReply,
+    EventRequest,
+    InitRequest,
+    InitResponse,
+)
+from .base import (
+    AuthFailed,
+    Chunk,
+    PayloadTooLarge,
+    PositionMismatch,
+    RequestRejected,
+    SessionGone,
+    SinkError,
+    Unavailable,
+)
+
+INIT_PATH = "/api/v1/sync/init"
+CHUNK_PATH = "/api/v1/sync/chunk"
+EVENT_PATH = "/api/v1/sync/event"
+
+CONNECT_TIMEOUT_S = 10.0
+COMPRESS_MIN_BYTES = 1024  # what the original client does
+ZSTD_LEVEL = 3
+MAX_ERROR_TEXT = 300
+
+POSITION_RE = re.compile(r"first_line must be (\d+)")
+DELAY_SECONDS_RE = re.compile(r"\d{1,9}(\.\d+)?\Z")
+
+T = TypeVar("T")
+
+
+class EventResponse(msgspec.Struct, frozen=True):
+    success: bool = False
+
+
+# One typed decoder per answer, built once: decoding is validation.
+_DECODERS = {t: msgspec.json.Decoder(t) for t in (InitResponse, ChunkResponse, EventResponse, ErrorReply)}
+
+
+class _TLSAdapter(requests.adapters.HTTPAdapter):
+    """Certificate verification stays on (requests' default); TLS 1.2 at least,
+    also through a proxy. Trusts the system CAs and requests' bundle."""
+
+    def __init__(self):
+        self._context = ssl.create_default_context()
+        self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._context.load_verify_locations(requests.certs.where())
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["ssl_context"] = self._context
+        return super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        proxy_kwargs.setdefault("ssl_context", self._context)
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Sets `Authorization: Bearer <key>` on every request.
+
+    As the session's `auth` (rather than a plain header) it also stops requests
+    from replacing the header with credentials from ~/.netrc; and its repr
+    never shows the key."""
+
+    def __init__(self, api_key: str):
+        self._api_key = api_key
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._api_key}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(<api key>)"
+
+
+def user_agent(version: str = __version__) -> str:
+    """`confabd/<version> (<os>; <arch>)`, as protocol.md asks."""
+    return f"confabd/{version} ({platform.system().lower()}; {platform.machine()})"
+
+
+class HttpSink:
+    """The Sink protocol over HTTP(S) to a confab backend."""
+
+    kind = "http"
+
+    def __init__(self, backend_url: str, api_key: str, timeout: float = 30.0, version: str = __version__):
+        self.base_url = check_backend_url(backend_url)
+        self.timeout = (CONNECT_TIMEOUT_S, timeout)
+        self.replaced_lines = 0  # lines that were not valid UTF-8 (sent with U+FFFD)
+        self._api_key = api_key
+        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        self._session = self._make_session(api_key, version)
+
+    @staticmethod
+    def _make_session(api_key: str, version: str) -> requests.Session:
+        session = requests.Session()
+        session.mount("https://", _TLSAdapter())
+        session.auth = _BearerAuth(api_key)
+        session.headers.update({
+            "Content-Type": "application/json",
+            "User-Agent": user_agent(version),
+        })
+        return session
+
+    # ---- the Sink protocol ----------------------------------------------------
+
+    def init(self, request: InitRequest) -> InitResponse:
+        return self._post(INIT_PATH, request, InitResponse)
+
+    def upload_chunk(self, chunk: Chunk) -> int:
+        """Send the chunk; return the server's new `last_synced_line` for the file."""
+        request = ChunkRequest(
+            session_id=chunk.session_id,
+            file_name=chunk.file_name,
+            file_type=chunk.file_type,
+            first_line=chunk.first_line,
+            lines=[self._decode_line(line) for line in chunk.lines],
+            metadata=chunk.metadata,
+        )
+        return self._post(CHUNK_PATH, request, ChunkResponse).last_synced_line
+
+    def send_event(self, session_id: str, event_type: str, timestamp: str, payload: dict[str, Any]) -> None:
+        request = EventRequest(session_id=session_id, event_type=event_type, timestamp=timestamp, payload=payload)
+        self._post(EVENT_PATH, request, EventResponse)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __repr__(self) -> str:  # never show the key
+        return f"HttpSink({self.base_url!r})"
+
+    def __enter__(self) -> "HttpSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- lines ------------------------------------------------------------------
+
+    def _decode_line(self, line: bytes) -> str:
+        """Lines go out exactly as written (a trailing "\\r" included).
+
+        JSON strings must be Unicode, so a line that is not valid UTF-8 is sent
+        with U+FFFD in place of the bad bytes -- what the Go server would store
+        anyway -- and counted, so `confabctl status` can say it happened."""
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError:
+            self.replaced_lines += 1
+            return line.decode("utf-8", errors="replace")
+
+    # ---- one request --------------------------------------------------------------
+
+    def _post(self, path: str, request: msgspec.Struct, reply_type: type[T]) -> T:
+        """POST one request; return the decoded 2xx answer or raise one SinkError."""
+        body, headers = self._encode(request)
+        try:
+            response = self._session.post(
+                self.base_url + path, data=body, headers=headers,
+                timeout=self.timeout, allow_redirects=False,
+            )
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise self._scrub(Unavailable(f"{path}: backend unreachable ({_describe(exc)})")) from None
+        except requests.RequestException as exc:
+            raise self._scrub(Unavailable(f"{path}: request failed ({_describe(exc)})")) from None
+        with response:
+            if 200 <= response.status_code < 300:
+                return self._decode_reply(path, response, reply_type)
+            raise self._scrub(_error_for(path, response))
+
+    def _encode(self, request: msgspec.Struct) -> tuple[bytes, dict[str, str]]:
+        """JSON body, zstd-compressed from 1 KiB on."""
+        body = msgspec.json.encode(request)
+        if len(body) < COMPRESS_MIN_BYTES:
+            return body, {}
+        return self._compressor.compress(body), {"Content-Encoding": "zstd"}
+
+    def _decode_reply(self, path: str, response: requests.Response, reply_type: type[T]) -> T:
+        try:
+            return _DECODERS[reply_type].decode(response.content)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # A 2xx we cannot read: maybe a captive portal or a proxy. Whether
+            # the request took effect is unknown, so the engine must re-init.
+            raise self._scrub(Unavailable(
+                f"{path}: HTTP {response.status_code} with an unreadable answer ({exc})",
+                status=response.status_code,
+            )) from None
+        except requests.RequestException as exc:  # the body was cut off
+            raise self._scrub(Unavailable(f"{path}: answer lost ({_describe(exc)})")) from None
+
+    def _scrub(self, error: SinkError) -> SinkError:
+        """Last line of defence: no message ever carries the API key."""
+        if self._api_key and self._api_key in str(error):
+            error.args = (str(error).replace(self._api_key, "<api key>"),)
+        return error
+
+
+# ---------------------------------------------------------------------------
+# Status -> error class (protocol.md's table).
+
+
+def _error_for(path: str, response: requests.Response) -> SinkError:
+    status = response.status_code
+    text = _error_text(response)
+    message = f"{path}: HTTP {status}" + (f": {text}" if text else "")
+    if status == 400:
+        match = POSITION_RE.search(text)
+        if match:
+            return PositionMismatch(message, expected_first_line=int(match.group(1)))
+        return RequestRejected(message, status)
+    if status in (401, 403):
+        return AuthFailed(message, status)
+    if status == 404:
+        return SessionGone(message, status)
+    if status == 413:
+        return PayloadTooLarge(message, status)
+    if status == 429:
+        return Unavailable(message, status, retry_after=parse_retry_after(response.headers.get("Retry-After")))
+    if status >= 500 or status == 408:
+        return Unavailable(message, status)
+    return RequestRejected(message, status)  # 415, redirects, other 4xx: retrying cannot help
+
+
+def _error_text(response: requests.Response) -> str:
+    """The server's `{"error": ...}` text, else the start of the raw body; cut short."""
+    try:
+        raw = response.content
+    except requests.RequestException:
+        return ""
+    try:
+        text = _DECODERS[ErrorReply].decode(raw).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        text = raw[: MAX_ERROR_TEXT * 4].decode("utf-8", errors="replace").strip()
+    text = " ".join(text.split())
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[: MAX_ERROR_TEXT - 3] + "..."
+    return text
+
+
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """Retry-After as seconds to wait: delta-seconds or an HTTP-date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if DELAY_SECONDS_RE.match(value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def _describe(exc: BaseException) -> str:
+    """A short cause for a transport error, without request details."""
+    return f"{type(exc).__name__}: {exc}"[: MAX_ERROR_TEXT]
