@@ -1,0 +1,126 @@
+"""The lean control client used by confabctl and the hooks.
+
+It runs on every Claude Code start, so it imports only C modules and `json`:
+`_socket` rather than `socket` (whose `enum` import alone costs ~8 ms), no
+msgspec. The wire format is the one of `confabd.control` (4-byte big-endian
+length + JSON), which the master decodes with msgspec.
+"""
+
+import json
+import os
+import sys
+
+import _socket
+
+from . import paths
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 1 << 20
+
+
+class NoMaster(Exception):
+    """No master answers on the socket."""
+
+
+class ProtocolError(Exception):
+    """The master answered something that is not a valid reply."""
+
+
+def user_settings_value(home, key):
+    """One key of ~/.config/confabd/confabd.toml, read only when that file exists."""
+    path = paths.user_settings_path(home)
+    if not os.path.exists(path):
+        return ""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        try:
+            import tomli as tomllib
+        except ImportError:
+            return ""
+    try:
+        with open(path, "rb") as f:
+            value = tomllib.load(f).get(key, "")
+    except (OSError, ValueError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
+def socket_path(env=None):
+    """Where the master listens, and whether that is a system-mode master.
+
+    CONFABD_SOCKET, else the user config's `socket`, else the user socket when it
+    exists, else the system socket when it exists, else the user socket.
+    """
+    env = os.environ if env is None else env
+    if env.get("CONFABD_SOCKET"):
+        return env["CONFABD_SOCKET"], False
+    home = paths.home_dir(env)
+    configured = user_settings_value(home, "socket")
+    if configured:
+        return os.path.expanduser(configured), False
+    user = paths.user_socket_path(home, env)
+    if not os.path.exists(user) and os.path.exists(paths.SYSTEM_SOCKET):
+        return paths.SYSTEM_SOCKET, True
+    return user, False
+
+
+def request(path, message, timeout=5.0):
+    """Send one request (a dict) and return the reply (a dict).
+
+    Raises NoMaster when nothing listens on `path`, ProtocolError on a bad
+    reply, OSError (e.g. TimeoutError) on other socket failures.
+    """
+    message.setdefault("v", PROTOCOL_VERSION)
+    body = json.dumps(message, separators=(",", ":")).encode()
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+            raise NoMaster(f"no confabd master answers on {path} ({exc.strerror})") from None
+        sock.sendall(len(body).to_bytes(4, "big") + body)
+        size = int.from_bytes(_recv_exactly(sock, 4), "big")
+        if size > MAX_FRAME:
+            raise ProtocolError(f"reply of {size} bytes is too large")
+        data = _recv_exactly(sock, size)
+    finally:
+        sock.close()
+    try:
+        reply = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError(f"malformed reply from the master: {exc}") from None
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise ProtocolError("malformed reply from the master: not a reply object")
+    return reply
+
+
+def _recv_exactly(sock, size):
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 16))
+        if not chunk:
+            raise ProtocolError("the master closed the connection before replying")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def spawn_master(env=None):
+    """Start a detached user-mode master (`confabd --daemon`) and return at once.
+
+    stdio goes to /dev/null so the caller's pipes (Claude Code's) are not held
+    open. The master itself refuses to run twice, so concurrent calls are safe.
+    """
+    env = dict(os.environ if env is None else env)
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(name, None)
+    argv = [sys.executable, "-m", "confabd.master_cli", "--daemon"]
+    devnull = os.devnull
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 2, devnull, os.O_WRONLY, 0),
+    ]
+    return os.posix_spawn(sys.executable, argv, env, file_actions=actions)

@@ -1,0 +1,127 @@
+"""The control protocol between confabctl (and the hooks) and the master.
+
+Transport: a Unix stream socket. Framing: every message is a 4-byte big-endian
+length followed by that many bytes of JSON (UTF-8). One request, then one reply,
+in order; a client may send several requests on one connection.
+
+Requests are a tagged union on the field `type`; every request carries `v`,
+the protocol version (1). Replies are one JSON object with at least
+`ok` (bool) and `error` (a sentence, or null).
+
+The master decodes with msgspec (this module); the hook client encodes and
+decodes the same JSON with the stdlib (`confabd.client`), to stay light.
+Documented in docs/CONTROL.md.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+HEADER_SIZE = 4
+MAX_FRAME = 1 << 20  # 1 MiB: a request bigger than this is refused
+
+
+class Request(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
+    v: int = PROTOCOL_VERSION
+
+
+class Register(Request, tag="register"):
+    """Start syncing a session (no-op when it already has a live worker).
+
+    `hook_pid`/`parent_pid`/`claude_pid_hint` come from the hook process (its own
+    pid, its parent, and CLAUDE_PID from its environment); the master finds the
+    Claude Code process among them. With `hook_pid` 0 (confabctl start),
+    `parent_pid` is taken as the Claude Code PID itself (0: no parent watch).
+    """
+
+    external_id: str
+    transcript_path: str
+    cwd: str = ""
+    parent_pid: int = 0
+    claude_pid_hint: int = 0
+    hook_pid: int = 0
+
+
+class Finish(Request, tag="finish"):
+    """Finish a session (final sync, session_end, cleanup). `wait`: reply when done."""
+
+    external_id: str
+    wait: bool = False
+
+
+class Status(Request, tag="status"):
+    external_id: Optional[str] = None
+
+
+class Ping(Request, tag="ping"):
+    pass
+
+
+class Shutdown(Request, tag="shutdown"):
+    pass
+
+
+AnyRequest = Union[Register, Finish, Status, Ping, Shutdown]
+
+_decoder = msgspec.json.Decoder(AnyRequest)
+_encoder = msgspec.json.Encoder()
+
+
+class FrameTooLarge(ValueError):
+    pass
+
+
+def decode_request(body: bytes) -> AnyRequest:
+    """The request in `body`; ValueError with a readable message otherwise."""
+    try:
+        request = _decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"malformed request: {exc}") from None
+    if request.v != PROTOCOL_VERSION:
+        raise ValueError(
+            f"unsupported protocol version {request.v} (this master speaks {PROTOCOL_VERSION})"
+        )
+    return request
+
+
+def encode_frame(message) -> bytes:
+    """Length-prefixed JSON of a dict or Struct."""
+    body = _encoder.encode(message)
+    return len(body).to_bytes(HEADER_SIZE, "big") + body
+
+
+def reply(ok: bool = True, error: Optional[str] = None, **fields) -> dict:
+    return {"ok": ok, "error": error, **fields}
+
+
+def error(message: str, **fields) -> dict:
+    return reply(False, message, **fields)
+
+
+class FrameBuffer:
+    """Accumulates bytes from a stream and yields complete frame bodies."""
+
+    __slots__ = ("data",)
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.data += chunk
+
+    def next_frame(self) -> Optional[bytes]:
+        """The next complete body, None if incomplete; FrameTooLarge if the header is too big."""
+        if len(self.data) < HEADER_SIZE:
+            return None
+        size = int.from_bytes(self.data[:HEADER_SIZE], "big")
+        if size > MAX_FRAME:
+            raise FrameTooLarge(f"request of {size} bytes exceeds the {MAX_FRAME}-byte limit")
+        end = HEADER_SIZE + size
+        if len(self.data) < end:
+            return None
+        body = bytes(self.data[HEADER_SIZE:end])
+        del self.data[:end]
+        return body

@@ -1,0 +1,506 @@
+"""`confabctl`: talk to the master; the Claude Code hook commands.
+
+`confabctl hook ...` runs on every Claude Code session start and end, so it is
+dispatched before argparse is imported and imports only `os`, `sys`, `json`,
+`_socket` and confabd.client/paths. Everything else is imported lazily inside
+the command that needs it.
+
+Exit codes: 0 success, 1 failure, 2 usage error, 3 no master reachable.
+Hooks always exit 0 and print HOOK_RESPONSE.
+"""
+
+import os
+import sys
+
+from . import client, paths
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
+HOOK_RESPONSE = '{"continue": true, "suppressOutput": true}'
+MAX_HOOK_INPUT = 1 << 20  # bytes of hook JSON read from stdin
+HOOK_REQUEST_TIMEOUT_S = 5.0
+AUTOSTART_DEADLINE_S = 8.0  # a cold master start (imports, adoption) stays well under this
+SESSION_END_TIMEOUT_S = 1.0  # SessionEnd hooks share a 1.5 s budget
+
+# Same rule as confabd.records.validate_external_id, without importing re/msgspec.
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["hook"]:
+        return hook(argv[1:])
+    return command(argv)
+
+
+def err(message):
+    sys.stderr.write(f"confabctl: {message}\n")
+
+
+# ---------------------------------------------------------------------------
+# Hooks: always print the response, always exit 0, say what went wrong on stderr.
+
+
+class HookError(Exception):
+    pass
+
+
+def hook(args):
+    sys.stdout.write(HOOK_RESPONSE + "\n")
+    sys.stdout.flush()
+    event = args[0] if len(args) == 1 else ""
+    try:
+        if event == "session-start":
+            hook_session_start(read_hook_input())
+        elif event == "session-end":
+            hook_session_end(read_hook_input())
+        else:
+            raise HookError(f"usage: confabctl hook session-start|session-end (got {' '.join(args)!r})")
+    except HookError as exc:
+        err(f"hook {event or '?'}: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a hook must never fail Claude Code
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        err(f"hook {event or '?'}: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
+def read_hook_input():
+    """(session_id, transcript_path, cwd, payload) from the hook JSON on stdin."""
+    import json
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise HookError("no hook input: expected Claude Code's hook JSON on stdin")
+    data = sys.stdin.buffer.read(MAX_HOOK_INPUT + 1)
+    if len(data) > MAX_HOOK_INPUT:
+        raise HookError(f"hook input larger than {MAX_HOOK_INPUT} bytes; ignored")
+    if not data.strip():
+        raise HookError("empty hook input on stdin; nothing to do")
+    try:
+        payload = json.loads(data)
+    except ValueError as exc:
+        raise HookError(f"hook input is not valid JSON ({exc}); ignored") from None
+    if not isinstance(payload, dict):
+        raise HookError("hook input is not a JSON object; ignored")
+    session_id = payload.get("session_id")
+    if not valid_id(session_id):
+        shown = repr(session_id)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise HookError(f"invalid session id {shown}: expected 1-128 characters of "
+                        "[A-Za-z0-9._-], not starting with '.'; ignored")
+    cwd = payload.get("cwd") if isinstance(payload.get("cwd"), str) else ""
+    transcript = payload.get("transcript_path")
+    if not isinstance(transcript, str) or not transcript:
+        if not cwd:
+            raise HookError("hook input has neither transcript_path nor cwd; ignored")
+        transcript = default_transcript_path(cwd, session_id)
+    return session_id, transcript, cwd, payload
+
+
+def valid_id(value):
+    return (isinstance(value, str) and 0 < len(value) <= 128 and value[0] != "."
+            and all(c in _ID_CHARS for c in value))
+
+
+def default_transcript_path(cwd, session_id):
+    """~/.claude/projects/<cwd, non-alphanumerics as '-'>/<id>.jsonl, as Claude Code names it."""
+    project = "".join(c if c.isascii() and c.isalnum() else "-" for c in cwd)
+    return os.path.join(paths.home_dir(), ".claude", "projects", project, session_id + ".jsonl")
+
+
+def claude_pid_hint():
+    try:
+        return int(os.environ.get("CLAUDE_PID", "0"))
+    except ValueError:
+        return 0
+
+
+def hook_session_start(hook_input):
+    session_id, transcript, cwd, _payload = hook_input
+    message = {"type": "register", "external_id": session_id, "transcript_path": transcript,
+               "cwd": cwd, "parent_pid": os.getppid(), "claude_pid_hint": claude_pid_hint(),
+               "hook_pid": os.getpid()}
+    try:
+        reply = request_with_autostart(message)
+    except (client.NoMaster, client.ProtocolError, OSError) as exc:
+        state = write_fallback_state(session_id, transcript, cwd)
+        raise HookError(f"{exc}; the session is recorded in {state} for the next master") from None
+    if not reply.get("ok"):
+        raise HookError(f"the master refused the session: {reply.get('error')}")
+
+
+def request_with_autostart(message, autostart=True):
+    """Send a request; when no master answers, start one (user mode) and retry until a deadline."""
+    import time
+
+    path, system = client.socket_path()
+    try:
+        return client.request(path, message, timeout=HOOK_REQUEST_TIMEOUT_S)
+    except client.NoMaster:
+        if system or not autostart:
+            raise
+    try:
+        client.spawn_master()
+    except OSError as exc:
+        raise client.NoMaster(f"no confabd master answers on {path}, and starting one failed ({exc})") from None
+    deadline = time.monotonic() + AUTOSTART_DEADLINE_S
+    delay = 0.01
+    while True:
+        time.sleep(delay)
+        try:
+            return client.request(path, message, timeout=HOOK_REQUEST_TIMEOUT_S)
+        except client.NoMaster:
+            if time.monotonic() >= deadline:
+                raise client.NoMaster(f"no confabd master answers on {path}, and the one just started "
+                                      f"did not answer within {AUTOSTART_DEADLINE_S:.0f} s "
+                                      "(see ~/.confab/logs/confabd.log)") from None
+            delay = min(delay * 2, 0.2)
+
+
+def hook_session_end(hook_input):
+    session_id, _transcript, _cwd, payload = hook_input
+    inbox = append_session_end(session_id, payload)  # first: the payload survives whatever follows
+    message = {"type": "finish", "external_id": session_id, "wait": False}
+    path, system = client.socket_path()
+    try:
+        reply = client.request(path, message, timeout=SESSION_END_TIMEOUT_S)
+    except client.NoMaster as exc:
+        if not system and os.path.exists(paths.state_path(sync_dir(), session_id)):
+            client.spawn_master()  # it adopts the session and finishes it from the inbox
+            raise HookError(f"{exc}; the session end is recorded in {inbox}; "
+                            "started a master to finish the session") from None
+        raise HookError(f"{exc}; the session end is recorded in {inbox} for the next master") from None
+    except (client.ProtocolError, OSError) as exc:
+        raise HookError(f"the master did not confirm ({exc}); the session end is recorded in {inbox}") from None
+    if not reply.get("ok"):
+        raise HookError(f"the master could not finish the session: {reply.get('error')}")
+
+
+def sync_dir():
+    home = paths.home_dir()
+    return paths.sync_dir(home, os.environ, client.user_settings_value(home, "state_dir"))
+
+
+def private_dir(path):
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def utc_now():
+    import time
+
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def append_session_end(session_id, payload):
+    """Append a session_end InboxRecord (one write on an O_APPEND fd, 0600)."""
+    import json
+
+    path = paths.inbox_path(private_dir(sync_dir()), session_id)
+    line = json.dumps({"type": "session_end", "timestamp": utc_now(), "hook_input": payload},
+                      separators=(",", ":")) + "\n"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def write_fallback_state(session_id, transcript, cwd):
+    """A State file for a session no master took, so the next master adopts it.
+
+    parent_create_time stays 0: the master then re-checks the parent by name.
+    """
+    import json
+
+    directory = private_dir(sync_dir())
+    path = paths.state_path(directory, session_id)
+    if os.path.exists(path):
+        return path
+    state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd,
+             "parent_pid": find_claude_pid(), "inbox_path": paths.inbox_path(directory, session_id),
+             "started_at": utc_now()}
+    if not state["parent_pid"]:
+        del state["parent_pid"]
+    tmp = os.path.join(directory, f".{session_id}.json.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, json.dumps(state).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    return path
+
+
+def find_claude_pid():
+    """CLAUDE_PID, else the parent or grandparent whose command line names `claude` (/proc)."""
+    hint = claude_pid_hint()
+    pid, parents = os.getppid(), []
+    for _ in range(2):
+        if pid <= 1:
+            break
+        parents.append(pid)
+        pid = _proc_ppid(pid)
+    if hint and hint in parents:
+        return hint
+    for pid in parents:
+        if "claude" in _proc_words(pid):
+            return pid
+    return hint if hint and os.path.exists(f"/proc/{hint}") else 0
+
+
+def _proc_ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _proc_words(pid):
+    """The words of a command line, as `\\bclaude\\b` (case-insensitive) sees them."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            text = f.read().decode(errors="replace").lower()
+    except OSError:
+        return set()
+    return set("".join(c if c.isalnum() or c == "_" else " " for c in text).split())
+
+
+# ---------------------------------------------------------------------------
+# The other commands (argparse is fine here).
+
+
+def build_parser():
+    import argparse
+
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="confabctl",
+        description="Control the confabd master, and the Claude Code hooks that feed it.",
+        epilog="Exit codes: 0 success, 1 failure, 2 usage error, 3 no master reachable. "
+               "The master's socket: $CONFABD_SOCKET, else $XDG_RUNTIME_DIR/confabd/control.sock, "
+               "else ~/.confab/run/control.sock.")
+    parser.add_argument("--version", action="version", version=f"confabctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("hook", help="Claude Code hook: session-start or session-end (JSON on stdin)")
+    p.add_argument("event", choices=["session-start", "session-end"])
+
+    p = sub.add_parser("start", help="register a session from flags (like the session-start hook)")
+    p.add_argument("--session-id", required=True, metavar="ID")
+    p.add_argument("--transcript", required=True, metavar="PATH")
+    p.add_argument("--cwd", default="", metavar="DIR")
+    p.add_argument("--parent-pid", type=int, default=0, metavar="PID",
+                   help="the Claude Code process to watch (the session finishes when it exits)")
+
+    p = sub.add_parser("stop", help="finish a session (final sync, session_end, cleanup)")
+    p.add_argument("external_id", metavar="ID")
+    p.add_argument("--wait", action="store_true", help="return only when the final sync is done")
+
+    p = sub.add_parser("status", help="the master and its sessions")
+    p.add_argument("external_id", nargs="?", metavar="ID")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+
+    sub.add_parser("ping", help="exit 0 if a master answers")
+    sub.add_parser("shutdown", help="ask the master to stop gracefully")
+
+    p = sub.add_parser("save", help="upload one transcript (and its subagent files) once, in the foreground")
+    p.add_argument("target", metavar="PATH|ID")
+
+    p = sub.add_parser("archive", help="the local archive (when no backend is configured)")
+    asub = p.add_subparsers(dest="archive_command", metavar="SUBCOMMAND", required=True)
+    a = asub.add_parser("list", help="archived sessions with their files and line counts")
+    a.add_argument("--json", action="store_true")
+    a = asub.add_parser("export", help="write a session's files back out as JSONL")
+    a.add_argument("external_id", metavar="ID")
+    a.add_argument("--out", default=None, metavar="DIR", help="output directory (default: one named after the session)")
+
+    for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
+        p = sub.add_parser(name, help=f"{text} the SessionStart/SessionEnd hooks in ~/.claude/settings.json")
+        p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json)")
+        p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
+    return parser
+
+
+def command(argv):
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except client.NoMaster as exc:
+        err(str(exc))
+        return EXIT_NO_MASTER
+    except (client.ProtocolError, OSError) as exc:
+        err(f"cannot talk to the master: {exc}")
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def ask(message, timeout=10.0):
+    """One request to the master; failure replies go to stderr and give None."""
+    path, _system = client.socket_path()
+    reply = client.request(path, message, timeout=timeout)
+    if not reply.get("ok"):
+        err(reply.get("error") or "the master refused the request")
+        return None
+    return reply
+
+
+def cmd_hook(args):
+    return hook([args.event])
+
+
+def cmd_start(args):
+    if not valid_id(args.session_id):
+        err(f"invalid session id {args.session_id!r}: expected 1-128 characters of [A-Za-z0-9._-], "
+            "not starting with '.'")
+        return EXIT_USAGE
+    message = {"type": "register", "external_id": args.session_id,
+               "transcript_path": os.path.abspath(args.transcript), "cwd": args.cwd,
+               "parent_pid": args.parent_pid, "claude_pid_hint": 0, "hook_pid": 0}
+    reply = request_with_autostart(message)
+    if not reply.get("ok"):
+        err(reply.get("error"))
+        return EXIT_FAIL
+    if reply.get("registered"):
+        print(f"session {args.session_id}: registered (worker {reply.get('worker_pid')})")
+    else:
+        print(f"session {args.session_id}: already registered"
+              + (f"; {reply['note']}" if reply.get("note") else ""))
+    return EXIT_OK
+
+
+def cmd_stop(args):
+    reply = ask({"type": "finish", "external_id": args.external_id, "wait": args.wait},
+                timeout=None if args.wait else 10.0)
+    if reply is None:
+        return EXIT_FAIL
+    print(f"session {args.external_id}: " + ("finished" if args.wait else "finishing"))
+    return EXIT_OK
+
+
+def cmd_status(args):
+    reply = ask({"type": "status", "external_id": args.external_id})
+    if reply is None:
+        return EXIT_FAIL
+    result = {"master": reply["master"], "sessions": reply["sessions"]}
+    if args.json:
+        import json
+
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_status(result))
+    return EXIT_OK
+
+
+def format_status(status):
+    m = status["master"]
+    lines = [f"confabd {m['version']} master {m['pid']} ({m['mode']} mode), up {format_duration(m['uptime_s'])}, "
+             f"socket {m['socket']}"]
+    sessions = status["sessions"]
+    if not sessions:
+        lines.append("no sessions")
+        return "\n".join(lines)
+    header = ("SESSION", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "LAST SYNC", "LAST ERROR")
+    rows = [header]
+    for s in sessions:
+        lines_synced = sum(f.get("last_synced_line", 0) for f in (s.get("files") or {}).values())
+        rows.append((s["external_id"], s["state"], str(s.get("worker_pid") or "-"),
+                     str(s.get("parent_pid") or "-"), str(s.get("restarts", 0)), str(lines_synced),
+                     s.get("last_sync_at") or "-", s.get("last_error") or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def cmd_ping(args):
+    reply = ask({"type": "ping"}, timeout=5.0)
+    if reply is None:
+        return EXIT_FAIL
+    print(f"confabd master {reply.get('pid')} (version {reply.get('version')}) is alive")
+    return EXIT_OK
+
+
+def cmd_shutdown(args):
+    reply = ask({"type": "shutdown"})
+    if reply is None:
+        return EXIT_FAIL
+    print("the master is shutting down")
+    return EXIT_OK
+
+
+def user_settings():
+    from .config import load_settings
+    from .errors import ConfigError
+
+    home = paths.home_dir()
+    try:
+        return home, load_settings(paths.user_settings_path(home))
+    except ConfigError as exc:
+        err(str(exc))
+        raise SystemExit(EXIT_FAIL) from None
+
+
+def cmd_save(args):
+    from .save import run_save
+
+    home, settings = user_settings()
+    return run_save(args.target, home, settings, progress=sys.stderr.isatty())
+
+
+def cmd_archive(args):
+    from . import archive_cli
+
+    home, settings = user_settings()
+    archive = settings.archive_path or paths.default_archive_path(home)
+    if args.archive_command == "list":
+        return archive_cli.cmd_list(archive, args.json)
+    return archive_cli.cmd_export(archive, args.external_id, args.out)
+
+
+def hook_command_prefix():
+    """How Claude Code should call us: this confabctl script, else `python -m confabd.ctl`."""
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.basename(script) == "confabctl":
+        return os.path.abspath(script)
+    return f"{sys.executable} -m confabd.ctl"
+
+
+def cmd_install_hooks(args):
+    from .hooks_install import install_hooks
+
+    return install_hooks(args.settings, hook_command_prefix(), args.dry_run)
+
+
+def cmd_uninstall_hooks(args):
+    from .hooks_install import uninstall_hooks
+
+    return uninstall_hooks(args.settings, args.dry_run)
+
+
+COMMANDS = {
+    "hook": cmd_hook, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
+    "shutdown": cmd_shutdown, "save": cmd_save, "archive": cmd_archive,
+    "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

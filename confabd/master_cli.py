@@ -1,0 +1,235 @@
+"""`confabd`: start the master, in the foreground or detached with python-daemon."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+
+import msgspec
+
+from . import __version__, paths
+from .config import Settings, load_settings
+from .errors import ConfabdError
+
+log = logging.getLogger("confabd")
+
+LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="confabd",
+        description="The confabd master: runs one sync worker per Claude Code session "
+                    "and answers confabctl on a Unix socket.",
+        epilog="Environment: CONFABD_SOCKET, CONFABD_STATE_DIR, CONFAB_BACKEND_URL, CONFAB_API_KEY, "
+               "CONFAB_SYNC_INTERVAL_MS, CONFAB_SYNC_JITTER_MS, CONFABD_SHUTDOWN_TIMEOUT_MS. "
+               "Signals: TERM/INT finish every session's sync and exit, HUP re-reads the config.")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--foreground", action="store_true",
+                     help="stay in the foreground and log to stderr (the default)")
+    how.add_argument("--daemon", action="store_true",
+                     help="detach (python-daemon) and log to the log file")
+    parser.add_argument("--system", action="store_true",
+                        help="system mode: one master for the host, run as root")
+    parser.add_argument("--config", metavar="FILE",
+                        help="daemon settings (default ~/.config/confabd/confabd.toml, "
+                             "/etc/confabd/confabd.toml with --system)")
+    parser.add_argument("--socket", metavar="PATH", help="control socket path")
+    parser.add_argument("--state-dir", metavar="DIR", help="sync dir (State and inbox files)")
+    parser.add_argument("--pidfile", metavar="FILE",
+                        help="pidfile, locked while the master runs (default: beside the socket)")
+    parser.add_argument("--log-level", metavar="LEVEL",
+                        choices=["debug", "info", "warning", "error", "critical"],
+                        type=str.lower, help="debug, info, warning, error (default: info)")
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="log file (default: stderr, or ~/.confab/logs/confabd.log with --daemon)")
+    parser.add_argument("--version", action="version", version=f"confabd {__version__}")
+    return parser.parse_args(argv)
+
+
+class Options(msgspec.Struct, kw_only=True):
+    """Everything resolved from flags, environment and config files."""
+
+    mode: str
+    home: str
+    config_path: str
+    config_required: bool
+    settings: Settings
+    socket_path: str
+    sync_dir: str
+    pidfile: str
+    log_file: str
+    log_level: str
+
+
+def resolve(args: argparse.Namespace, env=None) -> Options:
+    env = os.environ if env is None else env
+    mode = "system" if args.system else "user"
+    home = paths.home_dir(env)
+    config_path = args.config or (paths.SYSTEM_SETTINGS if args.system else paths.user_settings_path(home))
+    settings = settings_from(args, config_path, env)
+    default_socket = paths.SYSTEM_SOCKET if args.system else paths.user_socket_path(home, env)
+    socket_path = settings.socket or default_socket
+    socket_path = os.path.abspath(os.path.expanduser(socket_path))
+    sync_dir = paths.sync_dir(home, env, settings.state_dir)
+    pidfile = args.pidfile or (paths.SYSTEM_PIDFILE if args.system
+                               else os.path.join(os.path.dirname(socket_path), "confabd.pid"))
+    log_file = args.log_file or settings.log_file
+    if not log_file and args.daemon:
+        log_file = paths.default_log_file(home)
+    return Options(mode=mode, home=home, config_path=config_path, config_required=bool(args.config),
+                   settings=settings, socket_path=socket_path, sync_dir=sync_dir,
+                   pidfile=os.path.abspath(pidfile), log_file=log_file,
+                   log_level=(args.log_level or settings.log_level).upper())
+
+
+def settings_from(args, config_path: str, env) -> Settings:
+    """Config file, then environment, then flags (the strongest)."""
+    settings = load_settings(config_path, env, required=bool(args.config))
+    changes = {}
+    if args.socket:
+        changes["socket"] = args.socket
+    if args.state_dir:
+        changes["state_dir"] = args.state_dir
+    if changes:
+        settings = msgspec.structs.replace(settings, **changes)
+    return msgspec.structs.replace(settings, state_dir=paths.sync_dir(paths.home_dir(env), env,
+                                                                      settings.state_dir))
+
+
+class PidFile:
+    """A pidfile backed by fcntl.flock: the kernel drops the lock when we die,
+    so a pidfile left by `kill -9` is stale exactly when its lock is free.
+
+    Acquired before daemonizing (the fd, and so the lock, survive the fork);
+    python-daemon enters it as its `pidfile` to write the daemon's own pid.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = -1
+
+    def acquire(self) -> None:
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfabdError(f"another confabd master (pid {holder}) holds {self.path}") from None
+        self.fd = fd
+
+    def write_pid(self) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = -1
+
+    # python-daemon's pidfile protocol
+    def __enter__(self):
+        self.write_pid()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def setup_logging(opts: Options) -> logging.Handler:
+    if opts.log_file:
+        directory = os.path.dirname(os.path.abspath(opts.log_file))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Reopened when logrotate moves the file away.
+        handler: logging.Handler = logging.handlers.WatchedFileHandler(opts.log_file)
+        if opts.mode == "user":
+            os.chmod(opts.log_file, 0o600)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(opts.log_level)
+    return handler
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        opts = resolve(args)
+    except (ConfabdError, ValueError) as exc:
+        print(f"confabd: {exc}", file=sys.stderr)
+        return 1
+    if opts.mode == "system" and os.geteuid() != 0:
+        print("confabd: --system must run as root", file=sys.stderr)
+        return 1
+
+    from .master import AlreadyRunning, Arbiter, remove_stale_socket
+
+    pidfile = PidFile(opts.pidfile)
+    try:
+        remove_stale_socket(opts.socket_path)  # also: refuse when a master answers
+        pidfile.acquire()
+    except (AlreadyRunning, ConfabdError) as exc:
+        print(f"confabd: {exc}; not starting a second one", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"confabd: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+    try:
+        handler = setup_logging(opts)
+    except OSError as exc:
+        print(f"confabd: cannot open the log file: {exc}", file=sys.stderr)
+        return 1
+
+    def reload_settings() -> Settings:
+        return settings_from(args, opts.config_path, os.environ)
+
+    def run() -> int:
+        arbiter = Arbiter(opts.settings, socket_path=opts.socket_path, sync_dir=opts.sync_dir,
+                          home=opts.home, mode=opts.mode, reload_settings=reload_settings,
+                          pidfile_fd=pidfile.fd)
+        try:
+            return arbiter.run()
+        except (AlreadyRunning, OSError) as exc:
+            log.error("cannot run: %s", exc)
+            return 1
+
+    if not args.daemon:
+        with pidfile:
+            return run()
+
+    import daemon
+
+    stream = getattr(handler, "stream", None)
+    context = daemon.DaemonContext(
+        working_directory="/",
+        umask=0o077,
+        pidfile=pidfile,
+        detach_process=True,  # explicit: its heuristic is wrong under systemd --user
+        files_preserve=[pidfile.fd] + ([stream] if stream is not None else []),
+        # Our own handlers are installed by the master; these keep job control quiet.
+        signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None},
+    )
+    with context:
+        return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
