@@ -19,6 +19,7 @@ HOOK_RESPONSE = '{"continue": true, "suppressOutput": true}'
 MAX_HOOK_INPUT = 1 << 20  # bytes of hook JSON read from stdin
 HOOK_REQUEST_TIMEOUT_S = 5.0
 AUTOSTART_DEADLINE_S = 8.0  # a cold master start (imports, adoption) stays well under this
+LAUNCH_FAILED_GRACE_S = 2.0
 SESSION_END_TIMEOUT_S = 1.0  # SessionEnd hooks share a 1.5 s budget
 
 # Same rule as confabd.records.validate_external_id, without importing re/msgspec.
@@ -139,7 +140,7 @@ def request_with_autostart(message, autostart=True):
         if system or not autostart:
             raise
     try:
-        client.spawn_master()
+        launcher = client.spawn_master()
     except OSError as exc:
         raise client.NoMaster(f"no confabd master answers on {path}, and starting one failed ({exc})") from None
     deadline = time.monotonic() + AUTOSTART_DEADLINE_S
@@ -149,11 +150,17 @@ def request_with_autostart(message, autostart=True):
         try:
             return client.request(path, message, timeout=HOOK_REQUEST_TIMEOUT_S)
         except client.NoMaster:
-            if time.monotonic() >= deadline:
-                raise client.NoMaster(f"no confabd master answers on {path}, and the one just started "
-                                      f"did not answer within {AUTOSTART_DEADLINE_S:.0f} s "
-                                      "(see ~/.confab/logs/confabd.log)") from None
-            delay = min(delay * 2, 0.2)
+            pass
+        if launcher:
+            done, status = os.waitpid(launcher, os.WNOHANG)
+            if done:
+                launcher = 0
+                if status:  # `confabd --daemon` failed; a concurrent hook's master may still be coming
+                    deadline = min(deadline, time.monotonic() + LAUNCH_FAILED_GRACE_S)
+        if time.monotonic() >= deadline:
+            raise client.NoMaster(f"no confabd master answers on {path}, and the one just started "
+                                  "did not answer either (see ~/.confab/logs/confabd.log)") from None
+        delay = min(delay * 2, 0.1)
 
 
 def hook_session_end(hook_input):

@@ -1,0 +1,355 @@
+"""The master with real workers, a real socket, real signals and the test backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import time
+
+import psutil
+
+from tests.conftest import backend_has_file, fixture_lines, pid_alive, wait_until
+
+
+def append(path, lines):
+    with open(path, "ab") as f:
+        f.writelines(lines)
+
+
+def assert_exactly_once(backend, eid, path):
+    """Every complete line of the file on the backend, once, in order."""
+    assert backend.file_bytes(eid, path.name) == path.read_bytes()
+
+
+def test_hook_lifecycle_end_to_end(cfd):
+    """session-start -> lines over time -> session-end: every line once, one session_end, files removed."""
+    backend, eid = cfd.backend, "c7d3d95c-57f0-4359-8f4b-926a9bef5a3f"
+    master = cfd.master()
+    claude = cfd.claude()
+    code, out, err = claude.hook("session-start", cfd.payload(eid, source="startup"))
+    assert (code, json.loads(out)) == (0, {"continue": True, "suppressOutput": True}), err
+    session = cfd.session(eid)
+    assert session["parent_pid"] == claude.pid  # found by the word `claude` in its command line
+    assert session["state"] in ("waiting", "connecting", "syncing")
+
+    path, lines = cfd.transcript(eid), fixture_lines()
+    for i in range(0, len(lines), 3):  # the transcript grows while the session syncs
+        append(path, lines[i:i + 3])
+        time.sleep(0.05)
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
+    status = cfd.status(eid)
+    s = status["sessions"][0]
+    assert set(status["master"]) == {"pid", "mode", "version", "uptime_s", "socket"}
+    assert status["master"]["pid"] == master.pid and status["master"]["mode"] == "user"
+    assert set(s) == {"external_id", "state", "worker_pid", "parent_pid", "transcript_path",
+                      "confab_session_id", "restarts", "files", "last_sync_at", "last_error"}
+    wait_until(lambda: cfd.session(eid)["files"].get(path.name, {}).get("last_synced_line") == len(lines))
+    assert cfd.session(eid)["confab_session_id"] == backend.session_id(eid)
+
+    end = cfd.payload(eid, "SessionEnd", reason="exit")
+    started = time.monotonic()
+    code, out, err = claude.hook("session-end", end)
+    assert code == 0 and json.loads(out)["continue"] is True, err
+    assert time.monotonic() - started < 1.5  # it never waits for the upload
+    backend.wait_for(lambda: backend.events(eid), timeout=15)
+    wait_until(lambda: cfd.session(eid) is None, what="the session to leave the master")
+    events = backend.events(eid)
+    assert len(events) == 1 and events[0]["event_type"] == "session_end"
+    assert events[0]["payload"] == end
+    assert_exactly_once(backend, eid, path)
+    assert not cfd.state_file(eid).exists() and not cfd.inbox_file(eid).exists()
+    assert master.proc.poll() is None
+
+
+def test_kill_9_workers_mid_upload_restarts_and_exactly_once(cfd):
+    backend, eid = cfd.backend, "kill-workers"
+    cfd.master()
+    path, lines = cfd.transcript(eid), fixture_lines("python-to-rust-port.jsonl")
+    backend.delay_next(1000, 0.02, path="chunk")  # slow uploads: kills land mid-upload
+    append(path, lines[:10])
+    assert cfd.ctl("start", "--session-id", eid, "--transcript", str(path)).returncode == 0
+    seen = set()
+    for k in range(3):
+        pid = wait_until(lambda: (s := cfd.session(eid)) and s["worker_pid"] not in seen | {None}
+                         and s["worker_pid"], what="a new worker")
+        seen.add(pid)
+        append(path, lines[10 + k * 40:10 + (k + 1) * 40])
+        backend.wait_for(lambda: len(backend.lines(eid, path.name)) > 0)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid))
+    wait_until(lambda: cfd.session(eid)["restarts"] == 3 and cfd.session(eid)["state"] == "syncing", timeout=20)
+    backend.clear_faults()
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=30)
+    assert cfd.ctl("stop", eid, "--wait").returncode == 0
+    assert_exactly_once(backend, eid, path)
+    assert len(backend.events(eid)) == 1
+
+
+def test_parent_killed_finishes_session_within_2_s(cfd):
+    backend, eid = cfd.backend, "parent-dies"
+    cfd.master()
+    claude = cfd.claude()
+    path = cfd.transcript(eid)
+    append(path, fixture_lines()[:8])
+    code, _, err = claude.hook("session-start", cfd.payload(eid))
+    assert code == 0 and not err, err
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
+    append(path, fixture_lines()[8:])  # written just before Claude Code dies
+    claude.kill9()
+    died = time.monotonic()
+    wait_until(lambda: not cfd.state_file(eid).exists() and backend.events(eid), timeout=5)
+    assert time.monotonic() - died < 2.0
+    assert_exactly_once(backend, eid, path)
+    assert cfd.session(eid) is None
+    assert not cfd.inbox_file(eid).exists()  # no SessionEnd hook ran
+
+
+def test_recycled_parent_pid_is_not_taken_for_claude(cfd):
+    """A State whose parent PID is alive but with another create time: that parent is gone."""
+    backend, eid = cfd.backend, "recycled-pid"
+    impostor = cfd.claude()  # alive, named claude, but not the process that started the session
+    path = cfd.transcript(eid)
+    append(path, fixture_lines())
+    cfd.sync_dir.mkdir(parents=True)
+    real_create_time = psutil.Process(impostor.pid).create_time()
+    cfd.state_file(eid).write_text(json.dumps({
+        "external_id": eid, "transcript_path": str(path), "pid": 0, "parent_pid": impostor.pid,
+        "parent_create_time": real_create_time - 1000.0}))
+    cfd.master()
+    backend.wait_for(lambda: backend.events(eid), timeout=15)
+    assert_exactly_once(backend, eid, path)
+    wait_until(lambda: not cfd.state_file(eid).exists())
+    assert impostor.proc.poll() is None
+
+    # The same PID with the right create time is the parent: the session lives on.
+    other = "right-pid"
+    append(cfd.transcript(other), fixture_lines()[:5])
+    cfd.state_file(other).write_text(json.dumps({
+        "external_id": other, "transcript_path": str(cfd.transcript(other)), "parent_pid": impostor.pid,
+        "parent_create_time": real_create_time}))
+    cfd.masters[-1].stop()
+    cfd.master()
+    wait_until(lambda: (s := cfd.session(other)) and s["state"] == "syncing")
+    assert cfd.session(other)["parent_pid"] == impostor.pid
+    assert not backend.events(other)
+
+
+def test_master_kill_9_then_new_master_readopts(cfd):
+    backend, eid = cfd.backend, "master-dies"
+    master = cfd.master()
+    claude = cfd.claude()
+    path, lines = cfd.transcript(eid), fixture_lines("coverage-test-fix.jsonl")
+    append(path, lines[:20])
+    assert claude.hook("session-start", cfd.payload(eid))[0] == 0
+    backend.wait_for(lambda: len(backend.lines(eid, path.name)) == 20, timeout=20)
+    worker = cfd.session(eid)["worker_pid"]
+    master.kill9()
+    wait_until(lambda: not pid_alive(worker), timeout=10, what="the orphaned worker to exit")
+    assert cfd.state_file(eid).exists()
+    append(path, lines[20:])  # written while no master runs
+    cfd.master()
+    s = wait_until(lambda: cfd.session(eid), what="re-adoption")
+    assert s["parent_pid"] == claude.pid
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
+    claude.kill9()
+    backend.wait_for(lambda: backend.events(eid), timeout=10)
+    assert_exactly_once(backend, eid, path)
+
+
+def test_master_kill_9_parent_gone_meanwhile_is_finished_by_the_next(cfd):
+    backend, eid = cfd.backend, "orphan"
+    master = cfd.master()
+    claude = cfd.claude()
+    path = cfd.transcript(eid)
+    append(path, fixture_lines()[:5])
+    assert claude.hook("session-start", cfd.payload(eid))[0] == 0
+    backend.wait_for(lambda: len(backend.lines(eid, path.name)) == 5, timeout=20)
+    master.kill9()
+    claude.kill9()
+    append(path, fixture_lines()[5:])
+    cfd.master()
+    backend.wait_for(lambda: backend.events(eid), timeout=15)
+    assert_exactly_once(backend, eid, path)
+    wait_until(lambda: not cfd.state_file(eid).exists())
+
+
+def test_50_sessions_at_once_all_synced(cfd):
+    backend = cfd.backend
+    cfd.master()
+    ids = [f"many-{i:02d}" for i in range(50)]
+    lines = fixture_lines()
+    for eid in ids:
+        append(cfd.transcript(eid), lines)
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda e: cfd.hook("session-start", cfd.payload(e)), ids))
+    assert all(r.returncode == 0 and not r.stderr for r in results), [r.stderr for r in results if r.stderr]
+    assert len(cfd.status()["sessions"]) == 50
+    backend.wait_for(lambda: all(backend_has_file(backend, e, cfd.transcript(e)) for e in ids), timeout=60)
+    r = cfd.ctl("shutdown")
+    assert r.returncode == 0
+    assert cfd.masters[-1].proc.wait(30) == 0
+    for eid in ids:
+        assert_exactly_once(backend, eid, cfd.transcript(eid))
+
+
+def test_20_concurrent_hook_calls_for_one_session_give_one_worker(cfd):
+    """No master yet: the hooks race to auto-start one; exactly one master, one worker."""
+    backend, eid = cfd.backend, "same-session"
+    path = cfd.transcript(eid)
+    append(path, fixture_lines())
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda _: cfd.hook("session-start", cfd.payload(eid)), range(20)))
+    assert all(r.returncode == 0 for r in results)
+    assert all(not r.stderr for r in results), [r.stderr for r in results if r.stderr]
+    status = cfd.status()
+    assert [s["external_id"] for s in status["sessions"]] == [eid]
+    master_pid = status["master"]["pid"]
+    try:
+        workers = [p for p in psutil.Process(master_pid).children() if p.status() != psutil.STATUS_ZOMBIE]
+        assert len(workers) == 1
+        backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
+        assert backend.counts()["by_path"].get("init", 0) >= 1
+        assert len({e["conn"] for e in backend.requests_log()}) >= 1
+    finally:
+        assert cfd.ctl("shutdown").returncode == 0
+        wait_until(lambda: not pid_alive(master_pid), timeout=20)
+
+
+def test_crash_looping_worker_backs_off_then_fails(cfd):
+    backend, eid, other = cfd.backend, "crashes", "healthy"
+    master = cfd.master()
+    for e in (eid, other):
+        append(cfd.transcript(e), fixture_lines())
+        assert cfd.ctl("start", "--session-id", e, "--transcript", str(cfd.transcript(e))).returncode == 0
+    killed, gaps, last = set(), [], None
+    while len(killed) < 5:
+        s = wait_until(lambda: (x := cfd.session(eid)) and (x["state"] == "failed" or
+                                                            x["worker_pid"] not in killed | {None}) and x,
+                       timeout=20)
+        if s["state"] == "failed":
+            break
+        if last is not None:
+            gaps.append(time.monotonic() - last)
+        os.kill(s["worker_pid"], signal.SIGKILL)
+        last = time.monotonic()
+        killed.add(s["worker_pid"])
+    s = wait_until(lambda: (x := cfd.session(eid)) and x["state"] == "failed" and x, timeout=20)
+    assert len(killed) == 5 and s["restarts"] == 4 and s["worker_pid"] is None
+    assert "SIGKILL" in s["last_error"] and "crash loop" in s["last_error"]
+    assert gaps[0] >= 0.45 and gaps[-1] >= 3.5  # 0.5 s doubling
+    for pid in killed:  # reaped: no zombies
+        assert not os.path.exists(f"/proc/{pid}")
+    assert master.proc.poll() is None and cfd.ping()
+    backend.wait_for(lambda: backend_has_file(backend, other, cfd.transcript(other)), timeout=20)
+    assert cfd.session(other)["state"] == "syncing"
+    assert cfd.state_file(eid).exists()  # nothing lost: the next master adopts it again
+    r = cfd.ctl("stop", eid)
+    assert r.returncode == 1 and "failed" in r.stderr
+
+
+def test_modes_stale_socket_and_second_master(cfd):
+    # A stale socket left by a dead master is replaced.
+    cfd.socket.parent.mkdir(mode=0o700)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(cfd.socket))
+    stale.close()
+    master = cfd.master()
+    assert stat.S_IMODE(os.stat(cfd.socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(cfd.socket.parent).st_mode) == 0o700
+    eid = "private"
+    append(cfd.transcript(eid), fixture_lines())
+    assert cfd.hook("session-start", cfd.payload(eid)).returncode == 0
+    assert stat.S_IMODE(os.stat(cfd.sync_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(cfd.state_file(eid)).st_mode) == 0o600
+    # A second master refuses to start, and the first keeps serving.
+    second = cfd.master(wait=False)
+    assert second.proc.wait(20) == 1
+    assert "already" in second.log_text()
+    assert master.proc.poll() is None and cfd.ping()
+    assert cfd.hook("session-end", cfd.payload(eid, "SessionEnd")).returncode == 0
+    wait_until(lambda: cfd.inbox_file(eid).exists() or not cfd.state_file(eid).exists())
+    if cfd.inbox_file(eid).exists():
+        assert stat.S_IMODE(os.stat(cfd.inbox_file(eid)).st_mode) == 0o600
+    assert master.stop() == 0
+    assert not cfd.socket.exists()
+
+
+def test_sigterm_suspends_live_sessions_and_next_master_resumes(cfd):
+    """Shutdown flushes every worker and keeps live sessions' State for the next master."""
+    backend, eid = cfd.backend, "suspended"
+    master = cfd.master()
+    claude = cfd.claude()
+    path, lines = cfd.transcript(eid), fixture_lines("coverage-test-fix.jsonl")
+    append(path, lines[:10])
+    assert claude.hook("session-start", cfd.payload(eid))[0] == 0
+    backend.wait_for(lambda: len(backend.lines(eid, path.name)) == 10, timeout=20)
+    worker = cfd.session(eid)["worker_pid"]
+    append(path, lines[10:])
+    assert master.stop() == 0
+    assert not pid_alive(worker)
+    assert_exactly_once(backend, eid, path)  # final flush before stopping
+    assert cfd.state_file(eid).exists() and not backend.events(eid)
+    cfd.master()
+    wait_until(lambda: cfd.session(eid))
+    claude.kill9()
+    backend.wait_for(lambda: backend.events(eid), timeout=15)
+
+
+def test_sighup_reloads_and_sd_notify(cfd):
+    notify_path = cfd.run_dir / "notify.sock"
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(str(notify_path))
+    sink.settimeout(10)
+    cfd.env.update(NOTIFY_SOCKET=str(notify_path), WATCHDOG_USEC="200000")
+    master = cfd.master()
+    messages = []
+
+    def received(word):
+        while not any(word in m for m in messages):
+            messages.append(sink.recv(4096).decode())
+        return True
+
+    assert received("READY=1") and received("WATCHDOG=1")
+    eid = "reload"
+    append(cfd.transcript(eid), fixture_lines())
+    assert cfd.ctl("start", "--session-id", eid, "--transcript", str(cfd.transcript(eid))).returncode == 0
+    (cfd.home / ".config" / "confabd" / "confabd.toml").write_text("this is not toml")
+    master.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "keeping the current settings" in master.log_text())
+    assert cfd.ping()
+    master.proc.send_signal(signal.SIGHUP)  # twice: the master stays up
+    master.proc.send_signal(signal.SIGTERM)
+    assert master.proc.wait(20) == 0
+    assert received("STOPPING=1")
+    sink.close()
+
+
+def test_daemon_mode_pidfile_and_log(cfd):
+    r = cfd.ctl("ping")
+    assert r.returncode == 3
+    import subprocess
+    from tests.conftest import PYTHON
+    log = cfd.root / "daemon.log"
+    started = subprocess.run([PYTHON, "-m", "confabd.master_cli", "--daemon", "--log-file", str(log)],
+                             env=cfd.env, capture_output=True, text=True, timeout=30)
+    assert started.returncode == 0, started.stderr
+    wait_until(cfd.ping, timeout=20)
+    pidfile = cfd.socket.parent / "confabd.pid"
+    pid = int(pidfile.read_text())
+    proc = psutil.Process(pid)
+    try:
+        assert proc.ppid() == 1 or proc.terminal() is None
+        assert pid == cfd.status()["master"]["pid"]
+        assert "listening on" in log.read_text()
+        again = subprocess.run([PYTHON, "-m", "confabd.master_cli", "--daemon"], env=cfd.env,
+                               capture_output=True, text=True, timeout=30)
+        assert again.returncode == 1 and "already" in again.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not pid_alive(pid), timeout=20)
+    assert not pidfile.exists() and not cfd.socket.exists()
