@@ -73,7 +73,7 @@ class SessionFacts:
 def _decode(line: bytes) -> dict:
     try:
         obj = msgspec.json.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # not JSON, or not UTF-8: no facts in it
         return {}
     return obj if isinstance(obj, dict) else {}
 
