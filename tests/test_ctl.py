@@ -1,0 +1,199 @@
+"""confabctl and the hooks: bad input, no master, the control protocol's edges, the hook's import cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+
+from confabd import client
+from tests.conftest import PYTHON, backend_has_file, fixture_lines, wait_until
+
+RESPONSE = {"continue": True, "suppressOutput": True}
+
+
+def hook_ok(result) -> str:
+    """The hook printed the response and exited 0; returns its stderr."""
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == RESPONSE
+    return result.stderr
+
+
+def test_hook_bad_input_always_exits_0_with_a_clear_message(cfd):
+    master = cfd.master()
+    cases = {
+        "malformed": ("{not json", "not valid JSON"),
+        "empty": ("", "empty hook input"),
+        "huge": ('{"session_id": "' + "a" * (2 << 20) + '"}', "larger than"),
+        "invalid id": (json.dumps({"session_id": "../../etc/passwd", "transcript_path": "/x"}), "invalid session id"),
+        "dot id": (json.dumps({"session_id": ".hidden", "transcript_path": "/x"}), "invalid session id"),
+        "not an object": ("[1, 2]", "not a JSON object"),
+    }
+    for event in ("session-start", "session-end"):
+        for name, (data, message) in cases.items():
+            err = hook_ok(cfd.hook(event, data))
+            assert message in err, (event, name, err)
+    assert cfd.status()["sessions"] == []
+    assert not cfd.sync_dir.exists() or not any(cfd.sync_dir.iterdir())
+    assert master.proc.poll() is None
+
+
+def test_hook_unknown_event_and_unknown_session(cfd):
+    cfd.master()
+    assert "usage" in hook_ok(cfd.ctl("hook", "bogus", input="{}"))
+    err = hook_ok(cfd.hook("session-end", cfd.payload("never-started", "SessionEnd")))
+    assert "no session 'never-started'" in err
+    assert not cfd.inbox_file("never-started").exists()  # the orphan inbox record is cleaned up
+
+
+def test_no_master_and_none_can_start_leaves_a_state_for_the_next(cfd):
+    """The socket's dir cannot be created: the hook records the session on disk and says so."""
+    blocker = cfd.root / "not-a-dir"
+    blocker.write_text("")
+    env = dict(cfd.env, CONFABD_SOCKET=str(blocker / "control.sock"))
+    eid = "no-master"
+    path = cfd.transcript(eid)
+    path.write_bytes(b"".join(fixture_lines()))
+    claude = cfd.claude(env)
+    code, out, err = claude.hook("session-start", cfd.payload(eid))
+    assert code == 0 and json.loads(out) == RESPONSE
+    assert "recorded in" in err and str(cfd.state_file(eid)) in err
+    state = json.loads(cfd.state_file(eid).read_text())
+    assert state["external_id"] == eid and state["transcript_path"] == str(path)
+    assert state["parent_pid"] == claude.pid
+    assert oct(os.stat(cfd.state_file(eid)).st_mode & 0o777) == "0o600"
+
+    code, out, err = claude.hook("session-end", cfd.payload(eid, "SessionEnd", reason="exit"))
+    assert code == 0 and "recorded in" in err
+    assert cfd.inbox_file(eid).exists()
+
+    # The next master (on a usable socket) adopts it and, seeing the SessionEnd, finishes it.
+    cfd.master()
+    backend = cfd.backend
+    backend.wait_for(lambda: backend.events(eid), timeout=15)
+    assert backend_has_file(backend, eid, path)
+    assert backend.events(eid)[0]["payload"]["reason"] == "exit"
+    wait_until(lambda: not cfd.state_file(eid).exists() and not cfd.inbox_file(eid).exists())
+
+
+def test_hook_auto_starts_a_master(cfd):
+    eid = "autostart"
+    path = cfd.transcript(eid)
+    path.write_bytes(b"".join(fixture_lines()))
+    assert cfd.ctl("ping").returncode == 3
+    assert hook_ok(cfd.hook("session-start", cfd.payload(eid))) == ""
+    status = cfd.status()
+    pid = status["master"]["pid"]
+    try:
+        assert [s["external_id"] for s in status["sessions"]] == [eid]
+        cfd.backend.wait_for(lambda: backend_has_file(cfd.backend, eid, path), timeout=20)
+        assert (cfd.home / ".confab" / "logs" / "confabd.log").exists()
+    finally:
+        assert cfd.ctl("shutdown").returncode == 0
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=20)
+
+
+def test_commands_and_exit_codes(cfd):
+    assert cfd.ctl("status").returncode == 3
+    assert cfd.ctl("stop", "x").returncode == 3
+    assert cfd.ctl("shutdown").returncode == 3
+    assert cfd.ctl("frobnicate").returncode == 2
+    assert cfd.ctl("stop").returncode == 2
+    r = cfd.ctl("--version")
+    assert r.returncode == 0 and "confabctl" in r.stdout
+    master = cfd.master()
+    r = cfd.ctl("ping")
+    assert r.returncode == 0 and str(master.pid) in r.stdout
+    eid = "cmds"
+    path = cfd.transcript(eid)
+    path.write_bytes(b"".join(fixture_lines()))
+    assert cfd.ctl("start", "--session-id", eid, "--transcript", str(path)).returncode == 0
+    r = cfd.ctl("start", "--session-id", eid, "--transcript", str(path))
+    assert r.returncode == 0 and "already registered" in r.stdout
+    r = cfd.ctl("start", "--session-id", eid, "--transcript", str(path) + ".other")
+    assert r.returncode == 1 and "refusing a second registration" in r.stderr
+    r = cfd.ctl("start", "--session-id", "../bad", "--transcript", str(path))
+    assert r.returncode == 2 and "invalid session id" in r.stderr
+    r = cfd.ctl("start", "--session-id", "p", "--transcript", str(path), "--parent-pid", "999999999")
+    assert r.returncode == 1 and "does not exist" in r.stderr
+    cfd.backend.wait_for(lambda: backend_has_file(cfd.backend, eid, path), timeout=20)
+    wait_until(lambda: cfd.session(eid)["files"])
+    table = cfd.ctl("status").stdout
+    assert "SESSION" in table and eid in table and "syncing" in table and str(master.pid) in table
+    assert cfd.ctl("status", "nope").returncode == 1
+    assert [s["external_id"] for s in cfd.status(eid)["sessions"]] == [eid]
+    r = cfd.ctl("stop", eid, "--wait")
+    assert r.returncode == 0 and "finished" in r.stdout
+    assert len(cfd.backend.events(eid)) == 1  # --wait returned after the final sync
+    assert cfd.session(eid) is None
+    assert cfd.ctl("stop", eid).returncode == 1
+    assert cfd.ctl("shutdown").returncode == 0
+    assert master.proc.wait(20) == 0
+
+
+def raw_request(path, payload: bytes, header: bytes = None) -> dict:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall((header if header is not None else struct.pack(">I", len(payload))) + payload)
+        size = struct.unpack(">I", s.recv(4))[0]
+        data = b""
+        while len(data) < size:
+            data += s.recv(size - len(data))
+        return json.loads(data)
+
+
+def test_malformed_and_oversized_requests_get_error_replies(cfd):
+    master = cfd.master()
+    sock = cfd.socket
+    assert "malformed" in raw_request(sock, b"\xff\xfe not json")["error"]
+    assert "malformed" in raw_request(sock, b'{"type": "explode", "v": 1}')["error"]
+    assert "malformed" in raw_request(sock, b'{"type": "register", "v": 1}')["error"]
+    assert "version" in raw_request(sock, b'{"type": "ping", "v": 99}')["error"]
+    reply = raw_request(sock, b"", header=struct.pack(">I", 64 << 20))
+    assert reply["ok"] is False and "exceeds" in reply["error"]
+    reply = raw_request(sock, json.dumps({"type": "register", "v": 1, "external_id": "x/y",
+                                          "transcript_path": "/t"}).encode())
+    assert "invalid session id" in reply["error"]
+    with socket.socket(socket.AF_UNIX) as s:  # a client that vanishes mid-frame
+        s.connect(str(sock))
+        s.sendall(struct.pack(">I", 100) + b"{")
+    # Two requests in one write are answered in order on one connection.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(sock))
+        body = b'{"type":"ping","v":1}'
+        s.sendall((struct.pack(">I", len(body)) + body) * 2)
+        data = b""
+        while data.count(b'"ok":true') < 2:
+            data += s.recv(4096)
+    assert master.proc.poll() is None and cfd.ping()
+
+
+def test_hook_imports_stay_light(cfd, tmp_path):
+    """The hook path imports no msgspec, psutil, requests, backoff or argparse."""
+    payload = tmp_path / "in.json"
+    payload.write_text(json.dumps(cfd.payload("light")))
+    env = dict(cfd.env, CONFABD_SOCKET=str(tmp_path / "nothing" / "here.sock"))
+    with open(payload) as stdin:
+        r = subprocess.run([PYTHON, "-X", "importtime", "-c",
+                            "import sys; from confabd.ctl import hook; sys.exit(hook(['session-end']))"],
+                           stdin=stdin, env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    for heavy in ("msgspec", "psutil", "requests", "backoff", "argparse", "socket", "subprocess"):
+        assert heavy not in imported, heavy
+
+
+def test_client_socket_resolution(tmp_path, monkeypatch):
+    env = {"HOME": str(tmp_path)}
+    assert client.socket_path(env) == (str(tmp_path / ".confab" / "run" / "control.sock"), False)
+    assert client.socket_path(dict(env, CONFABD_SOCKET="/x.sock")) == ("/x.sock", False)
+    (tmp_path / "rt").mkdir()
+    assert client.socket_path(dict(env, XDG_RUNTIME_DIR=str(tmp_path / "rt")))[0] == \
+        str(tmp_path / "rt" / "confabd" / "control.sock")
+    settings = tmp_path / ".config" / "confabd" / "confabd.toml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text('socket = "/from/config.sock"\n')
+    assert client.socket_path(env) == ("/from/config.sock", False)
