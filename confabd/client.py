@@ -1,21 +1,75 @@
 """The lean control client used by confabctl and the hooks.
 
-It runs on every Claude Code start, so it imports only C modules and `json`:
-`_socket` rather than `socket` (whose `enum` import alone costs ~8 ms), no
+It runs on every Claude Code start, so it imports only C modules: `_socket`
+rather than `socket` (whose `enum` import costs ~8 ms), and the C half of the
+stdlib json (`_json`) rather than `json` (which pulls in `re` and `enum`); no
 msgspec. The wire format is the one of `confabd.control` (4-byte big-endian
 length + JSON), which the master decodes with msgspec.
 """
 
-import json
 import os
 import sys
 
+import _json
 import _socket
 
 from . import paths
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
+
+
+# ---------------------------------------------------------------------------
+# JSON with the C accelerator of the stdlib json module, without importing json.
+
+
+class _ScanContext:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    memo: dict = {}
+
+    @staticmethod
+    def parse_constant(name):
+        raise ValueError(f"{name} is not valid JSON")
+
+
+_scan = _json.make_scanner(_ScanContext())
+_WHITESPACE = " \t\n\r"
+
+
+def _not_serializable(obj):
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+_encode = _json.make_encoder(None, _not_serializable, _json.encode_basestring_ascii, None,
+                             ":", ",", False, False, False)
+
+
+def loads(data):
+    """Parse one JSON document (bytes in UTF-8 or str); ValueError when it is not one."""
+    if isinstance(data, (bytes, bytearray)):
+        data = bytes(data).decode("utf-8")  # UnicodeDecodeError is a ValueError
+    start = len(data) - len(data.lstrip(_WHITESPACE))
+    try:
+        value, end = _scan(data, start)
+        if not data[end:].strip(_WHITESPACE):
+            return value
+    except Exception:  # noqa: BLE001 - the C scanner's errors need json.decoder; let json say it
+        pass
+    import json  # the rare error path: its message says where the input went wrong
+
+    return json.loads(data)
+
+
+def dumps(obj):
+    """Compact JSON text (ASCII)."""
+    return "".join(_encode(obj, 0))
+
+
+# ---------------------------------------------------------------------------
 
 
 class NoMaster(Exception):
@@ -72,7 +126,7 @@ def request(path, message, timeout=5.0):
     reply, OSError (e.g. TimeoutError) on other socket failures.
     """
     message.setdefault("v", PROTOCOL_VERSION)
-    body = json.dumps(message, separators=(",", ":")).encode()
+    body = dumps(message).encode()
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
@@ -88,7 +142,7 @@ def request(path, message, timeout=5.0):
     finally:
         sock.close()
     try:
-        reply = json.loads(data)
+        reply = loads(data)
     except ValueError as exc:
         raise ProtocolError(f"malformed reply from the master: {exc}") from None
     if not isinstance(reply, dict) or "ok" not in reply:

@@ -67,8 +67,6 @@ def hook(args):
 
 def read_hook_input():
     """(session_id, transcript_path, cwd, payload) from the hook JSON on stdin."""
-    import json
-
     if sys.stdin is None or sys.stdin.isatty():
         raise HookError("no hook input: expected Claude Code's hook JSON on stdin")
     data = sys.stdin.buffer.read(MAX_HOOK_INPUT + 1)
@@ -77,7 +75,7 @@ def read_hook_input():
     if not data.strip():
         raise HookError("empty hook input on stdin; nothing to do")
     try:
-        payload = json.loads(data)
+        payload = client.loads(data)
     except ValueError as exc:
         raise HookError(f"hook input is not valid JSON ({exc}); ignored") from None
     if not isinstance(payload, dict):
@@ -201,11 +199,8 @@ def utc_now():
 
 def append_session_end(session_id, payload):
     """Append a session_end InboxRecord (one write on an O_APPEND fd, 0600)."""
-    import json
-
     path = paths.inbox_path(private_dir(sync_dir()), session_id)
-    line = json.dumps({"type": "session_end", "timestamp": utc_now(), "hook_input": payload},
-                      separators=(",", ":")) + "\n"
+    line = client.dumps({"type": "session_end", "timestamp": utc_now(), "hook_input": payload}) + "\n"
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)
     try:
@@ -221,8 +216,6 @@ def write_fallback_state(session_id, transcript, cwd):
 
     parent_create_time stays 0: the master then re-checks the parent by name.
     """
-    import json
-
     directory = private_dir(sync_dir())
     path = paths.state_path(directory, session_id)
     if os.path.exists(path):
@@ -235,7 +228,7 @@ def write_fallback_state(session_id, transcript, cwd):
     tmp = os.path.join(directory, f".{session_id}.json.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, json.dumps(state).encode())
+        os.write(fd, client.dumps(state).encode())
         os.fsync(fd)
     finally:
         os.close(fd)
