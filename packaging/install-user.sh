@@ -1,0 +1,62 @@
+#!/bin/sh
+# Install confabd for the current user from this checkout, add the Claude Code
+# hooks, and start the master (systemd user unit when available, else --daemon).
+#
+#   sh packaging/install-user.sh [--no-hooks]
+#
+# Needs python3 (3.9+) with venv; on Debian: apt-get install python3-venv
+# (done for you when run as root or with password-less sudo).
+set -eu
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+prefix=${CONFABD_PREFIX:-$HOME/.local/share/confabd}
+bindir=${CONFABD_BINDIR:-$HOME/.local/bin}
+hooks=yes
+[ "${1:-}" = "--no-hooks" ] && hooks=no
+
+say() { printf 'install-user: %s\n' "$*"; }
+
+ensure_venv_support() {
+    python3 -c 'import ensurepip, venv' 2>/dev/null && return 0
+    if [ "$(id -u)" = 0 ]; then
+        apt-get install -y -q python3-venv >/dev/null
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo apt-get install -y -q python3-venv >/dev/null
+    else
+        say "python3 cannot create virtual environments; run: sudo apt-get install python3-venv" >&2
+        exit 1
+    fi
+}
+
+start_master() {
+    if "$bindir/confabctl" ping >/dev/null 2>&1; then
+        say "a master is already running; restarting it to pick up the new code"
+        "$bindir/confabctl" shutdown >/dev/null 2>&1 || true
+    fi
+    if systemctl --user show-environment >/dev/null 2>&1; then
+        unit_dir=${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user
+        mkdir -p "$unit_dir"
+        sed "s#^ExecStart=.*#ExecStart=$bindir/confabd --foreground#" \
+            "$here/packaging/systemd/user/confabd.service" > "$unit_dir/confabd.service"
+        systemctl --user daemon-reload
+        systemctl --user enable --now confabd.service
+        systemctl --user restart confabd.service
+        say "started with systemd --user (systemctl --user status confabd)"
+    else
+        "$bindir/confabd" --daemon
+        say "started in the background (no systemd user manager here): $bindir/confabd --daemon"
+    fi
+}
+
+ensure_venv_support
+python3 -m venv "$prefix/venv"
+"$prefix/venv/bin/pip" install --quiet --disable-pip-version-check "$here"
+mkdir -p "$bindir"
+ln -sf "$prefix/venv/bin/confabd" "$bindir/confabd"
+ln -sf "$prefix/venv/bin/confabctl" "$bindir/confabctl"
+say "installed confabd $("$bindir/confabd" --version) into $prefix/venv, commands in $bindir"
+if [ "$hooks" = yes ]; then
+    "$bindir/confabctl" install-hooks
+fi
+start_master
+"$bindir/confabctl" status
