@@ -39,7 +39,7 @@ from . import __version__, control, notify, worker_api
 from .config import Settings
 from .errors import ConfigError
 from .records import InvalidExternalId, State, validate_external_id
-from .store import SyncDir, ensure_private_dir, utc_now
+from .store import SyncDir, utc_now
 
 log = logging.getLogger("confabd.master")
 
@@ -347,10 +347,8 @@ class Arbiter:
     def listen(self) -> None:
         path = self.socket_path
         directory = os.path.dirname(path)
-        if self.mode == "user":
-            ensure_private_dir(directory)
-        else:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
+        if not os.path.isdir(directory):  # an existing dir (e.g. /tmp) is never chmod-ed
+            os.makedirs(directory, mode=0o700 if self.mode == "user" else 0o755, exist_ok=True)
         remove_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
