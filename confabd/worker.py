@@ -26,6 +26,7 @@ from multiprocessing.connection import wait as wait_for_ready
 from typing import Optional
 
 import backoff
+import msgspec
 
 from . import worker_api as api
 from .config import BackendConfig, ConfigError, check_backend_url, choose_sink, load_backend_config
@@ -91,6 +92,8 @@ class SessionWorker:
         self.last_error = ""
         self.sink_kind = ""
         self.master_pid = os.getppid()
+        self._saved_state = b""
+        self.last_sync_at = ""
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -126,9 +129,9 @@ class SessionWorker:
         """One sync pass, with backoff while the sink is unavailable (bounded by the interval)."""
         try:
             engine = self._engine()
-            self._sync_with_backoff(engine, max_time=self._retry_budget())
+            sent = self._sync_with_backoff(engine, max_time=self._retry_budget())
             self.gone_count = 0
-            self._note_success()
+            self._note_success(sent)
         except AuthFailed as exc:
             self._drop_engine(f"{exc}; will re-read credentials next cycle")
         except SessionGone as exc:
@@ -395,9 +398,14 @@ class SessionWorker:
                 self.state.confab_session_id = self.engine.session_id
 
     def _save_state(self) -> None:
+        """Write State when it changed: an idle session costs no disk writes."""
         self._keep_progress()
+        encoded = msgspec.json.encode(self.state)
+        if encoded == self._saved_state:
+            return
         try:
             self.sync_dir.save_state(self.state)
+            self._saved_state = encoded
         except OSError as exc:  # e.g. ENOSPC: keep syncing; the backend holds the position
             log.error("%s: cannot write State: %s", self.spec.external_id, exc)
 
@@ -409,8 +417,10 @@ class SessionWorker:
             self._save_state()
         self._report()
 
-    def _note_success(self) -> None:
-        self.state.last_sync_at = utc_now()
+    def _note_success(self, sent: int) -> None:
+        self.last_sync_at = utc_now()
+        if sent or not self.state.last_sync_at:  # State records the last delivery, not every idle pass
+            self.state.last_sync_at = self.last_sync_at
         errors = self.engine.errors() if self.engine else []
         replaced = getattr(self.engine.sink, "replaced_lines", 0) if self.engine else 0
         if replaced:
@@ -430,7 +440,7 @@ class SessionWorker:
             phase=self.state.phase,
             confab_session_id=(engine.session_id if engine else "") or self.state.confab_session_id,
             files=engine.server_lines() if engine else {n: p.last_synced_line for n, p in self.state.files.items()},
-            last_sync_at=self.state.last_sync_at,
+            last_sync_at=self.last_sync_at or self.state.last_sync_at,
             last_error=self.last_error,
             sink=self.sink_kind,
         )

@@ -54,7 +54,7 @@ python3 -m venv "$prefix/venv"
 mkdir -p "$bindir"
 ln -sf "$prefix/venv/bin/confabd" "$bindir/confabd"
 ln -sf "$prefix/venv/bin/confabctl" "$bindir/confabctl"
-say "installed confabd $("$bindir/confabd" --version) into $prefix/venv, commands in $bindir"
+say "installed $("$bindir/confabd" --version) into $prefix/venv, commands in $bindir"
 if [ "$hooks" = yes ]; then
     "$bindir/confabctl" install-hooks
 fi
