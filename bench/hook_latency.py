@@ -1,0 +1,134 @@
+"""Hook latency and session-end latency (issue 6, rows 1 and 2).
+
+hook latency: the whole `confabctl hook session-start` process (the console
+script Claude Code runs, fixture hook input on stdin) against a running master,
+median of >= 30 runs, interleaved with the baseline `python -c pass` (same
+interpreter) so that machine noise hits both alike. The `-X importtime` top
+entries of the hook path are printed with it.
+
+session-end latency: for sessions that are syncing (30 s default interval),
+lines are appended, then `confabctl hook session-end` runs: its whole process
+time (vs the baseline), then the time from its return until the backend holds
+every line and the `session_end` event.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .common import (
+    CONFABCTL, PYTHON, Backend, Figure, Install, TRANSCRIPTS, log, median, python_pass_env, run_timed,
+    small_lines, spread, wait_until,
+)
+
+SESSION_FILE = "hello-world-script.jsonl"
+
+
+def importtime_report(inst: Install, external_id: str, top: int = 12) -> list[str]:
+    """`python -X importtime` of the hook path: total and the top entries by cumulative time."""
+    out = []
+    for label, argv in (("console script", [PYTHON, "-X", "importtime", CONFABCTL, "hook", "session-start"]),
+                        ("python -m confabd.ctl", [PYTHON, "-X", "importtime", "-m", "confabd.ctl", "hook",
+                                                   "session-start"])):
+        rows = []
+        for _ in range(3):  # keep the fastest of 3 (less noise)
+            _, _, _, _, err = run_timed(argv, env=inst.env, stdin_bytes=inst.hook_input("SessionStart", external_id))
+            parsed = []
+            for line in err.decode(errors="replace").splitlines():
+                if not line.startswith("import time:") or "cumulative" in line:
+                    continue
+                _, rest = line.split(":", 1)
+                self_us, cum_us, name = (p.strip() for p in rest.split("|", 2))
+                parsed.append((int(cum_us), int(self_us), name))
+            if not rows or sum(p[1] for p in parsed) < sum(p[1] for p in rows):
+                rows = parsed
+        total_self = sum(r[1] for r in rows)
+        out.append(f"-X importtime, {label}: {len(rows)} modules, {total_self / 1000:.1f} ms self total; "
+                   f"top {top} by cumulative:")
+        for cum, self_us, name in sorted(rows, reverse=True)[:top]:
+            out.append(f"    {cum / 1000:7.2f} ms cum {self_us / 1000:6.2f} ms self  {name}")
+    return out
+
+
+def run(quick: bool = False) -> list[Figure]:
+    runs = 10 if quick else 40
+    end_runs = 4 if quick else 12
+    backend = Backend()
+    inst = Install("hook", backend)
+    figures: list[Figure] = []
+    try:
+        inst.start_master()
+        base_env = python_pass_env()
+        fixture = (TRANSCRIPTS / SESSION_FILE).read_bytes()
+        n_fixture = fixture.count(b"\n")
+
+        # warm the page cache and the master's code paths
+        for i in range(3):
+            sid = f"warm-{i}"
+            inst.transcript(sid).write_bytes(fixture)
+            run_timed([PYTHON, "-c", "pass"], env=base_env)
+            run_timed([CONFABCTL, "hook", "session-start"], env=inst.env,
+                      stdin_bytes=inst.hook_input("SessionStart", sid))
+
+        log(f"hook latency: {runs} x (python -c pass, confabctl hook session-start), interleaved")
+        base, hook, hook_m = [], [], []
+        sids = []
+        for i in range(runs):
+            sid = f"hook-{i:03d}"
+            sids.append(sid)
+            inst.transcript(sid).write_bytes(fixture)
+            payload = inst.hook_input("SessionStart", sid)
+            base.append(run_timed([PYTHON, "-c", "pass"], env=base_env)[0])
+            wall, _, rc, out, err = run_timed([CONFABCTL, "hook", "session-start"], env=inst.env, stdin_bytes=payload)
+            if rc != 0 or err.strip():
+                raise RuntimeError(f"hook session-start failed: rc={rc} {err!r}")
+            hook.append(wall)
+            # a worker is forked and syncs now: let it settle, out of the next measurement
+            time.sleep(0.15)
+            if i % 4 == 0:  # the `python -m` form too, for comparison (re-register: "already registered")
+                hook_m.append(run_timed([PYTHON, "-m", "confabd.ctl", "hook", "session-start"], env=inst.env,
+                                        stdin_bytes=payload)[0])
+        b, h = median(base), median(hook)
+        fig = Figure("hook latency (session-start, whole process)", h, "s", b, "python -c pass (median)",
+                     "<= 2.0x baseline", h <= 2.0 * b,
+                     spread=f"hook {spread(hook)}; baseline {spread(base)}")
+        fig.notes.append(f"`python -m confabd.ctl hook session-start` (re-registering a known session): "
+                         f"median {median(hook_m) * 1000:.1f} ms ({spread(hook_m)})")
+        fig.notes.extend(importtime_report(inst, sids[0]))
+        figures.append(fig)
+
+        log("session-end: waiting until every hook session is synced")
+        wait_until(lambda: all(backend.has_all(s, {f"{s}.jsonl": n_fixture}) for s in sids), 60, 0.1,
+                   "the initial sync of the hook sessions")
+        log(f"session-end latency: {end_runs} sessions")
+        end_base, end_hook, delivered = [], [], []
+        for i, sid in enumerate(sids[:end_runs]):
+            extra = small_lines(25, f"{sid}-end")
+            with open(inst.transcript(sid), "ab") as f:
+                f.write(extra)
+            total = n_fixture + 25
+            payload = inst.hook_input("SessionEnd", sid)
+            end_base.append(run_timed([PYTHON, "-c", "pass"], env=base_env)[0])
+            wall, _, rc, out, err = run_timed([CONFABCTL, "hook", "session-end"], env=inst.env, stdin_bytes=payload)
+            returned = time.perf_counter()
+            if rc != 0 or err.strip():
+                raise RuntimeError(f"hook session-end failed: rc={rc} {err!r}")
+            wait_until(lambda: backend.has_all(sid, {f"{sid}.jsonl": total}, event=True), 30, 0.005,
+                       f"{sid} delivered with its session_end")
+            delivered.append(time.perf_counter() - returned)
+            end_hook.append(wall)
+            time.sleep(0.2)
+        b2, h2 = median(end_base), median(end_hook)
+        figures.append(Figure("session-end hook returns", h2, "s", b2, "python -c pass (median)",
+                              "<= 2.0x baseline", h2 <= 2.0 * b2,
+                              spread=f"hook {spread(end_hook)}; baseline {spread(end_base)}"))
+        d = median(delivered)
+        figures.append(Figure("session-end: hook return -> all lines + session_end on backend", d, "s", b2,
+                              "python -c pass (median)", "<= 1 s median", d <= 1.0, spread=spread(delivered)))
+        errors = inst.master_errors()
+        if errors:
+            figures[-1].notes.append(f"master log errors: {errors[:3]}")
+    finally:
+        inst.close()
+        backend.stop()
+    return figures
