@@ -155,6 +155,8 @@ class FakeClaude:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            pipe.close()
 
 
 class Confabd:
