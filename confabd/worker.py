@@ -32,7 +32,7 @@ from . import worker_api as api
 from .config import BackendConfig, ConfigError, check_backend_url, choose_sink, load_backend_config
 from .engine import SessionSync
 from .errors import CorruptRecord
-from .records import State
+from .records import HookInput, InboxRecord, State
 from .sinks.base import AuthFailed, SessionGone, SinkError, Unavailable
 from .store import SyncDir, utc_now
 
@@ -185,7 +185,7 @@ class SessionWorker:
             self._sync_with_backoff(engine, max_time=max(0.0, deadline - time.monotonic()))
 
     def _send_session_end(self, engine: SessionSync) -> None:
-        records = [r for r in self.sync_dir.read_inbox(self.spec.external_id) if r.type == "session_end"]
+        records = self._session_end_records()
         if records:
             timestamp, payload = records[-1].timestamp or utc_now(), dict(records[-1].hook_input)
         else:
@@ -389,7 +389,24 @@ class SessionWorker:
         self._set_phase("waiting")
 
     def _inbox_has_session_end(self) -> bool:
-        return any(r.type == "session_end" for r in self.sync_dir.read_inbox(self.spec.external_id))
+        return bool(self._session_end_records())
+
+    def _session_end_records(self) -> list[InboxRecord]:
+        """The inbox's session_end records whose hook input is this session's (others are skipped)."""
+        records = []
+        for record in self.sync_dir.read_inbox(self.spec.external_id):
+            if record.type != "session_end":
+                continue
+            try:
+                hook_input = msgspec.convert(record.hook_input, HookInput)
+            except msgspec.ValidationError as exc:
+                log.warning("%s: skipping an inbox record with unusable hook input (%s)", self.spec.external_id, exc)
+                continue
+            if hook_input.session_id != self.spec.external_id:
+                log.warning("%s: skipping an inbox record of session %r", self.spec.external_id, hook_input.session_id)
+                continue
+            records.append(record)
+        return records
 
     def _keep_progress(self) -> None:
         if self.engine is not None:

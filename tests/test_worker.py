@@ -361,6 +361,8 @@ def test_corrupt_state_and_torn_inbox_line(backend, home, workers):
     (home.sync_dir / f"{eid}.inbox.jsonl").write_bytes(
         b'{"type":"session_end","timestamp":"2026-11-25T10:00:00Z","hook_input":{"session_id":"corrupt","reason":"exit"}}\n'
         b'{"type":"session_end","hook_in'  # torn by a crash
+        b'\n{"type":"session_end","hook_input":{"session_id":"someone-else","reason":"exit"}}\n'
+        b'{"type":"session_end","hook_input":{"reason":"no session id"}}\n'
     )
     w = workers(home, eid, path)
     # The inbox already says the session ended: the worker syncs everything and finishes.
