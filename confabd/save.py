@@ -113,7 +113,9 @@ def _wants_bar(progress: Optional[bool], err: TextIO) -> bool:
 
 
 class _progress_bar:
-    """A one-line progress display on a terminal: lines sent per file."""
+    """A one-line progress bar on a terminal: how far into the current file, lines sent."""
+
+    WIDTH = 30
 
     def __init__(self, stream: TextIO):
         self.stream = stream
@@ -121,7 +123,13 @@ class _progress_bar:
 
     def advance(self, f: TrackedFile, count: int) -> None:
         self.sent += count
-        self.stream.write(f"\r\x1b[Ksaving {f.name}: line {f.server_line} ({self.sent} sent)")
+        try:
+            fraction = min(1.0, f.reader.cursor.offset / max(1, os.path.getsize(f.path)))
+        except OSError:
+            fraction = 0.0
+        filled = int(fraction * self.WIDTH)
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\r\x1b[K[{bar}] {fraction:4.0%} {f.name} line {f.server_line} ({self.sent} sent)")
         self.stream.flush()
 
     def done(self) -> None:
