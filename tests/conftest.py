@@ -21,11 +21,12 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pytest
 
 from tests.fakebackend import FakeBackend
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -40,23 +41,6 @@ transcript_wait_s = 10.0
 finish_linger_ms = 50
 http_timeout_s = 5.0
 """
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.02,
-               what: str = "") -> object:
-    """Poll until `predicate()` is truthy (exceptions count as "not yet"); fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - shown below
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}; last: {last!r}")
-        time.sleep(interval)
 
 
 def pid_alive(pid: int) -> bool:

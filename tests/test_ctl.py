@@ -9,7 +9,8 @@ import struct
 import subprocess
 
 from confabd import client
-from tests.conftest import PYTHON, backend_has_file, fixture_lines, wait_until
+from tests.conftest import PYTHON, backend_has_file, fixture_lines
+from tests.waiting import wait_until
 
 RESPONSE = {"continue": True, "suppressOutput": True}
 

@@ -11,7 +11,8 @@ import time
 
 import psutil
 
-from tests.conftest import backend_has_file, fixture_lines, pid_alive, wait_until
+from tests.conftest import backend_has_file, fixture_lines, pid_alive
+from tests.waiting import wait_until
 
 
 def append(path, lines):

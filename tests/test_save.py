@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.fakebackend import FakeBackend
-from tests.workers import TRANSCRIPTS, Home, WorkerProcess, wait_until
+from tests.waiting import wait_until
+from tests.workers import TRANSCRIPTS, Home, WorkerProcess
 
 CONFABCTL = [sys.executable, "-m", "confabd.ctl"]
 REPO = Path(__file__).resolve().parent.parent

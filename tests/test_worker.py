@@ -12,7 +12,8 @@ import pytest
 from confabd import worker_api as api
 from confabd.sinks.archive import export_session
 from tests.fakebackend import FakeBackend
-from tests.workers import TRANSCRIPTS, Home, WorkerProcess, decode_state, file_lines, wait_until
+from tests.waiting import wait_until
+from tests.workers import TRANSCRIPTS, Home, WorkerProcess, decode_state, file_lines
 
 FIXTURE_NAMES = sorted(p.name for p in TRANSCRIPTS.glob("*.jsonl"))
 

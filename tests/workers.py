@@ -13,9 +13,8 @@ import multiprocessing
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import msgspec
 
@@ -29,18 +28,6 @@ if not FIXTURES.is_dir():  # CI lays shared/ beside the clone
 TRANSCRIPTS = FIXTURES / "transcripts"
 
 _ctx = multiprocessing.get_context("spawn")
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.02, what: str = "") -> object:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 class Home:
