@@ -250,8 +250,10 @@ wait_for 30 has_session_end "$S1"
 check "final line delivered (7 lines)" lines_are "$S1" 7
 echo "events at the backend: $(backend_events "$S1")"
 check "session_end event at the backend" has_session_end "$S1"
-wait_for 10 sh -c "! ls $ROOT/home/alice/.confab/sync/$S1.json >/dev/null 2>&1"
-check "State file removed after the session ended" test ! -e "$ROOT/home/alice/.confab/sync/$S1.json"
+session_listed() { c /usr/bin/confabctl status --json 2>/dev/null | grep -q "\"$1\""; }
+wait_for 30 sh -c "! nsenter -t $CPID -a /usr/bin/confabctl status --json | grep -q '\"$S1\"'"
+check "finished session gone from confabctl status" eval '! session_listed "$S1"'
+check "alice's State file gone (~alice/.confab/sync)" test ! -e "$ROOT/home/alice/.confab/sync/$S1.json"
 c systemctl stop "claude-$S1"
 
 # --- 7. stop finishes a running session -----------------------------------------------------------
