@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import msgspec
 import psutil
 
-from . import __version__, control, notify, worker_api
+from . import __version__, control, notify, paths, privileges, users, worker_api
 from .config import Settings
 from .errors import ConfigError
 from .records import InvalidExternalId, State, validate_external_id
@@ -133,8 +133,9 @@ class Session:
     """What the master knows of one session: its worker, its parent, its reports."""
 
     def __init__(self, external_id: str, transcript_path: str, cwd: str,
-                 parent_pid: int = 0, parent_create_time: float = 0.0):
+                 parent_pid: int = 0, parent_create_time: float = 0.0, uid: int = -1):
         self.external_id = external_id
+        self.uid = uid  # system mode: the owner (its worker runs as them); -1 in user mode
         self.transcript_path = transcript_path
         self.cwd = cwd
         self.parent_pid = parent_pid
@@ -158,6 +159,10 @@ class Session:
     def alive(self) -> bool:
         return self.proc is not None
 
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.uid, self.external_id
+
     def status(self) -> dict:
         report = self.report
         files = {name: {"last_synced_line": n} for name, n in (report.files if report else {}).items()}
@@ -172,7 +177,7 @@ class Session:
             "files": files,
             "last_sync_at": (report and report.last_sync_at) or None,
             "last_error": self.last_error or (report and report.last_error) or None,
-        }
+        } | ({"uid": self.uid} if self.uid >= 0 else {})
 
 
 class Client:
@@ -195,7 +200,7 @@ class Arbiter:
 
     def __init__(self, settings: Settings, *, socket_path: str, sync_dir: str, home: str,
                  mode: str = "user", reload_settings: Optional[Callable[[], Settings]] = None,
-                 pidfile_fd: Optional[int] = None):
+                 pidfile_fd: Optional[int] = None, registry_dir: str = ""):
         self.settings = settings
         self.socket_path = socket_path
         self.sync = SyncDir(sync_dir)
@@ -205,7 +210,12 @@ class Arbiter:
         self.pidfile_fd = pidfile_fd
         self.ctx = multiprocessing.get_context(START_METHOD)
         self.selector = selectors.DefaultSelector()
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[tuple[int, str], Session] = {}  # by (owner uid or -1, external_id)
+        self.system = mode == "system"
+        # System mode: who may do what (users.py); whose sync dirs to list at start.
+        self.policy = users.Policy(settings.max_sessions_per_user, settings.max_requests_per_second)
+        self.registry = users.Registry(registry_dir or paths.SYSTEM_REGISTRY_DIR)
+        self.connections: dict[int, int] = {}  # uid -> open control connections
         self.clients: set[Client] = set()
         self.timers: list = []
         self.timer_seq = itertools.count()
@@ -337,6 +347,7 @@ class Arbiter:
         except (ConfigError, OSError) as exc:
             log.error("SIGHUP: keeping the current settings: %s", exc)
             return
+        self.policy.configure(self.settings.max_sessions_per_user, self.settings.max_requests_per_second)
         log.info("SIGHUP: settings reloaded; telling %d workers",
                  sum(s.alive for s in self.sessions.values()))
         for session in self.sessions.values():
@@ -386,6 +397,12 @@ class Arbiter:
             sock.setblocking(False)
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             client = Client(sock, struct.unpack("3i", creds))
+            uid = client.peer[1]
+            if (self.system and not self.policy.is_admin(uid)
+                    and self.connections.get(uid, 0) >= users.MAX_CONNECTIONS_PER_USER):
+                sock.close()  # one user's idle connections must not use up the master's fds
+                continue
+            self.connections[uid] = self.connections.get(uid, 0) + 1
             self.clients.add(client)
             self.selector.register(sock, selectors.EVENT_READ, lambda mask, c=client: self.on_client(c, mask))
 
@@ -456,6 +473,7 @@ class Arbiter:
             return
         client.closed = True
         self.clients.discard(client)
+        self.connections[client.peer[1]] -= 1
         self.selector.unregister(client.sock)
         client.sock.close()
 
@@ -468,31 +486,62 @@ class Arbiter:
 
     def handle(self, client: Client, request) -> Optional[dict]:
         """The reply to one request; None when the reply comes later (stop --wait)."""
+        uid = self.owner(client)
+        if self.system:
+            retry = self.policy.throttle(uid)
+            if retry:
+                return control.error(f"too many requests from uid {uid} (limit "
+                                     f"{self.policy.rate:g} per second); retry in {retry:.2f} s",
+                                     retry_after=round(retry, 3))
         if isinstance(request, control.Ping):
             return control.reply(pid=self.pid, version=__version__)
         if isinstance(request, control.Status):
-            return self.status(request.external_id)
+            return self.status(uid, request.external_id)
         if isinstance(request, control.Register):
-            return self.register(request)
+            return self.register(client, request)
         if isinstance(request, control.Finish):
             return self.request_finish(client, request)
         if isinstance(request, control.Shutdown):
+            if self.system and not self.policy.is_admin(uid):
+                return control.error("only root may shut down the system-mode master")
             self.call_later(0, lambda: self.shutdown("shutdown requested"))
             return control.reply()
         return control.error(f"unsupported request {type(request).__name__}")
 
-    def status(self, external_id: Optional[str]) -> dict:
-        sessions = self.sessions.values()
+    # System mode: every request acts for the peer's uid; user mode: one owner (-1).
+
+    def owner(self, client: Client) -> int:
+        return client.peer[1] if self.system else -1
+
+    def find(self, uid: int, external_id: str) -> Optional[Session]:
+        """`uid`'s session `external_id`; root (system mode) finds anybody's."""
+        session = self.sessions.get((uid, external_id))
+        if session is None and self.system and self.policy.is_admin(uid):
+            session = next((s for s in self.sessions.values() if s.external_id == external_id), None)
+        return session
+
+    def files(self, uid: int):
+        """The sync dir of `uid`'s sessions: ours (user mode), or theirs seen through helpers running as them."""
+        if not self.system:
+            return self.sync
+        user = privileges.lookup_user(uid)
+        if user is None:
+            raise privileges.PrivilegeError(f"uid {uid} has no passwd entry")
+        return privileges.UserSyncDir(user)
+
+    def status(self, uid: int, external_id: Optional[str]) -> dict:
+        sessions = [s for s in self.sessions.values() if not self.system or self.policy.may_see(uid, s.uid)]
         if external_id is not None:
-            if external_id not in self.sessions:
+            session = self.find(uid, external_id)
+            if session is None:
                 return control.error(f"no session {external_id!r}")
-            sessions = [self.sessions[external_id]]
+            sessions = [session]
         master = {"pid": self.pid, "mode": self.mode, "version": __version__,
                   "uptime_s": round(time.monotonic() - self.started_at, 1),
                   "socket": self.socket_path}
         return control.reply(master=master, sessions=[s.status() for s in sessions])
 
-    def register(self, request: control.Register) -> dict:
+    def register(self, client: Client, request: control.Register) -> dict:
         if self.stopping:
             return control.error("the master is shutting down")
         try:
@@ -502,27 +551,35 @@ class Arbiter:
         if not request.transcript_path:
             return control.error("a transcript path is required")
         transcript = os.path.abspath(request.transcript_path)
-        session = self.sessions.get(external_id)
+        uid = self.owner(client)
+        session = self.sessions.get((uid, external_id))
         if session is not None and session.transcript_path != transcript:
             return control.error(
                 f"session {external_id} is already registered with transcript "
                 f"{session.transcript_path}; refusing a second registration from {transcript}")
         if session is not None and session.state != "failed" and not session.finish_reason:
             return control.reply(registered=False, worker_pid=session.proc.pid if session.proc else None)
+        if self.system:
+            refusal = self.admit(uid, transcript)
+            if refusal:
+                log.warning("session %s of uid %d refused: %s", external_id, uid, refusal)
+                return control.error(refusal)
         if request.hook_pid:
-            parent_pid, create_time = find_claude(request.hook_pid, request.parent_pid,
-                                                  request.claude_pid_hint)
+            hook_pid = client.peer[0] if self.system else request.hook_pid  # the kernel's word, not the client's
+            parent_pid, create_time = find_claude(hook_pid, request.parent_pid, request.claude_pid_hint)
+            if parent_pid and not self.owns_process(uid, parent_pid):
+                parent_pid, create_time = 0, 0.0
             if not parent_pid:
                 log.warning("session %s: no Claude Code process among the hook's ancestors; "
                             "parent monitoring is off", external_id)
         elif request.parent_pid:
             found = process_identity(request.parent_pid)
-            if not found:
+            if not found or not self.owns_process(uid, request.parent_pid):
                 return control.error(f"parent process {request.parent_pid} does not exist")
             parent_pid, create_time = found[0], found[1]
         else:
             parent_pid, create_time = 0, 0.0
-        new = (external_id, transcript, request.cwd, parent_pid, create_time)
+        new = (external_id, transcript, request.cwd, parent_pid, create_time, uid)
         if session is not None and session.finish_reason and session.state != "failed":
             session.then_register = new  # e.g. --continue right after SessionEnd
             return control.reply(registered=False,
@@ -533,9 +590,32 @@ class Arbiter:
         return control.reply(registered=True, worker_pid=session.proc.pid if session.proc else None,
                              parent_pid=parent_pid or None)
 
-    def start_session(self, external_id, transcript, cwd, parent_pid, create_time) -> Session:
-        session = Session(external_id, transcript, cwd, parent_pid, create_time)
-        self.save_initial_state(session)
+    def admit(self, uid: int, transcript: str) -> str:
+        """System mode: why `uid` may not register a session on `transcript` ("" if they may)."""
+        live = sum(1 for s in self.sessions.values() if s.uid == uid and s.state != "failed")
+        if self.policy.over_session_cap(uid, live):
+            return (f"too many sessions: uid {uid} already has {live} (max_sessions_per_user is "
+                    f"{self.policy.max_sessions}); not syncing this one")
+        try:  # as the user, in a helper: root must not look at the path for them
+            return self.files(uid).check_transcript(transcript)
+        except privileges.PrivilegeError as exc:
+            return f"cannot check the transcript path as uid {uid}: {exc}"
+
+    def owns_process(self, uid: int, pid: int) -> bool:
+        """System mode: is `pid` a process of `uid` (root: of anybody)? Always true in user mode."""
+        if not self.system or self.policy.is_admin(uid):
+            return True
+        try:
+            return psutil.Process(pid).uids().real == uid
+        except psutil.Error:
+            return False
+
+    def start_session(self, external_id, transcript, cwd, parent_pid, create_time, uid=-1) -> Session:
+        session = Session(external_id, transcript, cwd, parent_pid, create_time, uid)
+        if self.system:
+            self.registry.add(uid)  # the worker writes the State, as the user
+        else:
+            self.save_initial_state(session)
         self.add(session)
         return session
 
@@ -544,9 +624,10 @@ class Arbiter:
             external_id = validate_external_id(request.external_id)
         except InvalidExternalId as exc:
             return control.error(str(exc))
-        session = self.sessions.get(external_id)
+        uid = self.owner(client)
+        session = self.find(uid, external_id)
         if session is None:
-            return self.finish_unknown(external_id)
+            return self.finish_unknown(uid, external_id)
         if session.state == "failed":
             return control.error(f"session {external_id} has failed ({session.last_error}); "
                                  "its State file is kept")
@@ -556,22 +637,26 @@ class Arbiter:
             return None
         return control.reply(finishing=True)
 
-    def finish_unknown(self, external_id: str) -> dict:
-        """Finish for a session the master does not run: adopt its State if it has one."""
+    def finish_unknown(self, uid: int, external_id: str) -> dict:
+        """Finish for a session the master does not run: adopt its State (in `uid`'s sync dir) if it has one."""
         try:
-            state = self.sync.load_state(external_id)
+            files = self.files(uid)
+            state = files.load_state(external_id)
+            if state is None:
+                files.delete_session(external_id)  # an orphan inbox: nobody will read it
         except Exception as exc:
             return control.error(f"no session {external_id!r} ({exc})")
         if state is None:
-            self.sync.delete_session(external_id)  # an orphan inbox: nobody will read it
             return control.error(f"no session {external_id!r}")
-        self.adopt(state, finish_reason="stop requested")
+        if self.system:
+            self.registry.add(uid)
+        self.adopt(state, finish_reason="stop requested", uid=uid)
         return control.reply(finishing=True)
 
     # -- sessions and workers ----------------------------------------------------
 
     def add(self, session: Session, finish_reason: str = "") -> None:
-        self.sessions[session.external_id] = session
+        self.sessions[session.key] = session
         if finish_reason:
             session.finish_reason = finish_reason
         else:
@@ -581,7 +666,7 @@ class Arbiter:
     def forget(self, session: Session) -> None:
         self.unwatch_parent(session)
         self.cancel(session.restart_timer)
-        self.sessions.pop(session.external_id, None)
+        self.sessions.pop(session.key, None)
 
     def save_initial_state(self, session: Session) -> None:
         """Write the session's State before its worker starts, so a master crash loses nothing."""
@@ -604,6 +689,14 @@ class Arbiter:
             sync_dir=self.sync.path, home=self.home, settings=self.settings, cwd=session.cwd,
             parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
             restarts=session.restarts, finish=bool(session.finish_reason))
+        if self.system:  # the worker becomes the owner and uses the owner's own files and settings
+            user = privileges.lookup_user(session.uid)
+            if user is None:
+                self.crashed(session, f"uid {session.uid} no longer exists")
+                return
+            spec = msgspec.structs.replace(
+                spec, uid=user.uid, gid=user.gid, username=user.name, home=user.home, sync_dir=user.sync_dir,
+                settings=msgspec.structs.replace(self.settings, state_dir="", archive_path="", socket=""))
         master_end, worker_end = self.ctx.Pipe(duplex=True)
         inherited = self.master_fds() + [master_end.fileno()]
         proc = self.ctx.Process(target=worker_entry, name=f"confabd-worker {session.external_id}",
@@ -719,7 +812,7 @@ class Arbiter:
 
     def restart(self, session: Session) -> None:
         session.restart_timer = None
-        if self.stopping or self.sessions.get(session.external_id) is not session:
+        if self.stopping or self.sessions.get(session.key) is not session:
             return
         session.restarts += 1
         self.spawn(session)
@@ -776,7 +869,7 @@ class Arbiter:
 
     def parent_exited(self, session: Session) -> None:
         self.unwatch_parent(session)
-        if self.sessions.get(session.external_id) is session:
+        if self.sessions.get(session.key) is session:
             self.finish(session, f"Claude Code (pid {session.parent_pid}) exited")
 
     def poll_parents(self) -> None:
@@ -789,14 +882,36 @@ class Arbiter:
     # -- adoption (sessions left by a previous master) -----------------------------
 
     def adopt_all(self) -> None:
+        if self.system:
+            for uid in self.registry.uids():
+                self.adopt_user(uid)
+            return
         for state in self.sync.list_states():
-            if state.external_id not in self.sessions:
+            if (-1, state.external_id) not in self.sessions:
                 try:
                     self.adopt(state)
                 except Exception:
                     log.exception("session %s: cannot adopt it", state.external_id)
 
-    def adopt(self, state: State, finish_reason: str = "") -> None:
+    def adopt_user(self, uid: int) -> None:
+        """System mode: adopt the States in a registered user's sync dir, listed by a helper running as them."""
+        try:
+            found = self.files(uid).list_states_with_end()
+        except privileges.PrivilegeError as exc:
+            log.error("uid %d: cannot list its sessions: %s", uid, exc)
+            if privileges.lookup_user(uid) is None:
+                self.registry.remove(uid)
+            return
+        if not found and not any(s.uid == uid for s in self.sessions.values()):
+            self.registry.remove(uid)
+        for state, ended in found:
+            if (uid, state.external_id) not in self.sessions:
+                try:
+                    self.adopt(state, "SessionEnd recorded in the inbox" if ended else "", uid)
+                except Exception:
+                    log.exception("session %s of uid %d: cannot adopt it", state.external_id, uid)
+
+    def adopt(self, state: State, finish_reason: str = "", uid: int = -1) -> None:
         parent_pid, create_time = state.parent_pid, state.parent_create_time
         if parent_pid and not create_time:  # written by a hook that had no master: check by name
             found = process_identity(parent_pid)
@@ -806,9 +921,9 @@ class Arbiter:
                 finish_reason = finish_reason or "Claude Code is gone"
         elif parent_pid and not same_process(parent_pid, create_time):
             finish_reason = finish_reason or f"Claude Code (pid {parent_pid}) is gone"
-        if not finish_reason and any(r.type == "session_end" for r in self.sync.read_inbox(state.external_id)):
+        if not finish_reason and any(r.type == "session_end" for r in self.files(uid).read_inbox(state.external_id)):
             finish_reason = "SessionEnd recorded in the inbox"
-        session = Session(state.external_id, state.transcript_path, state.cwd, parent_pid, create_time)
+        session = Session(state.external_id, state.transcript_path, state.cwd, parent_pid, create_time, uid)
         session.restarts = state.worker_restarts
         session.confab_session_id = state.confab_session_id
         log.info("session %s: adopted from its State file%s", state.external_id,
@@ -901,6 +1016,10 @@ def worker_entry(target: str, spec: worker_api.WorkerSpec, conn, inherited: list
                 pass
     os.close(devnull)
     module, _, name = target.partition(":")
+    if spec.uid >= 0:  # system mode: import while root can still read everything, then become the user
+        privileges.preload_worker_modules(module)
     run = getattr(importlib.import_module(module), name)
+    if spec.uid >= 0:
+        privileges.drop_to(privileges.User(spec.uid, spec.gid, spec.username, spec.home))
     code = run(spec, conn)
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -43,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--state-dir", metavar="DIR", help="sync dir (State and inbox files)")
     parser.add_argument("--pidfile", metavar="FILE",
                         help="pidfile, locked while the master runs (default: beside the socket)")
+    parser.add_argument("--registry-dir", metavar="DIR",
+                        help="system mode: root-owned list of the uids that have sessions, read at "
+                             f"start to re-adopt them (default {paths.SYSTEM_REGISTRY_DIR})")
     parser.add_argument("--log-level", metavar="LEVEL",
                         choices=["debug", "info", "warning", "error", "critical"],
                         type=str.lower, help="debug, info, warning, error (default: info)")
@@ -63,6 +66,7 @@ class Options(msgspec.Struct, kw_only=True):
     socket_path: str
     sync_dir: str
     pidfile: str
+    registry_dir: str
     log_file: str
     log_level: str
 
@@ -85,6 +89,7 @@ def resolve(args: argparse.Namespace, env=None) -> Options:
     return Options(mode=mode, home=home, config_path=config_path, config_required=bool(args.config),
                    settings=settings, socket_path=socket_path, sync_dir=sync_dir,
                    pidfile=os.path.abspath(pidfile), log_file=log_file,
+                   registry_dir=os.path.abspath(args.registry_dir or paths.SYSTEM_REGISTRY_DIR),
                    log_level=(args.log_level or settings.log_level).upper())
 
 
@@ -110,14 +115,15 @@ class PidFile:
     python-daemon enters it as its `pidfile` to write the daemon's own pid.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, dir_mode: int = 0o700):
         self.path = path
+        self.dir_mode = dir_mode  # system mode: 0755, the socket beside it must be reachable
         self.fd = -1
 
     def acquire(self) -> None:
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.makedirs(directory, mode=self.dir_mode, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -181,7 +187,7 @@ def main(argv=None) -> int:
 
     from .master import AlreadyRunning, Arbiter, remove_stale_socket
 
-    pidfile = PidFile(opts.pidfile)
+    pidfile = PidFile(opts.pidfile, 0o755 if opts.mode == "system" else 0o700)
     try:
         remove_stale_socket(opts.socket_path)  # also: refuse when a master answers
         pidfile.acquire()
@@ -204,7 +210,7 @@ def main(argv=None) -> int:
     def run() -> int:
         arbiter = Arbiter(opts.settings, socket_path=opts.socket_path, sync_dir=opts.sync_dir,
                           home=opts.home, mode=opts.mode, reload_settings=reload_settings,
-                          pidfile_fd=pidfile.fd)
+                          pidfile_fd=pidfile.fd, registry_dir=opts.registry_dir)
         try:
             return arbiter.run()
         except (AlreadyRunning, OSError) as exc:

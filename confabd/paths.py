@@ -9,6 +9,7 @@ SYSTEM_RUN_DIR = "/run/confabd"
 SYSTEM_SOCKET = SYSTEM_RUN_DIR + "/control.sock"
 SYSTEM_PIDFILE = SYSTEM_RUN_DIR + "/confabd.pid"
 SYSTEM_SETTINGS = "/etc/confabd/confabd.toml"
+SYSTEM_REGISTRY_DIR = "/var/lib/confabd/users"  # root-owned: which uids have sessions
 
 
 def home_dir(env=None):
