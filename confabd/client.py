@@ -100,23 +100,51 @@ def user_settings_value(home, key):
     return value if isinstance(value, str) else ""
 
 
-def socket_path(env=None):
-    """Where the master listens, and whether that is a system-mode master.
+def system_socket_path(env=None):
+    """The system-mode master's socket: CONFABD_SYSTEM_SOCKET (tests), else /run/confabd/control.sock."""
+    env = os.environ if env is None else env
+    return env.get("CONFABD_SYSTEM_SOCKET") or paths.SYSTEM_SOCKET
 
-    CONFABD_SOCKET, else the user config's `socket`, else the user socket when it
-    exists, else the system socket when it exists, else the user socket.
+
+def socket_candidates(env=None):
+    """[(path, is_system)] in the order confabctl tries them.
+
+    CONFABD_SOCKET alone when set; else the user config's `socket` (or the user
+    socket), then the system socket.
     """
     env = os.environ if env is None else env
     if env.get("CONFABD_SOCKET"):
-        return env["CONFABD_SOCKET"], False
+        return [(env["CONFABD_SOCKET"], False)]
     home = paths.home_dir(env)
     configured = user_settings_value(home, "socket")
-    if configured:
-        return os.path.expanduser(configured), False
-    user = paths.user_socket_path(home, env)
-    if not os.path.exists(user) and os.path.exists(paths.SYSTEM_SOCKET):
-        return paths.SYSTEM_SOCKET, True
-    return user, False
+    user = os.path.expanduser(configured) if configured else paths.user_socket_path(home, env)
+    return [(user, False), (system_socket_path(env), True)]
+
+
+def socket_path(env=None):
+    """Where the master most likely listens (without connecting): the first candidate
+    whose socket file exists, else the user socket. (path, is_system)."""
+    candidates = socket_candidates(env)
+    for path, system in candidates:
+        if os.path.exists(path):
+            return path, system
+    return candidates[0]
+
+
+def request_any(message, timeout=5.0, env=None):
+    """`request` to the first candidate master that answers: (reply, path, is_system).
+
+    NoMaster when none answers (its message names the user socket, where an
+    auto-started master would listen).
+    """
+    candidates = socket_candidates(env)
+    for path, system in candidates:
+        try:
+            return request(path, dict(message), timeout), path, system
+        except NoMaster:
+            continue
+    tried = " nor ".join(path for path, _ in candidates)
+    raise NoMaster(f"no confabd master answers on {tried}")
 
 
 def request(path, message, timeout=5.0):

@@ -21,6 +21,7 @@ HOOK_REQUEST_TIMEOUT_S = 5.0
 AUTOSTART_DEADLINE_S = 8.0  # a cold master start (imports, adoption) stays well under this
 LAUNCH_FAILED_GRACE_S = 2.0
 SESSION_END_TIMEOUT_S = 1.0  # SessionEnd hooks share a 1.5 s budget
+RATE_LIMIT_RETRY_S = 2.0  # how long a registration retries a system master's rate limit
 
 # Same rule as confabd.records.validate_external_id, without importing re/msgspec.
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -128,14 +129,21 @@ def hook_session_start(hook_input):
 
 
 def request_with_autostart(message, autostart=True):
-    """Send a request; when no master answers, start one (user mode) and retry until a deadline."""
+    """Send a request to the first master that answers ($CONFABD_SOCKET, else the user socket,
+    then the system socket); when none does, start a user-mode master and retry until a deadline.
+    A system master's "too many requests" reply is retried after its `retry_after`, briefly."""
     import time
 
-    path, system = client.socket_path()
+    path = client.socket_candidates()[0][0]
     try:
-        return client.request(path, message, timeout=HOOK_REQUEST_TIMEOUT_S)
+        reply, _path, _system = client.request_any(message, timeout=HOOK_REQUEST_TIMEOUT_S)
+        deadline = time.monotonic() + RATE_LIMIT_RETRY_S
+        while not reply.get("ok") and reply.get("retry_after") and time.monotonic() < deadline:
+            time.sleep(min(float(reply["retry_after"]), 0.5))
+            reply = client.request(_path, message, timeout=HOOK_REQUEST_TIMEOUT_S)
+        return reply
     except client.NoMaster:
-        if system or not autostart:
+        if not autostart:
             raise
     try:
         launcher = client.spawn_master()
@@ -165,11 +173,10 @@ def hook_session_end(hook_input):
     session_id, _transcript, _cwd, payload = hook_input
     inbox = append_session_end(session_id, payload)  # first: the payload survives whatever follows
     message = {"type": "finish", "external_id": session_id, "wait": False}
-    path, system = client.socket_path()
     try:
-        reply = client.request(path, message, timeout=SESSION_END_TIMEOUT_S)
+        reply, _path, _system = client.request_any(message, timeout=SESSION_END_TIMEOUT_S)
     except client.NoMaster as exc:
-        if not system and os.path.exists(paths.state_path(sync_dir(), session_id)):
+        if os.path.exists(paths.state_path(sync_dir(), session_id)):
             client.spawn_master()  # it adopts the session and finishes it from the inbox
             raise HookError(f"{exc}; the session end is recorded in {inbox}; "
                             "started a master to finish the session") from None
@@ -284,8 +291,9 @@ def build_parser():
         prog="confabctl",
         description="Control the confabd master, and the Claude Code hooks that feed it.",
         epilog="Exit codes: 0 success, 1 failure, 2 usage error, 3 no master reachable. "
-               "The master's socket: $CONFABD_SOCKET, else $XDG_RUNTIME_DIR/confabd/control.sock, "
-               "else ~/.confab/run/control.sock.")
+               "The master's socket: $CONFABD_SOCKET, else the first that answers of "
+               "$XDG_RUNTIME_DIR/confabd/control.sock (else ~/.confab/run/control.sock) and the system "
+               "socket ($CONFABD_SYSTEM_SOCKET, else /run/confabd/control.sock).")
     parser.add_argument("--version", action="version", version=f"confabctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -345,8 +353,7 @@ def command(argv):
 
 def ask(message, timeout=10.0):
     """One request to the master; failure replies go to stderr and give None."""
-    path, _system = client.socket_path()
-    reply = client.request(path, message, timeout=timeout)
+    reply, _path, _system = client.request_any(message, timeout=timeout)
     if not reply.get("ok"):
         err(reply.get("error") or "the master refused the request")
         return None
