@@ -142,6 +142,9 @@ def read_inbox_file(path: str) -> list[InboxRecord]:
         data = read_private_file(path)
     except FileNotFoundError:
         return []
+    except OSError as exc:  # e.g. ELOOP: a symlink planted in its place is never followed
+        log.warning("%s: unreadable inbox, ignored (%s)", path, exc.strerror or exc)
+        return []
     records = []
     for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
