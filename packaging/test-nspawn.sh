@@ -6,7 +6,8 @@
 # Root only; takes a few minutes the first time (debootstrap of a minimal
 # bookworm with systemd, about 40 s, from the Debian mirror; the result is kept
 # as packaging/out/nspawn/bookworm-*.tar for the next runs), then about a minute.
-# Without an argument it builds the .deb first (build.sh deb).
+# Without an argument it builds the .deb first (build.sh deb; GIT_REF=HEAD
+# builds it from the last commit instead of the work tree).
 #
 # What it checks, inside `systemd-nspawn --boot` (its own network namespace:
 # the test backend listens on the container's loopback):
