@@ -320,6 +320,8 @@ class Install:
         (confab / "config.json").write_text(json.dumps(config))
         env = python_pass_env()
         env.update(HOME=str(self.home), CONFABD_SOCKET=str(self.socket), CONFABD_STATE_DIR=str(self.sync_dir))
+        if os.environ.get("CONFABD_BENCH_PYTHONPATH"):  # measure a scratch copy of confabd instead
+            env["PYTHONPATH"] = os.environ["CONFABD_BENCH_PYTHONPATH"]
         env.update(env_extra or {})
         self.env = env
         self.master_proc: Optional[subprocess.Popen] = None

@@ -12,6 +12,7 @@ Progress goes to stderr; the table goes to stdout (and `--markdown FILE`).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
 import signal
@@ -81,7 +82,9 @@ def main(argv=None) -> int:
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    atexit.register(common.PROCS.stop_all)  # whatever happens, nothing we started outlives us
     names = args.only or list(GROUPS)
     figures: list[Figure] = []
     failed = []

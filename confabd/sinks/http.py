@@ -72,14 +72,29 @@ class EventResponse(msgspec.Struct, frozen=True):
 _DECODERS = {t: msgspec.json.Decoder(t) for t in (InitResponse, ChunkResponse, EventResponse, ErrorReply)}
 
 
+_TLS_CONTEXT: Optional[ssl.SSLContext] = None
+
+
+def tls_context() -> ssl.SSLContext:
+    """The one TLS context of this process (built on first use: loading the CA
+    stores costs ~50 ms of CPU and a few MB, too much to pay per sink). A master
+    that preloads this module and calls it before forking shares it with every
+    worker."""
+    global _TLS_CONTEXT
+    if _TLS_CONTEXT is None:
+        context = ssl.create_default_context()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_verify_locations(requests.certs.where())
+        _TLS_CONTEXT = context
+    return _TLS_CONTEXT
+
+
 class _TLSAdapter(requests.adapters.HTTPAdapter):
     """Certificate verification stays on (requests' default); TLS 1.2 at least,
     also through a proxy. Trusts the system CAs and requests' bundle."""
 
     def __init__(self):
-        self._context = ssl.create_default_context()
-        self._context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self._context.load_verify_locations(requests.certs.where())
+        self._context = tls_context()
         super().__init__()
 
     def init_poolmanager(self, *args, **kwargs):
@@ -125,12 +140,13 @@ class HttpSink:
         self.replaced_lines = 0  # lines that were not valid UTF-8 (sent with U+FFFD)
         self._api_key = api_key
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        self._session = self._make_session(api_key, version)
+        self._session = self._make_session(api_key, version, https=not self.base_url.lower().startswith("http:"))
 
     @staticmethod
-    def _make_session(api_key: str, version: str) -> requests.Session:
+    def _make_session(api_key: str, version: str, https: bool = True) -> requests.Session:
         session = requests.Session()
-        session.mount("https://", _TLSAdapter())
+        if https:  # verified TLS 1.2+. Plain http:// is for loopback only, and redirects are
+            session.mount("https://", _TLSAdapter())  # never followed: no https request can happen then
         session.auth = _BearerAuth(api_key)
         session.headers.update({
             "Content-Type": "application/json",
