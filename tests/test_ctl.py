@@ -8,6 +8,8 @@ import socket
 import struct
 import subprocess
 
+import pytest
+
 from confabd import client
 from tests.conftest import PYTHON, backend_has_file, fixture_lines
 from tests.waiting import wait_until
@@ -198,3 +200,15 @@ def test_client_socket_resolution(tmp_path, monkeypatch):
     settings.parent.mkdir(parents=True)
     settings.write_text('socket = "/from/config.sock"\n')
     assert client.socket_path(env) == ("/from/config.sock", False)
+
+
+def test_client_socket_candidates_order(tmp_path):
+    """CONFABD_SOCKET alone; else the user socket, then the system one (CONFABD_SYSTEM_SOCKET)."""
+    env = {"HOME": str(tmp_path), "CONFABD_SYSTEM_SOCKET": str(tmp_path / "sys.sock")}
+    user = str(tmp_path / ".confab" / "run" / "control.sock")
+    assert client.socket_candidates(env) == [(user, False), (str(tmp_path / "sys.sock"), True)]
+    assert client.socket_candidates(dict(env, CONFABD_SOCKET="/x.sock")) == [("/x.sock", False)]
+    assert client.socket_candidates({"HOME": str(tmp_path)})[1] == ("/run/confabd/control.sock", True)
+    with pytest.raises(client.NoMaster) as info:
+        client.request_any({"type": "ping"}, env=env)
+    assert user in str(info.value) and "sys.sock" in str(info.value)

@@ -256,6 +256,8 @@ def test_two_users_workers_run_as_their_users_with_their_own_keys(system, users,
         info = state.stat()
         assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (user.uid, user.gid, 0o600)
         assert user.sync_dir.stat().st_uid == user.uid
+    for user in users:  # the system master answered: no user master was auto-started
+        assert not (user.home / ".confab" / "run" / "control.sock").exists()
     # Each user sees only their own sessions; root sees both.
     assert set(system.status(a)) == {sessions[a.name][0]}
     assert set(system.status(b)) == {sessions[b.name][0]}
