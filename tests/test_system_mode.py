@@ -21,7 +21,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -88,7 +87,8 @@ def user_python(user: User) -> str:
 @pytest.fixture(scope="module")
 def backend():
     keys = ("key-of-user-a-" + secrets.token_hex(4), "key-of-user-b-" + secrets.token_hex(4))
-    with FakeBackend(api_keys=keys) as b:
+    with FakeBackend(api_keys=keys) as b:  # each key is its own owner on this backend
+        b.test_keys = keys
         yield b
 
 
@@ -98,7 +98,7 @@ def users(backend):
     made = []
     try:
         for i, letter in enumerate("ab"):
-            made.append(User(f"cfdtest{tag}{letter}", backend._keys and list(backend._keys)[i], backend))
+            made.append(User(f"cfdtest{tag}{letter}", backend.test_keys[i], backend))
         yield made
     finally:
         for u in made:
@@ -331,7 +331,7 @@ def test_symlink_planted_in_a_sync_dir_is_neither_followed_nor_overwritten(syste
         for name in (f"{eid}.json", "adopt-me.json", f"{eid}.inbox.jsonl"):
             os.symlink(secret, a.sync_dir / name)
             os.lchown(a.sync_dir / name, a.uid, a.gid)
-        (system.registry.mkdir(parents=True, mode=0o700))
+        system.registry.mkdir(parents=True, mode=0o700)
         (system.registry / str(a.uid)).touch()  # A is known: the master lists A's sync dir at start
         system.start()
         assert "adopt-me" not in system.status()  # not read through the link (as A, O_NOFOLLOW)
