@@ -278,7 +278,8 @@ def test_kill_9_at_random_moments_then_exactly_once(backend, home, workers):
     path.write_bytes(b"")
     settings = home.settings(sync_interval_ms=20)
     while kills < 20:
-        step = rng.randint(2000, 40000)
+        # at least one new complete line, then a random part of the next one
+        step = source.index(b"\n", written) + 1 - written + rng.randint(0, 20000)
         with open(path, "ab") as f:
             f.write(source[written:written + step])
         written += step
