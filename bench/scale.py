@@ -25,6 +25,7 @@ from .common import (
 
 N = 200
 CONCURRENCY = 4
+GROW_EVERY_S = 0.25  # one line appended to every transcript this often
 
 
 def run(quick: bool = False) -> list[Figure]:
@@ -62,7 +63,7 @@ def run(quick: bool = False) -> list[Figure]:
             futures = [pool.submit(hook, sid) for sid in sids]
             while not all(f.done() for f in futures):  # the transcripts grow meanwhile
                 grow()
-                time.sleep(0.05)
+                time.sleep(GROW_EVERY_S)
             reg = time.perf_counter() - t0
         failures = [(sid, r[2], r[4][-300:]) for sid, r in (f.result() for f in futures) if r[2] or r[4].strip()]
         registered = inst.sessions()
@@ -70,7 +71,7 @@ def run(quick: bool = False) -> list[Figure]:
         until = time.monotonic() + grow_s
         while time.monotonic() < until:
             grow()
-            time.sleep(0.1)
+            time.sleep(GROW_EVERY_S)
         states = {}
         for s in inst.sessions().values():
             states[s.get("state")] = states.get(s.get("state"), 0) + 1
