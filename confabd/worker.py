@@ -124,6 +124,12 @@ class SessionWorker:
                 self.finish_reason = "session deleted from backend"
                 return
             self._wait_commands(self._next_interval())
+            self._check_inbox()
+
+    def _check_inbox(self) -> None:
+        """A SessionEnd hook that could not reach the master still left its record here."""
+        if os.path.exists(self.state.inbox_path) and self._inbox_has_session_end():
+            self.finish_reason = self.finish_reason or "SessionEnd recorded in the inbox"
 
     def _cycle(self) -> None:
         """One sync pass, with backoff while the sink is unavailable (bounded by the interval)."""

@@ -10,6 +10,7 @@ import signal
 import pytest
 
 from confabd import worker_api as api
+from confabd.records import InboxRecord
 from confabd.sinks.archive import export_session
 from tests.fakebackend import FakeBackend
 from tests.waiting import wait_until
@@ -420,3 +421,17 @@ def test_finish_with_backend_down_keeps_state_for_a_retry(home, workers):
     assert w.wait_exit() == api.EXIT_UNFINISHED
     state = decode_state(home.sync_dir / f"{eid}.json")
     assert state.finishing and "final sync incomplete" in state.last_error
+
+
+def test_session_end_in_the_inbox_finishes_without_a_finish_message(backend, home, workers):
+    """The hook could not reach the master (or the message was lost): the worker reads its inbox."""
+    home.configure_backend(backend.url, backend.api_key)
+    eid = "inbox-only"
+    path = home.copy_fixture("hello-world-script.jsonl", eid)
+    w = workers(home, eid, path, parent_pid=os.getpid())
+    wait_until(lambda: delivered(backend, eid, path.name, path))
+    home.store().append_inbox(eid, InboxRecord(type="session_end", timestamp="2026-11-25T10:00:00Z",
+                                               hook_input={"session_id": eid, "reason": "clear"}))
+    assert w.wait_exit() == api.EXIT_DONE
+    [event] = backend.events(eid)
+    assert event["payload"] == {"session_id": eid, "reason": "clear"}
