@@ -28,7 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "and answers confabctl on a Unix socket.",
         epilog="Environment: CONFABD_SOCKET, CONFABD_STATE_DIR, CONFAB_BACKEND_URL, CONFAB_API_KEY, "
                "CONFAB_SYNC_INTERVAL_MS, CONFAB_SYNC_JITTER_MS, CONFABD_SHUTDOWN_TIMEOUT_MS. "
-               "Signals: TERM/INT finish every session's sync and exit, HUP re-reads the config.")
+               "Signals: TERM/INT flush every session and exit (sessions whose Claude Code still runs "
+               "are kept for the next master), HUP re-reads the config.")
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--foreground", action="store_true",
                      help="stay in the foreground and log to stderr (the default)")
