@@ -28,6 +28,7 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 STATE_SUFFIX = ".json"
 INBOX_SUFFIX = ".inbox.jsonl"
+CLAIMED_INBOX_SUFFIX = ".inbox-claimed.jsonl"
 
 _state_decoder = msgspec.json.Decoder(State)
 _inbox_decoder = msgspec.json.Decoder(InboxRecord)
@@ -72,13 +73,23 @@ class SyncDir:
         ensure_private_dir(self.path)
         atomic_write(self.state_path(state.external_id), _encoder.encode(state))
 
+    def claimed_inbox_path(self, external_id: str) -> str:
+        return self.inbox_path(external_id)[: -len(INBOX_SUFFIX)] + CLAIMED_INBOX_SUFFIX
+
     def delete_session(self, external_id: str) -> None:
-        """Remove a finished session's State and inbox (missing files are fine)."""
-        for path in (self.inbox_path(external_id), self.state_path(external_id)):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        """Remove all of a session's files: State, inbox, claimed inbox (missing files are fine)."""
+        for path in (self.inbox_path(external_id), self.claimed_inbox_path(external_id),
+                     self.state_path(external_id)):
+            _unlink_if_present(path)
+
+    def close_session(self, external_id: str) -> None:
+        """A finished run's cleanup: its State and the inbox it claimed.
+
+        A live inbox written after the claim belongs to a later run of the
+        same session (`claude --continue`) and is left for that run's worker.
+        """
+        for path in (self.claimed_inbox_path(external_id), self.state_path(external_id)):
+            _unlink_if_present(path)
 
     def list_states(self) -> list[State]:
         """Every readable State in the dir; corrupt ones are skipped with a warning."""
@@ -115,6 +126,22 @@ class SyncDir:
 
     def read_inbox(self, external_id: str) -> list[InboxRecord]:
         return read_inbox_file(self.inbox_path(external_id))
+
+    def claim_inbox(self, external_id: str) -> list[InboxRecord]:
+        """Move the live inbox aside for the run that is finishing, and read it.
+
+        The rename is atomic: a hook appending afterwards creates a fresh
+        inbox for the next run instead of writing into one about to be
+        deleted. Idempotent: a worker restarted mid-finish reads the same
+        claimed records again.
+        """
+        claimed = self.claimed_inbox_path(external_id)
+        if not os.path.lexists(claimed):
+            try:
+                os.rename(self.inbox_path(external_id), claimed)
+            except FileNotFoundError:
+                return []
+        return read_inbox_file(claimed)
 
 
 # ---------------------------------------------------------------------------
@@ -195,6 +222,13 @@ def append_line(path: str, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _unlink_if_present(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _unlink_quietly(path: str) -> None:

@@ -40,6 +40,17 @@ log = logging.getLogger("confabd.worker")
 
 SESSION_GONE_LIMIT = 3  # 404s in a row before the session is finished locally
 LOCK_POLL_S = 0.1
+LINGER_POLL_S = 0.05
+
+
+def _sizes(engine: SessionSync) -> dict[str, int]:
+    sizes = {}
+    for name, f in engine.files.items():
+        try:
+            sizes[name] = os.stat(f.path).st_size
+        except OSError:
+            sizes[name] = -1
+    return sizes
 
 
 class MasterGone(Exception):
@@ -184,19 +195,39 @@ class SessionWorker:
         return self._cleanup()
 
     def _linger(self, engine: SessionSync, deadline: float) -> None:
-        """Claude Code may write a last line just after SessionEnd (seen: `cost-state` after /clear)."""
-        linger = min(self.settings.finish_linger_ms / 1000, max(0.0, deadline - time.monotonic()))
-        if linger > 0:
-            time.sleep(linger)
-            self._sync_with_backoff(engine, max_time=max(0.0, deadline - time.monotonic()))
+        """Claude Code may write a last line just after SessionEnd (seen: `cost-state` ~115 ms
+        after /clear). Wait until the files stay unchanged for `finish_linger_ms`, syncing
+        what arrives, bounded by ten quiet periods and the shutdown deadline."""
+        quiet = self.settings.finish_linger_ms / 1000
+        if quiet <= 0:
+            return
+        end = min(deadline, time.monotonic() + 10 * quiet)
+        sizes = _sizes(engine)
+        calm_since = time.monotonic()
+        while time.monotonic() - calm_since < quiet and time.monotonic() < end:
+            time.sleep(min(LINGER_POLL_S, quiet))
+            now_sizes = _sizes(engine)
+            if now_sizes != sizes:
+                sizes, calm_since = now_sizes, time.monotonic()
+                self._sync_with_backoff(engine, max_time=max(0.0, deadline - time.monotonic()))
 
     def _send_session_end(self, engine: SessionSync) -> None:
-        records = self._session_end_records()
+        """This run's `session_end`: the first SessionEnd record of the claimed inbox.
+
+        Later records belong to later runs of the same session (a `--continue`
+        that started and ended while this one was finishing): they go back to
+        the live inbox for that run's worker.
+        """
+        records = self._valid_session_ends(self.sync_dir.claim_inbox(self.spec.external_id))
         if records:
-            timestamp, payload = records[-1].timestamp or utc_now(), dict(records[-1].hook_input)
+            mine, later = records[0], records[1:]
+            timestamp, payload = mine.timestamp or utc_now(), dict(mine.hook_input)
         else:
+            later = []
             timestamp, payload = utc_now(), self._synthetic_end_payload()
         engine.send_session_end(timestamp, payload)
+        for record in later:
+            self.sync_dir.append_inbox(self.spec.external_id, record)
 
     def _synthetic_end_payload(self) -> dict:
         """No SessionEnd hook ran (Claude Code was killed, or `confabctl stop`): say why."""
@@ -226,7 +257,8 @@ class SessionWorker:
         return api.EXIT_MASTER_GONE
 
     def _cleanup(self) -> int:
-        self.sync_dir.delete_session(self.spec.external_id)
+        self.sync_dir.claim_inbox(self.spec.external_id)  # this run's records, if none were used
+        self.sync_dir.close_session(self.spec.external_id)
         self._set_phase("done", save=False)
         if self.engine is not None:
             self.engine.sink.close()
@@ -398,9 +430,12 @@ class SessionWorker:
         return bool(self._session_end_records())
 
     def _session_end_records(self) -> list[InboxRecord]:
-        """The inbox's session_end records whose hook input is this session's (others are skipped)."""
+        return self._valid_session_ends(self.sync_dir.read_inbox(self.spec.external_id))
+
+    def _valid_session_ends(self, inbox: list[InboxRecord]) -> list[InboxRecord]:
+        """The session_end records whose hook input is this session's (others are skipped)."""
         records = []
-        for record in self.sync_dir.read_inbox(self.spec.external_id):
+        for record in inbox:
             if record.type != "session_end":
                 continue
             try:
