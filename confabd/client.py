@@ -83,7 +83,12 @@ class ProtocolError(Exception):
 def user_settings_value(home, key):
     """One key of ~/.config/confabd/confabd.toml, read only when that file exists."""
     path = paths.user_settings_path(home)
-    if not os.path.exists(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    if key.encode() not in data:  # tomllib pulls in re and datetime: only parse when it can matter
         return ""
     try:
         import tomllib
@@ -93,9 +98,8 @@ def user_settings_value(home, key):
         except ImportError:
             return ""
     try:
-        with open(path, "rb") as f:
-            value = tomllib.load(f).get(key, "")
-    except (OSError, ValueError):
+        value = tomllib.loads(data.decode("utf-8")).get(key, "")
+    except ValueError:  # also UnicodeDecodeError and TOMLDecodeError
         return ""
     return value if isinstance(value, str) else ""
 

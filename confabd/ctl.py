@@ -189,6 +189,8 @@ def hook_session_end(hook_input):
 
 def sync_dir():
     home = paths.home_dir()
+    if os.environ.get("CONFABD_STATE_DIR"):  # wins anyway: do not read the settings file
+        return paths.sync_dir(home, os.environ)
     return paths.sync_dir(home, os.environ, client.user_settings_value(home, "state_dir"))
 
 

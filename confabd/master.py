@@ -18,6 +18,7 @@ and the child drops every master fd it inherited before running the worker.
 from __future__ import annotations
 
 import errno
+import gc
 import heapq
 import importlib
 import itertools
@@ -229,6 +230,7 @@ class Arbiter:
     # -- lifecycle -----------------------------------------------------------
 
     def run(self) -> int:
+        self.preload_worker_code()
         self.install_signals()
         self.listen()
         log.info("confabd %s master %d (%s mode) listening on %s, sync dir %s",
@@ -683,6 +685,17 @@ class Arbiter:
             except OSError:
                 log.error("session %s: cannot write its State file: %s", session.external_id, exc)
 
+    def preload_worker_code(self) -> None:
+        """Import what workers run once, here, so forked workers share those pages.
+
+        Measured with 100 idle sessions: 18.9 MiB PSS per worker when each
+        imported its own code after the fork, 7.6 MiB with the preload and
+        gc.freeze() (bench/RESULTS.md).
+        """
+        privileges.preload_worker_modules(self.worker_target.partition(":")[0])
+        gc.collect()
+        gc.freeze()
+
     def spawn(self, session: Session) -> None:
         spec = worker_api.WorkerSpec(
             external_id=session.external_id, transcript_path=session.transcript_path,
@@ -702,6 +715,10 @@ class Arbiter:
         proc = self.ctx.Process(target=worker_entry, name=f"confabd-worker {session.external_id}",
                                 args=(self.worker_target, spec, worker_end, inherited))
         try:
+            # Collect garbage, then freeze what is left, so the child's collector never
+            # writes to (and so copies) the pages it shares with the master.
+            gc.collect()
+            gc.freeze()
             proc.start()
         except OSError as exc:
             master_end.close()
