@@ -201,8 +201,10 @@ class Arbiter:
 
     def __init__(self, settings: Settings, *, socket_path: str, sync_dir: str, home: str,
                  mode: str = "user", reload_settings: Optional[Callable[[], Settings]] = None,
-                 pidfile_fd: Optional[int] = None, registry_dir: str = ""):
+                 pidfile_fd: Optional[int] = None, registry_dir: str = "",
+                 on_ready: Optional[Callable[[], None]] = None):
         self.settings = settings
+        self.on_ready = on_ready  # `confabd --daemon`: tells the launcher it may exit
         self.socket_path = socket_path
         self.sync = SyncDir(sync_dir)
         self.home = home
@@ -237,6 +239,8 @@ class Arbiter:
                  __version__, self.pid, self.mode, self.socket_path, self.sync.path)
         self.adopt_all()
         self.notify("READY=1\nSTATUS=listening on " + self.socket_path)
+        if self.on_ready is not None:
+            self.on_ready()
         interval = notify.watchdog_interval()
         if interval:
             self.every(interval, lambda: self.notify("WATCHDOG=1"))

@@ -21,6 +21,9 @@ log = logging.getLogger("confabd")
 LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
 
 
+DAEMON_READY_TIMEOUT_S = 30.0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="confabd",
@@ -208,10 +211,10 @@ def main(argv=None) -> int:
     def reload_settings() -> Settings:
         return settings_from(args, opts.config_path, os.environ)
 
-    def run() -> int:
+    def run(on_ready=None) -> int:
         arbiter = Arbiter(opts.settings, socket_path=opts.socket_path, sync_dir=opts.sync_dir,
                           home=opts.home, mode=opts.mode, reload_settings=reload_settings,
-                          pidfile_fd=pidfile.fd, registry_dir=opts.registry_dir)
+                          pidfile_fd=pidfile.fd, registry_dir=opts.registry_dir, on_ready=on_ready)
         try:
             return arbiter.run()
         except (AlreadyRunning, OSError) as exc:
@@ -222,6 +225,14 @@ def main(argv=None) -> int:
         with pidfile:
             return run()
 
+    # The launcher returns only once the daemon listens (or says why it could not),
+    # so `confabd --daemon && confabctl status` works, as init scripts expect.
+    ready_r, ready_w = os.pipe()
+    if os.fork():
+        os.close(ready_w)
+        return wait_until_ready(ready_r, opts)
+    os.close(ready_r)
+
     import daemon
 
     stream = getattr(handler, "stream", None)
@@ -230,12 +241,33 @@ def main(argv=None) -> int:
         umask=0o077,
         pidfile=pidfile,
         detach_process=True,  # explicit: its heuristic is wrong under systemd --user
-        files_preserve=[pidfile.fd] + ([stream] if stream is not None else []),
+        files_preserve=[pidfile.fd, ready_w] + ([stream] if stream is not None else []),
         # Our own handlers are installed by the master; these keep job control quiet.
         signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None},
     )
     with context:
-        return run()
+        return run(on_ready=lambda: _say_ready(ready_w))
+
+
+def _say_ready(fd: int) -> None:
+    try:
+        os.write(fd, b"R")
+    finally:
+        os.close(fd)
+
+
+def wait_until_ready(fd: int, opts: Options, timeout: float = DAEMON_READY_TIMEOUT_S) -> int:
+    """The launcher's side: 0 once the daemon says it listens; 1 if it died or hung first."""
+    import select
+
+    readable, _, _ = select.select([fd], [], [], timeout)
+    answer = os.read(fd, 1) if readable else b""
+    os.close(fd)
+    if answer == b"R":
+        return 0
+    why = "did not become ready in time" if not readable else "exited before it was ready"
+    print(f"confabd: the daemon {why}; see {opts.log_file or 'its log file'}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

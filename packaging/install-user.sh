@@ -52,8 +52,15 @@ ensure_venv_support
 python3 -m venv "$prefix/venv"
 "$prefix/venv/bin/pip" install --quiet --disable-pip-version-check "$here"
 mkdir -p "$bindir"
-ln -sf "$prefix/venv/bin/confabd" "$bindir/confabd"
-ln -sf "$prefix/venv/bin/confabctl" "$bindir/confabctl"
+# Lean entry scripts (as the packages install): pip's generated ones import `re`
+# first, which costs the hook, run on every Claude Code start, ~5 ms.
+entry() {
+    rm -f "$bindir/$1"
+    printf '#!%s -I\nimport sys\nfrom %s import main\nsys.exit(main())\n' "$prefix/venv/bin/python" "$2" > "$bindir/$1"
+    chmod 755 "$bindir/$1"
+}
+entry confabd confabd.master_cli
+entry confabctl confabd.ctl
 say "installed $("$bindir/confabd" --version) into $prefix/venv, commands in $bindir"
 if [ "$hooks" = yes ]; then
     "$bindir/confabctl" install-hooks

@@ -339,7 +339,7 @@ def test_daemon_mode_pidfile_and_log(cfd):
     started = subprocess.run([PYTHON, "-m", "confabd.master_cli", "--daemon", "--log-file", str(log)],
                              env=cfd.env, capture_output=True, text=True, timeout=30)
     assert started.returncode == 0, started.stderr
-    wait_until(cfd.ping, timeout=20)
+    assert cfd.ping()  # the launcher returned only once the daemon listened: no wait needed
     pidfile = cfd.socket.parent / "confabd.pid"
     pid = int(pidfile.read_text())
     proc = psutil.Process(pid)
@@ -354,3 +354,15 @@ def test_daemon_mode_pidfile_and_log(cfd):
         os.kill(pid, signal.SIGTERM)
         wait_until(lambda: not pid_alive(pid), timeout=20)
     assert not pidfile.exists() and not cfd.socket.exists()
+
+
+def test_daemon_that_cannot_start_makes_the_launcher_fail_clearly(cfd):
+    import subprocess
+    from tests.conftest import PYTHON
+    log = cfd.root / "daemon.log"
+    bad_socket = "/proc/1/no-such-dir/control.sock"  # the daemon cannot listen there
+    started = subprocess.run([PYTHON, "-m", "confabd.master_cli", "--daemon", "--log-file", str(log),
+                              "--socket", bad_socket, "--pidfile", str(cfd.root / "bad.pid")],
+                             env=cfd.env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1
+    assert "exited before it was ready" in started.stderr and str(log) in started.stderr
