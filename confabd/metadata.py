@@ -33,10 +33,11 @@ class SessionFacts:
         self.git_branch = ""
 
     def learn(self, lines) -> None:
+        # `in` is a memchr-speed scan; the regexes run only on lines that can match.
         for line in lines:
-            if not self.first_user_message and _USER_LINE.search(line):
+            if not self.first_user_message and b'"user"' in line and _USER_LINE.search(line):
                 self._learn_user(line)
-            elif _SUMMARY_LINE.search(line):
+            elif b'"summary"' in line and _SUMMARY_LINE.search(line):
                 self._learn_summary(line)
             if not self.cwd and b'"cwd"' in line:
                 self._learn_location(line)
