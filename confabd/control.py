@@ -15,7 +15,7 @@ Documented in docs/CONTROL.md.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import msgspec
 
@@ -50,6 +50,10 @@ class Finish(Request, tag="finish"):
 
     external_id: str
     wait: bool = False
+    reason: str = ""  # e.g. "SessionEnd"; default "stop requested"
+    # The SessionEnd hook input, sent along only when the hook could not record
+    # it in the inbox (e.g. a full disk), so the session_end event keeps it.
+    hook_input: Optional[dict[str, Any]] = None
 
 
 class Status(Request, tag="status"):

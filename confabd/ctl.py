@@ -171,8 +171,13 @@ def request_with_autostart(message, autostart=True):
 
 def hook_session_end(hook_input):
     session_id, _transcript, _cwd, payload = hook_input
-    inbox = append_session_end(session_id, payload)  # first: the payload survives whatever follows
-    message = {"type": "finish", "external_id": session_id, "wait": False}
+    message = {"type": "finish", "external_id": session_id, "wait": False, "reason": "SessionEnd"}
+    try:
+        inbox = append_session_end(session_id, payload)  # first: the payload survives whatever follows
+    except OSError as exc:  # e.g. a full disk: hand the payload to the master instead
+        err(f"hook session-end: cannot record the session end on disk ({exc.strerror or exc}); "
+            "sending it to the master")
+        inbox, message["hook_input"] = "(nowhere: the disk write failed)", payload
     try:
         reply, _path, _system = client.request_any(message, timeout=SESSION_END_TIMEOUT_S)
     except client.NoMaster as exc:

@@ -150,6 +150,7 @@ class Session:
         self.crashes = 0  # since the last stable minute
         self.restart_timer: Optional[list] = None
         self.finish_reason = ""  # set once: the session is being finished
+        self.end_hook_input: Optional[dict] = None  # SessionEnd input that only the master holds
         self.report: Optional[worker_api.Report] = None
         self.confab_session_id = ""
         self.last_error = ""
@@ -637,7 +638,7 @@ class Arbiter:
         if session.state == "failed":
             return control.error(f"session {external_id} has failed ({session.last_error}); "
                                  "its State file is kept")
-        self.finish(session, "stop requested")
+        self.finish(session, request.reason or "stop requested", request.hook_input)
         if request.wait:
             session.waiters.append(client)
             return None
@@ -705,7 +706,8 @@ class Arbiter:
             external_id=session.external_id, transcript_path=session.transcript_path,
             sync_dir=self.sync.path, home=self.home, settings=self.settings, cwd=session.cwd,
             parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
-            restarts=session.restarts, finish=bool(session.finish_reason))
+            restarts=session.restarts, finish=bool(session.finish_reason),
+            end_hook_input=session.end_hook_input)
         if self.system:  # the worker becomes the owner and uses the owner's own files and settings
             user = privileges.lookup_user(session.uid)
             if user is None:
@@ -851,16 +853,17 @@ class Arbiter:
             if not client.closed:
                 self.deferred_reply(client, answer)
 
-    def finish(self, session: Session, reason: str) -> None:
+    def finish(self, session: Session, reason: str, hook_input: Optional[dict] = None) -> None:
         """Ask for the session's end, once, whoever asks first."""
         if session.finish_reason or session.state == "failed":
             return
         session.finish_reason = reason
+        session.end_hook_input = hook_input
         self.unwatch_parent(session)
         log.info("session %s: finishing (%s)", session.external_id, reason)
         if session.alive:
             session.state = "finishing"
-            self.send(session, worker_api.Finish(reason))
+            self.send(session, worker_api.Finish(reason, hook_input))
         elif session.restart_timer is not None:  # in backoff: restart now, in finishing mode
             self.cancel(session.restart_timer)
             self.restart(session)

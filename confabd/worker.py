@@ -97,6 +97,7 @@ class SessionWorker:
         self.engine: Optional[SessionSync] = None
         self.lock_fd: Optional[int] = None
         self.finish_reason = "" if not spec.finish else "adopted after its Claude Code exited"
+        self.end_hook_input = spec.end_hook_input  # SessionEnd input that reached us without the inbox
         self.suspend = False  # SIGTERM: final flush, keep State, exit (a master will adopt it)
         self.reload = False
         self.gone_count = 0
@@ -222,6 +223,9 @@ class SessionWorker:
         if records:
             mine, later = records[0], records[1:]
             timestamp, payload = mine.timestamp or utc_now(), dict(mine.hook_input)
+        elif self.end_hook_input:  # the hook could not write the inbox (e.g. disk full)
+            later = []
+            timestamp, payload = utc_now(), dict(self.end_hook_input)
         else:
             later = []
             timestamp, payload = utc_now(), self._synthetic_end_payload()
@@ -314,6 +318,7 @@ class SessionWorker:
                 command = api.decode_command(self.conn.recv_bytes())
                 if isinstance(command, api.Finish):
                     self.finish_reason = self.finish_reason or command.reason or "requested"
+                    self.end_hook_input = self.end_hook_input or command.hook_input
                 elif isinstance(command, api.Reload):
                     self.reload = True
         except (EOFError, OSError):
@@ -465,7 +470,10 @@ class SessionWorker:
             self.sync_dir.save_state(self.state)
             self._saved_state = encoded
         except OSError as exc:  # e.g. ENOSPC: keep syncing; the backend holds the position
-            log.error("%s: cannot write State: %s", self.spec.external_id, exc)
+            message = f"cannot write State {self.sync_dir.state_path(self.spec.external_id)}: {exc.strerror or exc}"
+            if message != self.last_error:
+                log.error("%s: %s", self.spec.external_id, message)
+            self.last_error = self.state.last_error = message
 
     def _set_phase(self, phase: str, save: bool = True) -> None:
         if self.state.phase == phase and phase != "waiting":

@@ -24,7 +24,7 @@ The worker never exits because the backend is down.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Optional, Union
 
 import msgspec
 
@@ -48,6 +48,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     parent_create_time: float = 0.0
     restarts: int = 0
     finish: bool = False  # start straight in finishing mode (e.g. parent already gone)
+    end_hook_input: Optional[dict[str, Any]] = None  # see Finish.hook_input
     # System mode: the user the worker runs as (dropped before any user file is opened).
     uid: int = -1
     gid: int = -1
@@ -56,6 +57,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 class Finish(msgspec.Struct, tag="finish", frozen=True):
     reason: str = ""
+    hook_input: Optional[dict[str, Any]] = None  # SessionEnd input the hook could not write to the inbox
 
 
 class Reload(msgspec.Struct, tag="reload", frozen=True):
