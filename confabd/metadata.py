@@ -32,8 +32,14 @@ class SessionFacts:
         self.cwd = ""
         self.git_branch = ""
 
-    def learn(self, lines) -> None:
-        # `in` is a memchr-speed scan; the regexes run only on lines that can match.
+    def learn(self, lines: list[bytes]) -> None:
+        """Learn from a batch of lines. One memchr-speed scan of the whole batch
+        per fact decides whether any line can hold it; only then are lines walked."""
+        joined = b"\n".join(lines)
+        wanted = ((not self.first_user_message and b'"user"' in joined)
+                  or b'"summary"' in joined or (not self.cwd and b'"cwd"' in joined))
+        if not wanted:
+            return
         for line in lines:
             if not self.first_user_message and b'"user"' in line and _USER_LINE.search(line):
                 self._learn_user(line)

@@ -435,3 +435,18 @@ def test_session_end_in_the_inbox_finishes_without_a_finish_message(backend, hom
     assert w.wait_exit() == api.EXIT_DONE
     [event] = backend.events(eid)
     assert event["payload"] == {"session_id": eid, "reason": "clear"}
+
+
+def test_escape_heavy_lines_never_exceed_the_body_limit(backend, home, workers):
+    """Control bytes escape to six bytes each (\\u0001): the budget's estimate is beaten, the real
+    body check refuses the chunk before sending, and smaller chunks deliver every line."""
+    home.configure_backend(backend.url, backend.api_key)
+    eid = "escape-heavy"
+    path = home.transcript(eid)
+    path.write_bytes(b"".join(b"%d:" % i + b"\x01" * (1 << 20) + b"\n" for i in range(10)))
+    w = workers(home, eid, path)
+    wait_until(lambda: delivered(backend, eid, path.name, path), timeout=60)
+    w.finish()
+    assert w.wait_exit() == api.EXIT_DONE
+    assert backend.chunk_counts(eid)[path.name] >= 5  # no body over 16 MiB was ever sent
+    assert 400 not in backend.counts()["by_status"]

@@ -56,6 +56,7 @@ CONNECT_TIMEOUT_S = 10.0
 COMPRESS_MIN_BYTES = 1024  # what the original client does
 ZSTD_LEVEL = 3
 MAX_ERROR_TEXT = 300
+MAX_BODY_BYTES = 16 * 1024 * 1024  # the server's limit, after decompression
 
 POSITION_RE = re.compile(r"first_line must be (\d+)")
 DELAY_SECONDS_RE = re.compile(r"\d{1,9}(\.\d+)?\Z")
@@ -231,8 +232,16 @@ class HttpSink:
             raise self._scrub(_error_for(path, response))
 
     def _encode(self, request: msgspec.Struct) -> tuple[bytes, dict[str, str]]:
-        """JSON body, zstd-compressed from 1 KiB on."""
+        """JSON body, zstd-compressed from 1 KiB on.
+
+        Over the server's 16 MiB the body would fail as an indistinguishable
+        400 "Invalid request body": refuse it here as PayloadTooLarge, so the
+        engine sends fewer lines (its budget is an estimate; this is the check).
+        """
         body = msgspec.json.encode(request)
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body would be {len(body)} bytes, over the server's "
+                                  f"{MAX_BODY_BYTES} (not sent)", 413)
         if len(body) < COMPRESS_MIN_BYTES:
             return body, {}
         return self._compressor.compress(body), {"Content-Encoding": "zstd"}
