@@ -266,9 +266,10 @@ class SessionSync:
     # -- discovery and facts -------------------------------------------------
 
     def _learn(self, f: TrackedFile, lines: list[bytes]) -> None:
+        joined = b"\n".join(lines)
         if f is self.main:
-            self.facts.learn(lines)
-        self._pending_agents.update(agent_ids_in(lines))
+            self.facts.learn(lines, joined)
+        self._pending_agents.update(agent_ids_in(joined))
 
     def _discover(self) -> None:
         for agent_id in list(self._pending_agents):

@@ -32,21 +32,28 @@ class SessionFacts:
         self.cwd = ""
         self.git_branch = ""
 
-    def learn(self, lines: list[bytes]) -> None:
-        """Learn from a batch of lines. One memchr-speed scan of the whole batch
-        per fact decides whether any line can hold it; only then are lines walked."""
-        joined = b"\n".join(lines)
-        wanted = ((not self.first_user_message and b'"user"' in joined)
-                  or b'"summary"' in joined or (not self.cwd and b'"cwd"' in joined))
-        if not wanted:
-            return
-        for line in lines:
-            if not self.first_user_message and b'"user"' in line and _USER_LINE.search(line):
-                self._learn_user(line)
-            elif b'"summary"' in line and _SUMMARY_LINE.search(line):
+    def learn(self, lines: list[bytes], joined: Optional[bytes] = None) -> None:
+        """Learn from a batch of lines (`joined`: the same lines joined by newlines).
+
+        The first user message and the cwd are found once, early; after that a
+        batch costs one fast substring search for `"summary"` over `joined`.
+        """
+        joined = b"\n".join(lines) if joined is None else joined
+        if not self.first_user_message and b'"user"' in joined:
+            for line in lines:
+                if b'"user"' in line and _USER_LINE.search(line):
+                    self._learn_user(line)
+                    if self.first_user_message:
+                        break
+        if not self.cwd and b'"cwd"' in joined:
+            for line in lines:
+                if b'"cwd"' in line:
+                    self._learn_location(line)
+                    if self.cwd:
+                        break
+        for line in lines_containing(joined, b'"summary"'):
+            if _SUMMARY_LINE.search(line):
                 self._learn_summary(line)
-            if not self.cwd and b'"cwd"' in line:
-                self._learn_location(line)
 
     def _learn_user(self, line: bytes) -> None:
         obj = _decode(line)
@@ -75,6 +82,21 @@ class SessionFacts:
             branch = obj.get("gitBranch")
             if isinstance(branch, str):
                 self.git_branch = branch
+
+
+def lines_containing(joined: bytes, needle: bytes):
+    """Each line of `joined` (newline-separated) that contains `needle`, once, in order.
+
+    bytes.find is a two-way search at memory speed; `re` would stop at every
+    byte that could start the pattern (every `"` of a JSON line).
+    """
+    pos = joined.find(needle)
+    while pos >= 0:
+        start = joined.rfind(b"\n", 0, pos) + 1
+        end = joined.find(b"\n", pos)
+        end = len(joined) if end < 0 else end
+        yield joined[start:end]
+        pos = joined.find(needle, end)
 
 
 def _decode(line: bytes) -> dict:
