@@ -21,10 +21,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 from urllib.parse import quote
 
 import psutil
+from tests.waiting import wait_until  # noqa: F401 - the one polling helper, used by the bench modules
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -90,23 +91,6 @@ def spread(values: list[float], unit: str = "s") -> str:
 
 def log(message: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.005,
-               what: str = "") -> object:
-    """Poll `predicate` until truthy (exceptions = not yet); raise TimeoutError at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001
-            last = exc
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}; last: {last!r}")
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------

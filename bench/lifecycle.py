@@ -113,7 +113,7 @@ def run(quick: bool = False) -> list[Figure]:
 
         # -- restart ----------------------------------------------------------------
         log(f"restart latency: {runs} workers SIGKILLed while syncing")
-        restarts, new_pid = [], []
+        restarts = []
         for i in range(runs):
             sid = f"restart-{i:03d}"
             name = f"{sid}.jsonl"

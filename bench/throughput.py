@@ -27,15 +27,13 @@ import json
 import os
 import pstats
 import re
-import sys
 import time
 
 import msgspec
 import zstandard
 
 from .common import (
-    API_KEY, CONFABCTL, PYTHON, REPO, TRANSCRIPTS, Backend, Figure, Install, fmt, log, median,
-    python_pass_env, run_rusage,
+    API_KEY, CONFABCTL, PYTHON, TRANSCRIPTS, Backend, Figure, Install, log, python_pass_env, run_rusage,
 )
 
 MB = 1_000_000
