@@ -51,6 +51,7 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
 STABLE_AFTER_S = 60.0  # a worker that ran this long resets the crash count
 CRASH_LOOP_LIMIT = 5  # this many crashes without a stable minute: failed
+MAX_REQUESTS_PER_TURN = 16  # per connection, per loop turn: fairness under a flood
 PARENT_POLL_S = 1.0  # fallback parent check when pidfd is unavailable
 UNFINISHED_RETRY_S = 60.0  # a final sync that hit the shutdown timeout is tried again after this
 KILL_GRACE_S = 2.0  # after the shutdown timeout, before SIGKILL
@@ -222,6 +223,7 @@ class Arbiter:
         self.connections: dict[int, int] = {}  # uid -> open control connections
         self.clients: set[Client] = set()
         self.timers: list = []
+        self.backlog: dict[Client, None] = {}  # connections with requests left for the next turn
         self.timer_seq = itertools.count()
         self.listener: Optional[socket.socket] = None
         self.socket_ino = 0
@@ -256,11 +258,14 @@ class Arbiter:
     def loop(self) -> None:
         while not (self.stopping and not any(s.alive for s in self.sessions.values())):
             timeout = None
-            if self.timers:
+            if self.backlog:
+                timeout = 0.0
+            elif self.timers:
                 timeout = max(0.0, self.timers[0][0] - time.monotonic())
             for key, mask in self.selector.select(timeout):
                 if self.selector.get_map().get(key.fd) is key:  # not closed by an earlier callback
                     self.guarded(key.data, mask)
+            self.serve_backlog()
             self.run_timers()
 
     @staticmethod
@@ -430,8 +435,12 @@ class Arbiter:
             self.serve(client)
 
     def serve(self, client: Client) -> None:
-        """Answer every complete request in the buffer, in order."""
-        while not client.deferred and not client.close_after_flush and not client.closed:
+        """Answer the complete requests in the buffer, in order: at most
+        MAX_REQUESTS_PER_TURN, so one connection's flood cannot hold the loop
+        while others wait; the rest is served on the next turns."""
+        for _ in range(MAX_REQUESTS_PER_TURN):
+            if client.deferred or client.close_after_flush or client.closed:
+                return
             try:
                 body = client.inbuf.next_frame()
             except control.FrameTooLarge as exc:
@@ -452,6 +461,14 @@ class Arbiter:
                 client.deferred = True
             else:
                 self.respond(client, answer)
+        self.backlog[client] = None
+
+    def serve_backlog(self) -> None:
+        """Another turn for each connection that still had requests buffered."""
+        waiting, self.backlog = self.backlog, {}
+        for client in waiting:
+            if not client.closed:
+                self.guarded(self.serve, client)
 
     def respond(self, client: Client, answer: dict) -> None:
         if client.closed:
