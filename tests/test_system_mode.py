@@ -464,3 +464,44 @@ def test_restart_readopts_both_users_sessions(system, users, backend):
         wait_until(lambda: proc_status(pid)["Uid"].split() == [str(user.uid)] * 4, 10, what="the drop")
         backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
         assert set(system.status(user)) == {eid}
+
+
+FAKE_CLAUDE_AS_USER = """# claude: a stand-in for Claude Code, run as the user
+import json, os, subprocess, sys, time
+payload, socket_path, python = sys.argv[1], sys.argv[2], sys.argv[3]
+env = dict(os.environ, CONFABD_SYSTEM_SOCKET=socket_path)
+r = subprocess.run(["/bin/sh", "-c", f"{python} -m confabd.ctl hook session-start"], input=payload,
+                   capture_output=True, text=True, env=env)
+print(json.dumps([r.returncode, r.stderr]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_parent_watch_in_system_mode_finishes_when_the_users_claude_dies(system, users, backend):
+    """The system master (root) watches a user's Claude Code and finishes the session when it dies."""
+    a, _ = users
+    system.start()
+    eid = "sys-parent"
+    path = a.transcript(eid, fixture_lines()[:6])
+    payload = json.dumps({"session_id": eid, "transcript_path": str(path), "cwd": "/home/proj",
+                          "hook_event_name": "SessionStart"})
+    # the hook runs through /bin/sh as the user: Debian's python3 is always runnable there (the
+    # hook path needs only the stdlib and confabd on PYTHONPATH)
+    claude = system.run_as(a, FAKE_CLAUDE_AS_USER, payload, str(system.socket), "/usr/bin/python3")
+    try:
+        code, err = json.loads(claude.stdout.readline())
+        assert code == 0 and err == "", err
+        backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
+        session = system.status(a)[eid]
+        assert session["parent_pid"] == claude.pid  # the user's Claude Code (setpriv execs it), not the hook's sh
+        with open(path, "ab") as f:  # a last line, written just before it dies
+            f.write(b"".join(line + b"\n" for line in fixture_lines()[6:9]))
+        os.kill(session["parent_pid"], signal.SIGKILL)
+        backend.wait_for(lambda: backend.events(eid), timeout=10)
+        [event] = backend.events(eid)
+        assert event["payload"]["confabd_reason"].startswith("Claude Code (pid")
+        assert backend_has_file(backend, eid, path)
+        wait_until(lambda: eid not in system.status(a) and not (a.sync_dir / f"{eid}.json").exists())
+    finally:
+        claude.kill()
+        claude.wait(10)
