@@ -778,6 +778,8 @@ class Arbiter:
                     session.confab_session_id = report.confab_session_id
                 if report.phase in ("waiting", "connecting", "syncing", "finishing"):
                     session.state = report.phase
+                if report.phase == "syncing" and not report.last_error:
+                    session.last_error = ""  # a restarted worker is healthy again (`restarts` keeps count)
         except (EOFError, OSError):
             self.unregister(session.conn)  # the sentinel tells the rest
         except msgspec.DecodeError as exc:

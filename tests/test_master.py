@@ -84,6 +84,8 @@ def test_kill_9_workers_mid_upload_restarts_and_exactly_once(cfd):
     wait_until(lambda: cfd.session(eid)["restarts"] == 3 and cfd.session(eid)["state"] == "syncing", timeout=20)
     backend.clear_faults()
     backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=30)
+    # healthy again: the crash is counted in `restarts`, not left as a stale error
+    wait_until(lambda: cfd.session(eid)["last_error"] is None, timeout=10)
     assert cfd.ctl("stop", eid, "--wait").returncode == 0
     assert_exactly_once(backend, eid, path)
     assert len(backend.events(eid)) == 1
