@@ -322,7 +322,8 @@ def build_parser():
     p.add_argument("external_id", nargs="?", metavar="ID")
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
 
-    sub.add_parser("ping", help="exit 0 if a master answers")
+    p = sub.add_parser("ping", help="exit 0 if a master answers")
+    p.add_argument("--json", action="store_true", help="print {pid, version, socket} as JSON")
     sub.add_parser("shutdown", help="ask the master to stop gracefully")
 
     p = sub.add_parser("save", help="upload one transcript (and its subagent files) once, in the foreground")
@@ -445,10 +446,16 @@ def format_duration(seconds):
 
 
 def cmd_ping(args):
-    reply = ask({"type": "ping"}, timeout=5.0)
-    if reply is None:
+    reply, path, _system = client.request_any({"type": "ping"}, timeout=5.0)
+    if not reply.get("ok"):
+        err(reply.get("error") or "the master refused the request")
         return EXIT_FAIL
-    print(f"confabd master {reply.get('pid')} (version {reply.get('version')}) is alive")
+    if args.json:
+        import json
+
+        print(json.dumps({"pid": reply.get("pid"), "version": reply.get("version"), "socket": path}))
+    else:
+        print(f"confabd master {reply.get('pid')} (version {reply.get('version')}) is alive")
     return EXIT_OK
 
 

@@ -10,6 +10,8 @@ import subprocess
 
 import pytest
 
+from confabd import __version__
+
 from confabd import client
 from tests.conftest import PYTHON, backend_has_file, fixture_lines
 from tests.waiting import wait_until
@@ -109,6 +111,9 @@ def test_commands_and_exit_codes(cfd):
     master = cfd.master()
     r = cfd.ctl("ping")
     assert r.returncode == 0 and str(master.pid) in r.stdout
+    r = cfd.ctl("ping", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"pid": master.pid, "version": __version__,
+                                                         "socket": str(cfd.socket)}
     eid = "cmds"
     path = cfd.transcript(eid)
     path.write_bytes(b"".join(fixture_lines()))
