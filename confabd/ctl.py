@@ -12,7 +12,7 @@ Hooks always exit 0 and print HOOK_RESPONSE.
 import os
 import sys
 
-from . import client, paths
+from . import client, fileio, paths
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
 HOOK_RESPONSE = '{"continue": true, "suppressOutput": true}'
@@ -199,11 +199,6 @@ def sync_dir():
     return paths.sync_dir(home, os.environ, client.user_settings_value(home, "state_dir"))
 
 
-def private_dir(path):
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
-
-
 def utc_now():
     import time
 
@@ -213,76 +208,31 @@ def utc_now():
 
 def append_session_end(session_id, payload):
     """Append a session_end InboxRecord (one write on an O_APPEND fd, 0600)."""
-    path = paths.inbox_path(private_dir(sync_dir()), session_id)
-    line = client.dumps({"type": "session_end", "timestamp": utc_now(), "hook_input": payload}) + "\n"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    path = paths.inbox_path(fileio.ensure_private_dir(sync_dir()), session_id)
+    record = {"type": "session_end", "timestamp": utc_now(), "hook_input": payload}
+    fileio.append_line(path, client.dumps(record).encode())
     return path
 
 
 def write_fallback_state(session_id, transcript, cwd):
     """A State file for a session no master took, so the next master adopts it.
 
-    parent_create_time stays 0: the master then re-checks the parent by name.
+    The rare path: it may import psutil to record which Claude Code (pid and
+    create time) ran the hook, so the next master watches the right process.
     """
-    directory = private_dir(sync_dir())
+    from .parents import find_claude
+
+    directory = fileio.ensure_private_dir(sync_dir())
     path = paths.state_path(directory, session_id)
     if os.path.exists(path):
         return path
+    parent_pid, create_time = find_claude(os.getpid(), os.getppid(), claude_pid_hint())
     state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd,
-             "parent_pid": find_claude_pid(), "inbox_path": paths.inbox_path(directory, session_id),
-             "started_at": utc_now()}
-    if not state["parent_pid"]:
-        del state["parent_pid"]
-    tmp = os.path.join(directory, f".{session_id}.json.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, client.dumps(state).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+             "inbox_path": paths.inbox_path(directory, session_id), "started_at": utc_now()}
+    if parent_pid:
+        state.update(parent_pid=parent_pid, parent_create_time=create_time)
+    fileio.atomic_write(path, client.dumps(state).encode())
     return path
-
-
-def find_claude_pid():
-    """CLAUDE_PID, else the parent or grandparent whose command line names `claude` (/proc)."""
-    hint = claude_pid_hint()
-    pid, parents = os.getppid(), []
-    for _ in range(2):
-        if pid <= 1:
-            break
-        parents.append(pid)
-        pid = _proc_ppid(pid)
-    if hint and hint in parents:
-        return hint
-    for pid in parents:
-        if "claude" in _proc_words(pid):
-            return pid
-    return hint if hint and os.path.exists(f"/proc/{hint}") else 0
-
-
-def _proc_ppid(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _proc_words(pid):
-    """The words of a command line, as `\\bclaude\\b` (case-insensitive) sees them."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            text = f.read().decode(errors="replace").lower()
-    except OSError:
-        return set()
-    return set("".join(c if c.isalnum() or c == "_" else " " for c in text).split())
 
 
 # ---------------------------------------------------------------------------

@@ -25,7 +25,6 @@ import itertools
 import logging
 import multiprocessing
 import os
-import re
 import selectors
 import signal
 import socket
@@ -37,6 +36,7 @@ import msgspec
 import psutil
 
 from . import __version__, control, notify, paths, privileges, users, worker_api
+from .parents import CLAUDE_RE, find_claude, process_identity, same_process
 from .config import Settings
 from .errors import ConfigError
 from .records import InvalidExternalId, State, validate_external_id
@@ -55,7 +55,6 @@ MAX_REQUESTS_PER_TURN = 16  # per connection, per loop turn: fairness under a fl
 PARENT_POLL_S = 1.0  # fallback parent check when pidfd is unavailable
 UNFINISHED_RETRY_S = 60.0  # a final sync that hit the shutdown timeout is tried again after this
 KILL_GRACE_S = 2.0  # after the shutdown timeout, before SIGKILL
-CLAUDE_RE = re.compile(r"\bclaude\b", re.IGNORECASE)
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
@@ -69,63 +68,6 @@ def describe_exit(code: Optional[int]) -> str:
             name = f"signal {-code}"
         return f"killed by {name}"
     return f"exited with code {code}"
-
-
-# ---------------------------------------------------------------------------
-# Who is Claude Code? (psutil: identity is pid + create time)
-
-
-def process_identity(pid: int) -> Optional[tuple[int, float, str]]:
-    """(pid, create_time, cmdline) of a live process, None if it does not exist."""
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return pid, proc.create_time(), " ".join(proc.cmdline())
-    except (psutil.Error, ValueError):
-        return None
-
-
-def find_claude(hook_pid: int, parent_pid: int, hint: int) -> tuple[int, float]:
-    """The Claude Code process that ran a hook: (pid, create_time), (0, 0.0) if not found.
-
-    CLAUDE_PID (`hint`) wins when it is a live ancestor of the hook; otherwise
-    the hook's parent or grandparent whose command line names `claude`.
-    """
-    ancestors: list[psutil.Process] = []
-    try:
-        proc = psutil.Process(parent_pid)
-        if hook_pid:
-            try:
-                proc = psutil.Process(hook_pid).parent() or proc
-            except psutil.Error:
-                pass
-        while proc is not None and proc.pid > 1 and len(ancestors) < 16:
-            ancestors.append(proc)
-            proc = proc.parent()
-    except psutil.Error:
-        pass
-    if hint:
-        for proc in ancestors:
-            if proc.pid == hint:
-                try:
-                    return proc.pid, proc.create_time()
-                except psutil.Error:
-                    break
-    for proc in ancestors[:2]:
-        try:
-            if CLAUDE_RE.search(" ".join(proc.cmdline()) or proc.name()):
-                return proc.pid, proc.create_time()
-        except psutil.Error:
-            continue
-    return 0, 0.0
-
-
-def same_process(pid: int, create_time: float) -> bool:
-    """Is `pid` still the process that had `create_time` (not a recycled PID)?"""
-    found = process_identity(pid)
-    return found is not None and abs(found[1] - create_time) < 0.05
 
 
 # ---------------------------------------------------------------------------
@@ -956,7 +898,7 @@ class Arbiter:
 
     def adopt(self, state: State, finish_reason: str = "", uid: int = -1) -> None:
         parent_pid, create_time = state.parent_pid, state.parent_create_time
-        if parent_pid and not create_time:  # written by a hook that had no master: check by name
+        if parent_pid and not create_time:  # e.g. written by the original Go client: check by name
             found = process_identity(parent_pid)
             if found and CLAUDE_RE.search(found[2]):
                 create_time = found[1]

@@ -19,13 +19,12 @@ from typing import Iterator, Optional
 import msgspec
 
 from . import paths
+from .fileio import append_line, atomic_write, ensure_private_dir, read_private_file, unlink_if_present
 from .errors import CorruptRecord
 from .records import InboxRecord, State, validate_external_id
 
 log = logging.getLogger(__name__)
 
-FILE_MODE = 0o600
-DIR_MODE = 0o700
 STATE_SUFFIX = ".json"
 INBOX_SUFFIX = ".inbox.jsonl"
 CLAIMED_INBOX_SUFFIX = ".inbox-claimed.jsonl"
@@ -38,17 +37,6 @@ _encoder = msgspec.json.Encoder()
 def utc_now() -> str:
     """RFC 3339 timestamp in UTC, as the original client writes them."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def ensure_private_dir(path: str) -> str:
-    """Create `path` (and parents) 0700 if missing; refuse a symlink at `path`."""
-    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
-    st = os.lstat(path)
-    if not os.path.isdir(path) or os.path.islink(path):
-        raise NotADirectoryError(f"{path} is not a directory")
-    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
-        os.chmod(path, DIR_MODE)
-    return path
 
 
 class SyncDir:
@@ -80,7 +68,7 @@ class SyncDir:
         """Remove all of a session's files: State, inbox, claimed inbox (missing files are fine)."""
         for path in (self.inbox_path(external_id), self.claimed_inbox_path(external_id),
                      self.state_path(external_id)):
-            _unlink_if_present(path)
+            unlink_if_present(path)
 
     def close_session(self, external_id: str) -> None:
         """A finished run's cleanup: its State and the inbox it claimed.
@@ -89,7 +77,7 @@ class SyncDir:
         same session (`claude --continue`) and is left for that run's worker.
         """
         for path in (self.claimed_inbox_path(external_id), self.state_path(external_id)):
-            _unlink_if_present(path)
+            unlink_if_present(path)
 
     def list_states(self) -> list[State]:
         """Every readable State in the dir; corrupt ones are skipped with a warning."""
@@ -145,7 +133,7 @@ class SyncDir:
 
 
 # ---------------------------------------------------------------------------
-# File-level helpers, usable without a SyncDir (e.g. by confabctl's fallback).
+# Reading records from files.
 
 
 def load_state_file(path: str) -> Optional[State]:
@@ -181,58 +169,3 @@ def read_inbox_file(path: str) -> list[InboxRecord]:
         except msgspec.DecodeError as exc:
             log.warning("%s line %d: skipping a torn or corrupt inbox record (%s)", path, number, exc)
     return records
-
-
-def read_private_file(path: str) -> bytes:
-    """Read a file without following a symlink at its last component."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Replace `path` with `data`: temp file, fsync, rename. Cleans up on failure (e.g. ENOSPC)."""
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def append_line(path: str, data: bytes) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, FILE_MODE)
-    try:
-        os.write(fd, data + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_if_present(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

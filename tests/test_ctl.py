@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 
+import psutil
 import pytest
 
 from confabd import __version__
@@ -68,7 +69,10 @@ def test_no_master_and_none_can_start_leaves_a_state_for_the_next(cfd):
     state = json.loads(cfd.state_file(eid).read_text())
     assert state["external_id"] == eid and state["transcript_path"] == str(path)
     assert state["parent_pid"] == claude.pid
+    # the exact process, not just its pid: a recycled pid will not pass for it later
+    assert abs(state["parent_create_time"] - psutil.Process(claude.pid).create_time()) < 0.05
     assert oct(os.stat(cfd.state_file(eid)).st_mode & 0o777) == "0o600"
+    assert not [p for p in cfd.sync_dir.iterdir() if p.name.endswith(".tmp")]
 
     code, out, err = claude.hook("session-end", cfd.payload(eid, "SessionEnd", reason="exit"))
     assert code == 0 and "recorded in" in err
