@@ -22,33 +22,19 @@ import json
 import os
 import signal
 import subprocess
-import textwrap
 import time
+
+from tests import fake_claude
 
 from .common import (
     CONFABCTL, PROCS, PYTHON, TRANSCRIPTS, Backend, Figure, Install, log, median, python_pass_times,
     small_lines, spread, wait_until,
 )
 
-FAKE_CLAUDE = textwrap.dedent("""\
-    import json, subprocess, sys
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "exit":
-            break
-        event, path = cmd.split(" ", 1)
-        r = subprocess.run(["/bin/sh", "-c", f"{CONFABCTL} hook {event} < {path}"], capture_output=True, text=True)
-        print(json.dumps([r.returncode, r.stdout, r.stderr]), flush=True)
-    """)
-
-
 class FakeClaude:
     def __init__(self, inst: Install):
         self.inst = inst
-        script = inst.root / "bin" / "claude"
-        if not script.exists():
-            script.parent.mkdir(exist_ok=True)
-            script.write_text(f"CONFABCTL = {CONFABCTL!r}\n" + FAKE_CLAUDE)
+        script = fake_claude.write_script(inst.root / "bin", CONFABCTL)
         self.proc = PROCS.popen([PYTHON, str(script)], env=inst.env, cwd=inst.root, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
 

@@ -18,13 +18,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
+from tests import fake_claude
 from tests.fakebackend import FakeBackend
 from tests.waiting import wait_until
 
@@ -102,24 +102,9 @@ class Master:
 class FakeClaude:
     """A process whose command line names `claude`, running the hooks as children via /bin/sh -c."""
 
-    SCRIPT = textwrap.dedent("""\
-        import os, subprocess, sys
-        for line in sys.stdin:
-            cmd = line.strip()
-            if cmd == "exit":
-                break
-            event, path = cmd.split(" ", 1)
-            r = subprocess.run(["/bin/sh", "-c", f"{sys.executable} -m confabd.ctl hook {event} < {path}"],
-                               capture_output=True, text=True)
-            print(json.dumps([r.returncode, r.stdout, r.stderr]), flush=True)
-        """)
-
     def __init__(self, cfd: "Confabd", env: Optional[dict] = None):
         self.cfd = cfd
-        script = cfd.root / "bin" / "claude"
-        if not script.exists():
-            script.parent.mkdir(exist_ok=True)
-            script.write_text("import json\n" + self.SCRIPT)
+        script = fake_claude.write_script(cfd.root / "bin", f"{PYTHON} -m confabd.ctl")
         self.proc = subprocess.Popen([PYTHON, str(script)], env=env or cfd.env, cwd=cfd.root,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
