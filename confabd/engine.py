@@ -44,6 +44,10 @@ MAX_RESYNCS_PER_PASS = 5
 TRUNCATED_HEAD_BYTES = 64 * 1024
 
 
+class _AskAgain(Exception):
+    """Internal: read the sink's position again (init) before the next chunk."""
+
+
 class TrackedFile:
     """One file of the session: where it is, and what the sink holds of it."""
 
@@ -55,7 +59,7 @@ class TrackedFile:
         self.server_line: Optional[int] = None  # None until init told us
         self.max_lines: Optional[int] = None  # set after a 413, to send smaller chunks
         self.error = ""  # why this file is stuck, if it is
-        self.blocked_at = 0  # line number this file cannot get past (oversized line)
+        self.blocked_at = 0  # a line this file cannot get past (too large, or refused by the sink)
 
     def progress(self) -> FileProgress:
         c = self.reader.cursor
@@ -134,7 +138,7 @@ class SessionSync:
                 if self.needs_init:
                     self.connect()
                 return self._deliver_all()
-            except PositionMismatch as exc:
+            except (PositionMismatch, _AskAgain) as exc:
                 log.info("%s: %s; asking the sink for its position again", self.external_id, exc)
                 self.needs_init = True
         raise Unavailable(f"{self.external_id}: the sink's position kept changing under us")
@@ -207,15 +211,17 @@ class SessionSync:
                 f.error = f"{f.name} line {chunk.first_line} is too large for the backend ({exc})"
                 log.error("%s: %s", self.external_id, f.error)
                 f.blocked_at = chunk.first_line
-                return self._failed_chunk(f, retry_now=False)
+                self.needs_init = True
+                return 0
             f.max_lines = max(1, len(lines) // 2)
-            log.warning("%s: chunk of %d lines too large; sending at most %d", f.name, len(lines), f.max_lines)
-            return self._failed_chunk(f, retry_now=True)
+            self.needs_init = True  # a proxy's 413: the chunk may have reached the server anyway
+            raise _AskAgain(f"{f.name}: a chunk of {len(lines)} lines was too large; sending at most {f.max_lines}")
         except RequestRejected as exc:
             f.error = f"{f.name}: the sink refused lines {chunk.first_line}-{chunk.last_line}: {exc}"
             log.error("%s", f.error)
             f.blocked_at = chunk.first_line
-            return self._failed_chunk(f, retry_now=False)
+            self.needs_init = True  # after any failed chunk, only init can tell what the sink holds
+            return 0
         except (AuthFailed, SessionGone):
             raise
         except Exception:
@@ -226,13 +232,6 @@ class SessionSync:
         self._advance(f, batch, last, len(lines))
         return len(lines)
 
-    def _failed_chunk(self, f: TrackedFile, retry_now: bool) -> int:
-        # The chunk may or may not be stored: only init can tell.
-        self.needs_init = True
-        if retry_now:
-            raise PositionMismatch("re-reading the position after a split chunk")
-        return 0
-
     def _advance(self, f: TrackedFile, batch: Batch, last: int, count: int) -> None:
         expected = batch.first_line + count - 1
         f.server_line = last
@@ -241,8 +240,6 @@ class SessionSync:
         else:
             log.warning("%s: sink says last line %d, expected %d; re-reading position", f.name, last, expected)
             self.needs_init = True
-        if f.blocked_at and f.blocked_at <= last:
-            f.blocked_at = 0
         if self.on_chunk:
             self.on_chunk(f, count)
 
