@@ -429,7 +429,8 @@ class SessionWorker:
             self.finish_reason = "finishing was already under way"
         if self._inbox_has_session_end():
             self.finish_reason = self.finish_reason or "SessionEnd"
-        self._set_phase("waiting")
+        self._save_state()  # first thing: a record to adopt, whatever happens next
+        self._report()
 
     def _inbox_has_session_end(self) -> bool:
         return bool(self._session_end_records())
@@ -476,7 +477,7 @@ class SessionWorker:
             self.last_error = self.state.last_error = message
 
     def _set_phase(self, phase: str, save: bool = True) -> None:
-        if self.state.phase == phase and phase != "waiting":
+        if self.state.phase == phase:
             return
         self.state.phase = phase
         if save:

@@ -66,7 +66,7 @@ def test_fixture_delivered_byte_for_byte_to_backend(fixture, backend, home, work
     assert backend.file_bytes(eid, path.name) == path.read_bytes()
     [event] = backend.events(eid)
     assert event["event_type"] == "session_end"
-    assert not home.store().state_path(eid) or not os.path.exists(home.store().state_path(eid))
+    assert not os.path.exists(home.store().state_path(eid))  # finished: State removed
 
 
 @pytest.mark.parametrize("fixture", FIXTURE_NAMES)
