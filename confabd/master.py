@@ -579,9 +579,7 @@ class Arbiter:
     def start_session(self, external_id, transcript, cwd, parent_pid, create_time, uid=-1) -> Session:
         session = Session(external_id, transcript, cwd, parent_pid, create_time, uid)
         if self.system:
-            self.registry.add(uid)  # the worker writes the State, as the user
-        else:
-            self.save_initial_state(session)
+            self.registry.add(uid)  # for re-adoption; the worker writes the State, as the user
         self.add(session)
         return session
 
@@ -635,7 +633,12 @@ class Arbiter:
         self.sessions.pop(session.key, None)
 
     def save_initial_state(self, session: Session) -> None:
-        """Write the session's State before its worker starts, so a master crash loses nothing."""
+        """A State for a session whose worker could not even start (user mode).
+
+        Normally the worker writes it first thing, and it does so even if the
+        master dies right after the fork; only a failed fork leaves no record
+        for the next master should this one die during the restart backoff.
+        """
         state = State(external_id=session.external_id, transcript_path=session.transcript_path,
                       cwd=session.cwd, pid=self.pid, parent_pid=session.parent_pid,
                       inbox_path=self.sync.inbox_path(session.external_id), started_at=utc_now(),
@@ -689,6 +692,8 @@ class Arbiter:
             master_end.close()
             worker_end.close()
             log.error("session %s: cannot start a worker: %s", session.external_id, exc)
+            if not self.system:
+                self.save_initial_state(session)
             self.crashed(session, f"cannot start a worker: {exc}")
             return
         worker_end.close()

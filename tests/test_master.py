@@ -267,6 +267,7 @@ def test_modes_stale_socket_and_second_master(cfd):
     eid = "private"
     append(cfd.transcript(eid), fixture_lines())
     assert cfd.hook("session-start", cfd.payload(eid)).returncode == 0
+    wait_until(lambda: cfd.state_file(eid).exists(), what="the State the worker writes first")
     assert stat.S_IMODE(os.stat(cfd.sync_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(cfd.state_file(eid)).st_mode) == 0o600
     # A second master refuses to start, and the first keeps serving.
