@@ -25,16 +25,12 @@ from typing import Optional
 from urllib.parse import quote
 
 import psutil
+from tests.data import FIXTURES, HOOK_INPUT, TRANSCRIPTS  # noqa: F401 - the bench modules import them from here
 from tests.waiting import wait_until  # noqa: F401 - the one polling helper, used by the bench modules
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 CONFABCTL = str(Path(PYTHON).parent / "confabctl")
-FIXTURES = Path(os.environ.get("CONFABD_FIXTURES", REPO.parent / "shared" / "fixtures"))
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
-TRANSCRIPTS = FIXTURES / "transcripts"
-HOOK_INPUT = FIXTURES / "hook-input"
 API_KEY = "cfb_" + "b" * 40
 
 

@@ -25,15 +25,12 @@ from typing import Optional
 import pytest
 
 from tests import fake_claude
+from tests.data import FIXTURES, TRANSCRIPTS  # noqa: F401 - test modules import them from here
 from tests.fakebackend import FakeBackend
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-FIXTURES = REPO.parent / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path(os.environ.get("CONFABD_FIXTURES", "/work/shared/fixtures"))
-TRANSCRIPTS = FIXTURES / "transcripts"
 
 TEST_SETTINGS = """\
 transcript_poll_s = 0.05

@@ -1,6 +1,6 @@
 """A fake confab backend: a real HTTP server that enforces the sync protocol.
 
-The rules live in /work/shared/spec/protocol.md. This server applies every one
+The rules are those of the confab sync API (docs/PROTOCOL.md). This server applies every one
 of them strictly, so that a client bug (a gap, a duplicate, an oversized body,
 a wrong header) fails a test instead of silently losing a line in production.
 It records everything it accepted and can inject faults (errors, delays,

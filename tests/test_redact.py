@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import re
 
 import pytest
 
+from tests.data import TRANSCRIPTS
+
 from confabd.redact import DEFAULT_PATTERNS, Redactor
 
-FIXTURES = sorted(glob.glob("/work/shared/fixtures/transcripts/*.jsonl"))
+FIXTURES = sorted(str(p) for p in TRANSCRIPTS.glob("*.jsonl"))
 
 A36 = "aB3" * 12  # 36 alphanumerics
 HEX32 = "0123456789abcdef" * 2

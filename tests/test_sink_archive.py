@@ -21,6 +21,8 @@ import time
 
 import pytest
 
+from tests.data import TRANSCRIPTS
+
 from confabd.archive_cli import cmd_export, cmd_list
 from confabd.paths import default_archive_path
 from confabd.records import ChunkMetadata, GitInfo, InitMetadata, InitRequest
@@ -28,7 +30,7 @@ from confabd.sinks.archive import ArchiveError, ArchiveSink, export_session, lis
 from confabd.sinks.base import Chunk, PositionMismatch, RequestRejected, SessionGone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = sorted(glob.glob("/work/shared/fixtures/transcripts/*.jsonl"))
+FIXTURES = sorted(str(p) for p in TRANSCRIPTS.glob("*.jsonl"))
 EID = "9f0e8d7c-aaaa-bbbb-cccc-ddddeeeeffff"
 NAME = EID + ".jsonl"
 

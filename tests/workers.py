@@ -21,11 +21,8 @@ import msgspec
 from confabd import worker_api as api
 from confabd.config import Settings
 from confabd.store import SyncDir
+from tests.data import FIXTURES, TRANSCRIPTS  # noqa: F401 - test modules import them from here
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
-if not FIXTURES.is_dir():  # CI lays shared/ beside the clone
-    FIXTURES = Path(os.environ.get("CONFABD_FIXTURES", "/work/shared/fixtures"))
-TRANSCRIPTS = FIXTURES / "transcripts"
 
 _ctx = multiprocessing.get_context("spawn")
 
