@@ -23,13 +23,15 @@ LAUNCH_FAILED_GRACE_S = 2.0
 SESSION_END_TIMEOUT_S = 1.0  # SessionEnd hooks share a 1.5 s budget
 RATE_LIMIT_RETRY_S = 2.0  # how long a registration retries a system master's rate limit
 
+HELP_FLAGS = frozenset(("-h", "--help"))
+
 # Same rule as confabd.records.validate_external_id, without importing re/msgspec.
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["hook"]:
+    if argv[:1] == ["hook"] and not HELP_FLAGS.intersection(argv):
         return hook(argv[1:])
     return command(argv)
 
@@ -254,7 +256,14 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"confabctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("hook", help="Claude Code hook: session-start or session-end (JSON on stdin)")
+    p = sub.add_parser(
+        "hook", help="Claude Code hook: session-start or session-end (JSON on stdin)",
+        description="What Claude Code's hooks run (confabctl install-hooks writes them). Reads the hook's JSON "
+                    "on stdin, prints " + HOOK_RESPONSE + " and exits 0, always: a problem is said on stderr "
+                    "and never breaks the Claude Code session. session-start registers the session with the "
+                    "master (starting a user-mode master when none answers); session-end records the "
+                    "SessionEnd input in the session's inbox and asks the master to finish the session "
+                    "(final sync, then the session_end event), without waiting for the upload.")
     p.add_argument("event", choices=["session-start", "session-end"])
 
     p = sub.add_parser("start", help="register a session from flags (like the session-start hook)")
@@ -451,7 +460,7 @@ def hook_command_prefix():
     script = sys.argv[0] if sys.argv else ""
     if os.path.basename(script) == "confabctl":
         return os.path.abspath(script)
-    return f"{sys.executable} -m confabd.ctl"
+    return f"{sys.executable} -I -m confabd.ctl"  # -I: never import from the session's cwd
 
 
 def cmd_install_hooks(args):

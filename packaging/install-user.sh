@@ -3,6 +3,12 @@
 # hooks, and start the master (systemd user unit when available, else --daemon).
 #
 #   sh packaging/install-user.sh [--no-hooks]
+#   sh packaging/install-user.sh --uninstall
+#
+# --uninstall takes the hooks out of ~/.claude/settings.json, stops the master,
+# removes the user unit, the venv and the two commands. It keeps your data: the
+# sync dir (~/.confab/sync), the local archive (~/.local/share/confabd/archive.sqlite3)
+# and ~/.confab/config.json.
 #
 # Needs python3 (3.9+) with venv; on Debian: apt-get install python3-venv
 # (done for you when run as root or with password-less sudo).
@@ -11,10 +17,21 @@ set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 prefix=${CONFABD_PREFIX:-$HOME/.local/share/confabd}
 bindir=${CONFABD_BINDIR:-$HOME/.local/bin}
-hooks=yes
-[ "${1:-}" = "--no-hooks" ] && hooks=no
+unit_dir=${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user
 
 say() { printf 'install-user: %s\n' "$*"; }
+usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
+
+hooks=yes
+action=install
+for arg in "$@"; do
+    case $arg in
+        --no-hooks) hooks=no ;;
+        --uninstall) action=uninstall ;;
+        -h|--help) usage; exit 0 ;;
+        *) say "unknown option: $arg (see --help)" >&2; exit 2 ;;
+    esac
+done
 
 ensure_venv_support() {
     python3 -c 'import ensurepip, venv' 2>/dev/null && return 0
@@ -34,7 +51,6 @@ start_master() {
         "$bindir/confabctl" shutdown >/dev/null 2>&1 || true
     fi
     if systemctl --user show-environment >/dev/null 2>&1; then
-        unit_dir=${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user
         mkdir -p "$unit_dir"
         sed "s#^ExecStart=.*#ExecStart=$bindir/confabd --foreground#" \
             "$here/packaging/systemd/user/confabd.service" > "$unit_dir/confabd.service"
@@ -47,6 +63,41 @@ start_master() {
         say "started in the background (no systemd user manager here): $bindir/confabd --daemon"
     fi
 }
+
+path_hint() {
+    case ":$PATH:" in
+        *":$bindir:"*) ;;
+        *) say "$bindir is not on PATH in this shell; to use confabctl now, run:"
+           say "    export PATH=\"$bindir:\$PATH\""
+           say "(Debian's ~/.profile adds ~/.local/bin at your next login when the directory exists)" ;;
+    esac
+}
+
+uninstall() {
+    if [ -x "$bindir/confabctl" ]; then
+        "$bindir/confabctl" uninstall-hooks || say "could not remove the hooks; run: confabctl uninstall-hooks" >&2
+    fi
+    if [ -f "$unit_dir/confabd.service" ] && systemctl --user show-environment >/dev/null 2>&1; then
+        systemctl --user disable --now confabd.service >/dev/null 2>&1 || true
+    fi
+    if [ -x "$bindir/confabctl" ] && "$bindir/confabctl" ping >/dev/null 2>&1; then
+        "$bindir/confabctl" shutdown >/dev/null 2>&1 || true   # live sessions are flushed and kept
+    fi
+    if [ -f "$unit_dir/confabd.service" ]; then
+        rm -f "$unit_dir/confabd.service"
+        systemctl --user daemon-reload >/dev/null 2>&1 || true
+    fi
+    rm -f "$bindir/confabd" "$bindir/confabctl"
+    rm -rf "$prefix/venv"
+    rmdir "$prefix" 2>/dev/null || true
+    say "removed the hooks, the master, the user unit, $prefix/venv and the commands in $bindir"
+    say "kept your data: ~/.confab (sync dir, config.json) and the local archive under ~/.local/share/confabd"
+}
+
+if [ "$action" = uninstall ]; then
+    uninstall
+    exit 0
+fi
 
 ensure_venv_support
 python3 -m venv "$prefix/venv"
@@ -67,3 +118,4 @@ if [ "$hooks" = yes ]; then
 fi
 start_master
 "$bindir/confabctl" status
+path_hint

@@ -54,6 +54,17 @@ def test_hook_unknown_event_and_unknown_session(cfd):
     assert not cfd.inbox_file("never-started").exists()  # the orphan inbox record is cleaned up
 
 
+def test_hook_help_prints_help_not_a_hook_answer(cfd):
+    for flag in ("--help", "-h"):
+        result = cfd.ctl("hook", flag)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("usage: confabctl hook"), result.stdout
+        assert "session-start" in result.stdout and "exits 0, always" in result.stdout
+        assert "continue" not in result.stdout.splitlines()[0] and result.stderr == ""
+    result = cfd.ctl("hook", "session-start", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: confabctl hook")
+
+
 def test_no_master_and_none_can_start_leaves_a_state_for_the_next(cfd):
     """The socket's dir cannot be created: the hook records the session on disk and says so."""
     blocker = cfd.root / "not-a-dir"
