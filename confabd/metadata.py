@@ -15,7 +15,7 @@ import msgspec
 from .records import GitInfo, InitMetadata
 
 FIRST_MESSAGE_MAX_BYTES = 4096
-SUMMARY_MAX_CHARS = 2048
+SUMMARY_MAX_BYTES = 2048  # the server counts bytes of UTF-8 (Go len()), not characters
 
 _USER_LINE = re.compile(rb'"type"\s*:\s*"user"')
 _SUMMARY_LINE = re.compile(rb'"type"\s*:\s*"summary"')
@@ -70,7 +70,7 @@ class SessionFacts:
         summary = obj.get("summary")
         # A summary with a leafUuid describes an earlier session.
         if obj.get("type") == "summary" and isinstance(summary, str) and summary and not obj.get("leafUuid"):
-            self.summary = summary[:SUMMARY_MAX_CHARS]
+            self.summary = cut_utf8(summary, SUMMARY_MAX_BYTES)
 
     def _learn_location(self, line: bytes) -> None:
         self._take_location(_decode(line))
@@ -120,6 +120,12 @@ def _message_text(message) -> str:
                 if isinstance(text, str) and text.strip():
                     return text.strip()
     return ""
+
+
+def cut_utf8(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8, on a character boundary."""
+    data = text.encode("utf-8")
+    return text if len(data) <= max_bytes else data[:max_bytes].decode("utf-8", "ignore")
 
 
 def clean_text(text: str, max_bytes: int) -> str:

@@ -52,8 +52,9 @@ DEFAULT_API_KEY = "cfb_" + "a" * 40
 MAX_BODY = 16 * 1024 * 1024
 MAX_CHUNKS_PER_FILE = 30000
 MAX_FILE_NAME_BYTES = 512
-MAX_SUMMARY_CHARS = 2048
-MAX_FIRST_USER_MESSAGE_CHARS = 8192
+# The server checks Go's len() of the string: bytes of UTF-8, although its message says "characters".
+MAX_SUMMARY_BYTES = 2048
+MAX_FIRST_USER_MESSAGE_BYTES = 8192
 FILE_TYPES = ("transcript", "agent", "workflow_journal")
 EVENT_TYPES = ("session_end",)
 INVALID_BODY = "Invalid request body"
@@ -727,10 +728,10 @@ class FakeBackend:
         for key in ("summary", "first_user_message"):
             _require_type(meta, key, str)
         _require_type(meta, "git_info", dict)
-        if len(meta.get("summary") or "") > MAX_SUMMARY_CHARS:
-            raise ApiError(400, f"metadata.summary exceeds {MAX_SUMMARY_CHARS} characters")
-        if len(meta.get("first_user_message") or "") > MAX_FIRST_USER_MESSAGE_CHARS:
-            raise ApiError(400, f"metadata.first_user_message exceeds {MAX_FIRST_USER_MESSAGE_CHARS} characters")
+        if len((meta.get("summary") or "").encode()) > MAX_SUMMARY_BYTES:
+            raise ApiError(400, f"metadata.summary exceeds {MAX_SUMMARY_BYTES} characters")
+        if len((meta.get("first_user_message") or "").encode()) > MAX_FIRST_USER_MESSAGE_BYTES:
+            raise ApiError(400, f"metadata.first_user_message exceeds {MAX_FIRST_USER_MESSAGE_BYTES} characters")
 
     def _event(self, owner: str, data: bytes) -> tuple[dict, bool]:
         body, lossy = _decode_json(data, EventRequest)

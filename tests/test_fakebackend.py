@@ -240,12 +240,15 @@ def test_metadata_limits_fail_the_whole_chunk(backend, http):
     sid = new_session(http, backend)
     assert_error(chunk(http, backend, sid, 1, ["a"], metadata={"summary": "s" * 2049}), 400)
     assert_error(chunk(http, backend, sid, 1, ["a"], metadata={"first_user_message": "m" * 8193}), 400)
+    # bytes of UTF-8, as the server's Go len() counts: 1,025 'é' are 2,050 bytes
+    assert_error(chunk(http, backend, sid, 1, ["a"], metadata={"summary": "é" * 1025}), 400)
+    assert_error(chunk(http, backend, sid, 1, ["a"], metadata={"first_user_message": "é" * 4097}), 400)
     assert backend.lines("sess-1", TRANSCRIPT) == []
-    meta = {"summary": "é" * 2048, "first_user_message": "m" * 8192, "git_info": {"branch": "main"}}
+    meta = {"summary": "é" * 1024, "first_user_message": "m" * 8192, "git_info": {"branch": "main"}}
     assert chunk(http, backend, sid, 1, ["a"], metadata=meta).ok
     assert chunk(http, backend, sid, 2, ["b"], metadata={"summary": ""}).ok  # empty keeps the old value
     got = backend.metadata("sess-1")
-    assert got["summary"] == "é" * 2048 and got["git_info"] == {"branch": "main"}
+    assert got["summary"] == "é" * 1024 and got["git_info"] == {"branch": "main"}
 
 
 def test_chunk_cap_per_file():

@@ -119,6 +119,7 @@ def test_chunks_must_be_contiguous_and_replays_are_refused(sink):
 @pytest.mark.parametrize("bad", [
     dict(first_line=0), dict(lines=[]), dict(file_type="todo"), dict(name="../x.jsonl"),
     dict(lines=[b"a\nb"]), dict(metadata=ChunkMetadata(summary="s" * 2049)),
+    dict(metadata=ChunkMetadata(summary="é" * 1025)),  # 2,050 bytes: the limit is in bytes
 ])
 def test_requests_the_backend_would_refuse(sink, bad):
     session = init(sink)

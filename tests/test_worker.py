@@ -450,3 +450,19 @@ def test_escape_heavy_lines_never_exceed_the_body_limit(backend, home, workers):
     assert w.wait_exit() == api.EXIT_DONE
     assert backend.chunk_counts(eid)[path.name] >= 5  # no body over 16 MiB was ever sent
     assert 400 not in backend.counts()["by_status"]
+
+
+def test_long_non_ascii_summary_is_cut_in_bytes_and_the_file_flows(backend, home, workers):
+    """The server limits `summary` to 2,048 bytes of UTF-8: 1,500 'é' (3,000 bytes) would fail every chunk."""
+    home.configure_backend(backend.url, backend.api_key)
+    eid = "long-summary"
+    path = home.copy_fixture("hello-world-script.jsonl", eid)
+    summary = "é" * 1500
+    with open(path, "ab") as f:
+        f.write(b'{"type":"summary","summary":"' + summary.encode() + b'"}\n')
+    w = workers(home, eid, path)
+    wait_until(lambda: delivered(backend, eid, path.name, path), what="all lines on the backend")
+    w.finish()
+    assert w.wait_exit() == api.EXIT_DONE
+    sent = backend.metadata(eid)["summary"]
+    assert sent == "é" * 1024 and len(sent.encode()) == 2048

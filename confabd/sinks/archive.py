@@ -45,8 +45,8 @@ BUSY_TIMEOUT_S = 60.0
 FILE_TYPES = ("transcript", "agent", "workflow_journal")
 EVENT_TYPES = ("session_end",)
 MAX_FILE_NAME_BYTES = 512
-MAX_SUMMARY_CHARS = 2048
-MAX_FIRST_USER_MESSAGE_CHARS = 8192
+MAX_SUMMARY_BYTES = 2048  # bytes of UTF-8, as the server counts
+MAX_FIRST_USER_MESSAGE_BYTES = 8192
 
 SCHEMA = """
 CREATE TABLE sessions (
@@ -306,10 +306,10 @@ def _chunk_problem(chunk: Chunk) -> Optional[str]:
     if any(b"\n" in line for line in chunk.lines):
         return "a line must not contain a newline"
     meta = chunk.metadata
-    if meta is not None and len(meta.summary) > MAX_SUMMARY_CHARS:
-        return f"metadata.summary exceeds {MAX_SUMMARY_CHARS} characters"
-    if meta is not None and len(meta.first_user_message) > MAX_FIRST_USER_MESSAGE_CHARS:
-        return f"metadata.first_user_message exceeds {MAX_FIRST_USER_MESSAGE_CHARS} characters"
+    if meta is not None and len(meta.summary.encode()) > MAX_SUMMARY_BYTES:
+        return f"metadata.summary exceeds {MAX_SUMMARY_BYTES} bytes"
+    if meta is not None and len(meta.first_user_message.encode()) > MAX_FIRST_USER_MESSAGE_BYTES:
+        return f"metadata.first_user_message exceeds {MAX_FIRST_USER_MESSAGE_BYTES} bytes"
     return None
 
 
