@@ -68,10 +68,19 @@ def default_settings_path() -> str:
 
 def hook_command(command_prefix: str, arg: str) -> str:
     """`[ -x PROGRAM ] && exec PREFIX hook ARG || true`: runs the hook, or nothing when PROGRAM is gone."""
-    if os.path.isabs(command_prefix) and os.path.isfile(command_prefix):
-        # a bare program path, possibly with spaces: one word, or the guard would test a wrong path
-        command_prefix = shlex.quote(command_prefix)
+    command_prefix = _quote_program(command_prefix)
     return f"{_guard(shlex.split(command_prefix)[0])} && exec {command_prefix} hook {arg} || true"
+
+
+def _quote_program(command_prefix: str) -> str:
+    """Quote the program of an unquoted prefix (`/a b/confabctl`, `/a b/python -m confabd.ctl`, as ctl
+    passes them): with a space in its path it must stay one word, or the guard would test a wrong path
+    and the hook would silently do nothing."""
+    for suffix in ("", " -m confabd.ctl", " -I -m confabd.ctl"):
+        program = command_prefix[: len(command_prefix) - len(suffix)]
+        if command_prefix.endswith(suffix) and os.path.isabs(program) and os.path.isfile(program):
+            return shlex.quote(program) + suffix
+    return command_prefix
 
 
 def _guard(program: str) -> str:

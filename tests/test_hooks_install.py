@@ -346,6 +346,11 @@ def test_prefix_with_a_space_is_quoted(tmp_path):
     assert hi.is_our_command(command)
     r = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=10)
     assert (r.returncode, r.stdout, r.stderr) == (0, "ran hook session-end\n", "")
+    # the module form, from an interpreter whose path has a space
+    command = hi.hook_command(f"{program} -m confabd.ctl", "session-start")
+    assert hi.is_our_command(command)
+    r = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=10)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "ran -m confabd.ctl hook session-start\n", "")
 
 
 def _run_hook_line(command, stdin="{}"):
