@@ -85,7 +85,15 @@ BASE=$("$HERE/rootfs.sh" "$INCLUDE") || exit 2
 rm -rf "$ROOT"
 mkdir -p "$ROOT"
 tar -C "$ROOT" -xf "$BASE"
-for user in alice bob; do chroot "$ROOT" useradd -m -s /bin/bash "$user"; done
+# The container shares the host's uids (no user namespace): its users get uids
+# far above the host's ordinary range, or a host test's `pkill -u UID` of its
+# throwaway user could kill them.
+uid=$((100000 + $$ % 50000))
+for user in alice bob; do
+	while getent passwd "$uid" >/dev/null; do uid=$((uid + 1)); done
+	chroot "$ROOT" useradd -m -u "$uid" -s /bin/bash "$user"
+	uid=$((uid + 1))
+done
 git -C "$REPO" bundle create "$ROOT/srv/confabd.bundle" HEAD 2>/dev/null || { echo "git bundle failed" >&2; exit 2; }
 chmod 644 "$ROOT/srv/confabd.bundle"
 printf '%s\n' "$QUICK" >"$ROOT/srv/quick-start.sh"

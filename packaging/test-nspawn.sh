@@ -182,7 +182,11 @@ check "reload keeps the master" test "$(c systemctl show -p MainPID --value conf
 
 # --- 4. a user's session ------------------------------------------------------------------------
 log "user alice, test backend on the container's loopback"
-c useradd -m -s /bin/sh alice
+# alice's uid is the host's too (no user namespace): far above the ordinary
+# range, so that no host test's `pkill -u` of its throwaway user can hit her.
+ALICE_UID=$((100000 + $$ % 50000))
+while getent passwd "$ALICE_UID" >/dev/null; do ALICE_UID=$((ALICE_UID + 1)); done
+c useradd -m -u "$ALICE_UID" -s /bin/sh alice
 c systemd-run --unit=fakebackend --quiet /usr/lib/confabd/venv/bin/python3 /opt/confabd-test/fakebackend.py \
 	--port "$PORT" --api-key "$API_KEY"
 wait_for 20 py "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/_test/counts')" >/dev/null 2>&1
