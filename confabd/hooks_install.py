@@ -3,18 +3,28 @@
 Claude Code reads its hooks from `~/.claude/settings.json` (or
 `$CLAUDE_CONFIG_DIR/settings.json`)::
 
-    {"hooks": {"SessionStart": [{"matcher": "*", "hooks": [
-                   {"type": "command", "command": "confabctl hook session-start"}]}],
-               "SessionEnd":   [{"matcher": "*", "hooks": [
-                   {"type": "command", "command": "confabctl hook session-end"}]}]}}
+    {"hooks": {"SessionStart": [{"matcher": "*", "hooks": [{"type": "command", "command":
+                   "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-start || true"}]}],
+               "SessionEnd":   [{"matcher": "*", "hooks": [{"type": "command", "command":
+                   "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-end || true"}]}]}}
+
+Claude Code runs a hook command with `/bin/sh -c`. The guard in front makes the
+hook silent (exit 0, no output) once confabctl is gone, e.g. after `apt purge
+confabd`: a plain `/usr/bin/confabctl hook session-end` would then make every
+Claude Code session print "SessionEnd hook [...] failed: ... not found". `[` is
+a shell builtin, and `exec` keeps confabctl in the shell's process (its parent
+is Claude Code, as without the guard), so the guard costs nothing measurable.
+A program that is not an absolute path is guarded with `command -v` instead.
 
 Rules (behaviour.md):
 - our entry goes into an existing `"matcher": "*"` group when there is one,
   else into a new `{"matcher": "*", "hooks": [...]}` group at the end;
-- an old entry of ours (a command whose first word is `confabctl` or `confab`,
-  by basename, followed by `hook session-start` / `hook session-end`: ours, or
-  the Go client's) is replaced *in place*, keeping any extra keys it had
-  (e.g. a `timeout`); further duplicates of ours are dropped;
+- an old entry of ours is replaced *in place*, keeping any extra keys it had
+  (e.g. a `timeout`); further duplicates of ours are dropped. Ours is the
+  plain form (a command whose first word is `confabctl` or `confab`, by
+  basename, or `PYTHON -m confabd.ctl`, followed by `hook session-start` /
+  `hook session-end`: ours, or the Go client's) and the guarded form above
+  around it; so an install upgrades a plain hook to the guarded one;
 - every other setting and hook is kept, in order; a second run changes nothing
   and does not even rewrite the file;
 - the write is atomic (temp file in the same directory, fsync, rename), keeps
@@ -56,20 +66,68 @@ def default_settings_path() -> str:
     return os.path.join(base, "settings.json")
 
 
-def is_our_command(command: Any) -> bool:
-    """True for `[path/]confabctl hook session-start|session-end ...` (or the Go `confab`)."""
-    if not isinstance(command, str):
-        return False
+def hook_command(command_prefix: str, arg: str) -> str:
+    """`[ -x PROGRAM ] && exec PREFIX hook ARG || true`: runs the hook, or nothing when PROGRAM is gone."""
+    command_prefix = _quote_program(command_prefix)
+    return f"{_guard(shlex.split(command_prefix)[0])} && exec {command_prefix} hook {arg} || true"
+
+
+def _quote_program(command_prefix: str) -> str:
+    """Quote the program of an unquoted prefix (`/a b/confabctl`, `/a b/python -m confabd.ctl`, as ctl
+    passes them): with a space in its path it must stay one word, or the guard would test a wrong path
+    and the hook would silently do nothing."""
+    for suffix in ("", " -m confabd.ctl", " -I -m confabd.ctl"):
+        program = command_prefix[: len(command_prefix) - len(suffix)]
+        if command_prefix.endswith(suffix) and os.path.isabs(program) and os.path.isfile(program):
+            return shlex.quote(program) + suffix
+    return command_prefix
+
+
+def _guard(program: str) -> str:
+    if os.path.isabs(program):
+        return f"[ -x {shlex.quote(program)} ]"
+    return f"command -v {shlex.quote(program)} >/dev/null"
+
+
+def _shell_words(command: str) -> List[str]:
+    """Words and operators (`&&`, `||`, `>`) of a shell command line; [] when it does not parse."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
     try:
-        words = shlex.split(command)
+        return list(lexer)
     except ValueError:
-        words = command.split()
+        return []
+
+
+def _is_plain_hook(words: List[str]) -> bool:
+    if len(words) >= 5 and words[1:3] == ["-m", "confabd.ctl"]:  # PYTHON -m confabd.ctl hook ...
+        words = words[2:]
+    elif len(words) >= 6 and words[1:4] == ["-I", "-m", "confabd.ctl"]:
+        words = words[3:]
     return (
         len(words) >= 3
-        and os.path.basename(words[0]) in OUR_PROGRAMS
+        and os.path.basename(words[0]) in OUR_PROGRAMS + ("confabd.ctl",)
         and words[1] == "hook"
         and words[2] in OUR_ARGS
     )
+
+
+def is_our_command(command: Any) -> bool:
+    """True for our hook, plain (`[path/]confabctl hook session-start|session-end ...`, or the Go
+    `confab`) or guarded (`[ -x PATH ] && exec PATH hook ... || true`, as `hook_command` writes it)."""
+    if not isinstance(command, str):
+        return False
+    words = _shell_words(command)
+    if _is_plain_hook(words) and not set(words) & {"&&", "||", ";", "|", "&", ">", "<"}:
+        return True
+    if "&&" not in words:
+        return False
+    split = words.index("&&")
+    guard, rest = words[:split], words[split + 1:]
+    if rest[:1] != ["exec"] or rest[-2:] != ["||", "true"]:
+        return False
+    hook = rest[1:-2]
+    return _is_plain_hook(hook) and guard == _shell_words(_guard(hook[0])) and "&&" not in hook
 
 
 def _is_our_entry(entry: Any) -> bool:
@@ -114,7 +172,7 @@ def add_hooks(settings: dict, command_prefix: str = "confabctl") -> dict:
     if not isinstance(hooks, dict):
         raise SettingsError('"hooks" is not an object')
     for event, arg in EVENTS:
-        command = f"{command_prefix} hook {arg}"
+        command = hook_command(command_prefix, arg)
         groups = _event_groups(hooks, event, create=True)
         found = _our_positions(groups)
         if found:

@@ -4,8 +4,9 @@
 #   sudo packaging/test-nspawn.sh [path/to/confabd_*.deb]     (make -C packaging nspawn)
 #
 # Root only; takes a few minutes the first time (debootstrap of a minimal
-# bookworm with systemd, about 40 s, from the Debian mirror; the result is kept
-# as packaging/out/nspawn/bookworm-*.tar for the next runs), then about a minute.
+# bookworm with systemd, about 60 s, from the Debian mirror, by rootfs.sh: the
+# result is kept as tests/.cache/rootfs/bookworm-*.tar for the next runs), then
+# about a minute.
 # Without an argument it builds the .deb first (build.sh deb; GIT_REF=HEAD
 # builds it from the last commit instead of the work tree).
 #
@@ -15,17 +16,20 @@
 #      starts confabd.service; it reaches `active` (Type=notify notified);
 #   2. `confabctl status` answers (root, then a user);
 #   3. `systemctl reload` keeps the same master;
-#   4. a session registered by the non-root user alice (a stand-in "claude"
-#      process runs the real hook) syncs to tests/fakebackend.py;
+#   4. alice runs `confabctl install-hooks`; a session registered by her (a
+#      stand-in "claude" process runs her installed hook command line through
+#      `sh -c`, as Claude Code does) syncs to tests/fakebackend.py;
 #   5. `systemctl restart confabd` keeps the session (re-adopted from its
 #      State file): lines appended meanwhile arrive, none twice;
 #   6. the session-end hook finishes it (session_end event, State removed);
 #   7. a second session: `systemctl stop confabd` delivers its last lines;
-#   8. `apt-get purge confabd` leaves nothing of the package behind.
+#   8. `apt-get purge confabd` leaves nothing of the package behind, tells the
+#      admin that users' hooks stay, and alice's installed hook command lines,
+#      still in her settings.json, are silent and exit 0 through `sh -c`.
 # Prints PASS/FAIL per check and exits 1 if any failed.
 #
 # Environment: MIRROR (default http://deb.debian.org/debian), KEEP=1 keeps the
-# container root afterwards, FRESH=1 re-runs debootstrap.
+# container root afterwards, FRESH=1 re-runs debootstrap (see rootfs.sh).
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -33,8 +37,6 @@ REPO=$(dirname "$HERE")
 WORK=${NSPAWN_WORK:-$HERE/out/nspawn}
 ROOT=$WORK/root
 INCLUDE=systemd,systemd-sysv,dbus,passwd,procps,python3,python3.11
-BASE=$WORK/bookworm-$(printf '%s' "$INCLUDE" | md5sum | cut -c1-8).tar
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
 PORT=18080
 API_KEY=cfb_$(printf 'n%.0s' $(seq 40))
 failures=0
@@ -76,18 +78,7 @@ trap cleanup EXIT
 
 # --- a minimal Debian 12 with systemd -------------------------------------------------
 mkdir -p "$WORK"
-if [ ! -f "$BASE" ] || [ "${FRESH:-0}" = 1 ]; then
-	log "debootstrap bookworm ($MIRROR)"
-	rm -rf "$WORK/base" "$BASE"
-	start=$(date +%s)
-	debootstrap --variant=minbase --include=$INCLUDE \
-		bookworm "$WORK/base" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
-		{ tail -n 20 "$WORK/debootstrap.log"; echo "debootstrap failed" >&2; exit 1; }
-	rm -f "$WORK/base/var/cache/apt/archives/"*.deb
-	tar -C "$WORK/base" -cf "$BASE" .
-	rm -rf "$WORK/base"
-	echo "debootstrap took $(($(date +%s) - start)) s"
-fi
+BASE=$("$HERE/rootfs.sh" "$INCLUDE") || exit 1
 rm -rf "$ROOT"
 mkdir -p "$ROOT"
 tar -C "$ROOT" -xf "$BASE"
@@ -96,11 +87,12 @@ echo confabd-nspawn >"$ROOT/etc/hostname"
 cp "$DEB" "$ROOT/root/confabd.deb"
 mkdir -p "$ROOT/opt/confabd-test"
 cp "$REPO/tests/fakebackend.py" "$ROOT/opt/confabd-test/"
-# Stands in for Claude Code: runs the real hook as its child, with CLAUDE_PID
-# set as Claude Code does, then stays alive (its exit ends the session).
+# Stands in for Claude Code: runs the user's installed hook command line as its
+# child through `sh -c`, with CLAUDE_PID set, as Claude Code does, then stays
+# alive (its exit ends the session).
 cat >"$ROOT/opt/confabd-test/claude" <<'EOF'
 #!/bin/sh
-printf '%s' "$HOOK" | CLAUDE_PID=$$ /usr/bin/confabctl hook session-start >"$HOME/hook-start.out" 2>"$HOME/hook-start.err"
+printf '%s' "$HOOK" | CLAUDE_PID=$$ sh -c "$HOOK_LINE" >"$HOME/hook-start.out" 2>"$HOME/hook-start.err"
 echo "hook exit $?" >>"$HOME/hook-start.out"
 sleep 100000
 EOF
@@ -190,13 +182,29 @@ check "reload keeps the master" test "$(c systemctl show -p MainPID --value conf
 
 # --- 4. a user's session ------------------------------------------------------------------------
 log "user alice, test backend on the container's loopback"
-c useradd -m -s /bin/sh alice
+# alice's uid is the host's too (no user namespace): far above the ordinary
+# range, so that no host test's `pkill -u` of its throwaway user can hit her.
+ALICE_UID=$((100000 + $$ % 50000))
+while getent passwd "$ALICE_UID" >/dev/null; do ALICE_UID=$((ALICE_UID + 1)); done
+c useradd -m -u "$ALICE_UID" -s /bin/sh alice
 c systemd-run --unit=fakebackend --quiet /usr/lib/confabd/venv/bin/python3 /opt/confabd-test/fakebackend.py \
 	--port "$PORT" --api-key "$API_KEY"
 wait_for 20 py "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/_test/counts')" >/dev/null 2>&1
 check "test backend answers" py "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/_test/counts')"
 as_alice mkdir -p /home/alice/.confab /home/alice/.claude/projects/-home-alice
 as_alice sh -c "umask 077; printf '%s' '{\"backend_url\": \"http://127.0.0.1:$PORT\", \"api_key\": \"$API_KEY\"}' >/home/alice/.confab/config.json"
+as_alice /usr/bin/confabctl install-hooks >"$WORK/install-hooks.log" 2>&1
+check "confabctl install-hooks as alice" grep -q "hooks installed" "$WORK/install-hooks.log"
+hook_line() { # event -> the command line alice's settings.json has for it
+	c /usr/bin/python3 -c "import json
+d = json.load(open('/home/alice/.claude/settings.json'))
+print([h['command'] for g in d['hooks']['$1'] for h in g['hooks']][0])" 2>/dev/null
+}
+START_LINE=$(hook_line SessionStart)
+END_LINE=$(hook_line SessionEnd)
+echo "alice's hooks: $START_LINE | $END_LINE"
+check "alice's hooks are guarded" test "$START_LINE" = "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-start || true" \
+	-a "$END_LINE" = "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-end || true"
 
 transcript_line() { # n session -> one JSONL line
 	printf '{"type":"user","uuid":"u-%s-%s","sessionId":"%s","timestamp":"2026-01-01T00:00:0%sZ","cwd":"/home/alice","message":{"role":"user","content":"line %s"}}\n' "$2" "$1" "$2" "$(($1 % 10))" "$1"
@@ -209,7 +217,8 @@ append() { # session from to
 start_session() { # session
 	local hook
 	hook=$(printf '{"session_id":"%s","transcript_path":"/home/alice/.claude/projects/-home-alice/%s.jsonl","cwd":"/home/alice","hook_event_name":"SessionStart","source":"startup"}' "$1" "$1")
-	c systemd-run --unit="claude-$1" --quiet --uid=alice --setenv=HOOK="$hook" /opt/confabd-test/claude
+	c systemd-run --unit="claude-$1" --quiet --uid=alice --setenv=HOOK="$hook" --setenv=HOOK_LINE="$START_LINE" \
+		/opt/confabd-test/claude
 }
 
 S1=nspawn-session-1
@@ -245,7 +254,7 @@ check "session listed after restart" sh -c "nsenter -t $CPID -a /usr/bin/confabc
 CLAUDE1=$(c systemctl show -p MainPID --value "claude-$S1")
 append "$S1" 7 7
 end_hook=$(printf '{"session_id":"%s","transcript_path":"/home/alice/.claude/projects/-home-alice/%s.jsonl","cwd":"/home/alice","hook_event_name":"SessionEnd","reason":"prompt_input_exit"}' "$S1" "$S1")
-out=$(printf '%s' "$end_hook" | nsenter -t "$CPID" -a runuser -u alice -- env HOME=/home/alice CLAUDE_PID="$CLAUDE1" /usr/bin/confabctl hook session-end)
+out=$(printf '%s' "$end_hook" | nsenter -t "$CPID" -a runuser -u alice -- env HOME=/home/alice CLAUDE_PID="$CLAUDE1" sh -c "$END_LINE")
 check "session-end hook answered" sh -c "printf '%s' '$out' | grep -q continue"
 wait_for 30 has_session_end "$S1"
 check "final line delivered (7 lines)" lines_are "$S1" 7
@@ -279,6 +288,21 @@ check "apt-get purge" grep -q "Purging configuration files for confabd" "$WORK/p
 left=$(cd "$ROOT" && ls -d etc/confabd var/lib/confabd var/log/confabd run/confabd usr/lib/confabd \
 	etc/systemd/system/multi-user.target.wants/confabd.service etc/init.d/confabd usr/bin/confabd 2>/dev/null)
 check "nothing left after purge${left:+ (left: $left)}" test -z "$left"
+check "purge told the admin that users' hooks stay" grep -q "confabctl uninstall-hooks" "$WORK/purge.log"
+check "alice's hooks still in her settings.json" test "$(hook_line SessionEnd)" = "$END_LINE"
+run_hook_line() { # line -> its output (stdout and stderr) and exit status, run as alice the way Claude Code runs it
+	printf '%s' "$end_hook" | nsenter -t "$CPID" -a runuser -u alice -- env -i PATH=/usr/local/bin:/usr/bin:/bin \
+		HOME=/home/alice sh -c "$1" 2>&1
+	echo "exit $?"
+}
+for line in "$START_LINE" "$END_LINE"; do
+	out=$(run_hook_line "$line")
+	[ "$out" = "exit 0" ] && got= || got=" (got: $out)"
+	check "after purge, sh -c '$line' is silent and exits 0$got" test "$out" = "exit 0"
+done
+contains() { case "$1" in *"$2"*) return 0 ;; esac; return 1; }
+out=$(run_hook_line "/usr/bin/confabctl hook session-end")
+check "control: the plain form fails after purge ($(echo $out))" contains "$out" "not found"
 
 echo
 if [ "$failures" = 0 ]; then

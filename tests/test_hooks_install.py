@@ -4,13 +4,21 @@ import io
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
 from confabd import hooks_install as hi
 
-START = "confabctl hook session-start"
-END = "confabctl hook session-end"
+import subprocess
+import time
+
+# what install-hooks writes for the default prefix `confabctl` (not an absolute path: `command -v`)
+START = "command -v confabctl >/dev/null && exec confabctl hook session-start || true"
+END = "command -v confabctl >/dev/null && exec confabctl hook session-end || true"
+PLAIN_START = "/usr/bin/confabctl hook session-start"
+GUARDED_START = "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-start || true"
+GUARDED_END = "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-end || true"
 
 
 def run_install(path, **kw):
@@ -155,7 +163,7 @@ def test_old_confab_hook_replaced_in_place(tmp_path):
 def test_command_prefix(tmp_path):
     path = tmp_path / "settings.json"
     assert run_install(path, command_prefix="/usr/bin/confabctl")[0] == 0
-    assert commands(load(path), "SessionStart") == ["/usr/bin/confabctl hook session-start"]
+    assert commands(load(path), "SessionStart") == [GUARDED_START]
     # a second install with another prefix replaces ours instead of adding
     assert run_install(path)[0] == 0
     assert commands(load(path), "SessionStart") == [START]
@@ -234,7 +242,7 @@ def test_dry_run_writes_nothing(tmp_path):
     assert rc == 0
     assert path.read_text() == '{"theme": "dark"}\n'
     assert out.startswith(f"--- {path}\n+++ {path}\n")
-    assert f'+        "command": "{START}"' in out.replace("          ", "        ") or START in out
+    assert f'+            "command": "{START}"' in out
     assert "not written" in out
     # dry run on a missing file creates nothing either
     missing = tmp_path / "sub" / "settings.json"
@@ -273,7 +281,125 @@ def test_symlinked_settings_edits_target(tmp_path):
         ("notconfab hook session-start", False),
         ("confabctl hook 'unbalanced", False),
         (None, False),
+        # the guarded form install-hooks writes, and the module form
+        (GUARDED_START, True),
+        (START, True),
+        ("[ -x '/home/a b/.local/bin/confabctl' ] && exec '/home/a b/.local/bin/confabctl' hook session-end || true",
+         True),
+        ("/usr/bin/python3 -I -m confabd.ctl hook session-end", True),
+        ("[ -x /usr/bin/python3 ] && exec /usr/bin/python3 -m confabd.ctl hook session-start || true", True),
+        # not ours: a guard on another program, other commands chained to ours, no `|| true`
+        ("[ -x /usr/bin/other ] && exec /usr/bin/confabctl hook session-start || true", False),
+        ("[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-start", False),
+        ("[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-start || rm -rf ~", False),
+        ("confabctl hook session-start; rm -rf ~", False),
+        ("confabctl hook session-start && notify-send hi", False),
+        ("confabctl hook session-start > /tmp/log", False),
+        ("python3 -m other.ctl hook session-start", False),
     ],
 )
 def test_is_our_command(cmd, ours):
     assert hi.is_our_command(cmd) is ours
+
+
+def test_plain_hooks_upgraded_to_guarded_in_place(tmp_path):
+    """Hooks written by an older install-hooks (plain command) become the guarded form, extra keys kept."""
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"hooks": {
+        "SessionStart": [{"matcher": "*", "hooks": [
+            {"type": "command", "command": "mine.sh"},
+            {"type": "command", "command": PLAIN_START, "timeout": 10}]}],
+        "SessionEnd": [{"matcher": "*", "hooks": [
+            {"type": "command", "command": "/usr/bin/confabctl hook session-end"}]}]}}))
+    assert run_install(path, command_prefix="/usr/bin/confabctl")[0] == 0
+    data = load(path)
+    assert data["hooks"]["SessionStart"] == [{"matcher": "*", "hooks": [
+        {"type": "command", "command": "mine.sh"},
+        {"type": "command", "command": GUARDED_START, "timeout": 10}]}]
+    assert commands(data, "SessionEnd") == [GUARDED_END]
+    # the guarded form is recognised as ours: a second run changes nothing, uninstall takes it out
+    rc, msg = run_install(path, command_prefix="/usr/bin/confabctl")
+    assert rc == 0 and "nothing to do" in msg
+    assert run_uninstall(path)[0] == 0
+    assert load(path) == {"hooks": {"SessionStart": [{"matcher": "*", "hooks": [
+        {"type": "command", "command": "mine.sh"}]}]}}
+
+
+def test_uninstall_removes_plain_and_guarded(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"hooks": {
+        "SessionStart": [{"matcher": "*", "hooks": [{"type": "command", "command": PLAIN_START}]}],
+        "SessionEnd": [{"matcher": "*", "hooks": [{"type": "command", "command": GUARDED_END}]}]}}))
+    assert run_uninstall(path)[0] == 0
+    assert load(path) == {}
+
+
+def test_prefix_with_a_space_is_quoted(tmp_path):
+    """An unquoted program path with a space (as ctl passes its own path) is one word, guard included."""
+    program = tmp_path / "my bin" / "confabctl"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\necho \"ran $*\"\n")
+    program.chmod(0o755)
+    path = tmp_path / "settings.json"
+    assert run_install(path, command_prefix=str(program))[0] == 0
+    [command] = commands(load(path), "SessionEnd")
+    assert hi.is_our_command(command)
+    r = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=10)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "ran hook session-end\n", "")
+    # the module form, from an interpreter whose path has a space
+    command = hi.hook_command(f"{program} -m confabd.ctl", "session-start")
+    assert hi.is_our_command(command)
+    r = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=10)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "ran -m confabd.ctl hook session-start\n", "")
+
+
+def _run_hook_line(command, stdin="{}"):
+    # PATH without confabctl, as on a machine where confabd was removed
+    return subprocess.run(["/bin/sh", "-c", command], input=stdin, capture_output=True, text=True, timeout=10,
+                          env={"PATH": str(Path(__file__).parent / "no-such-dir"), "HOME": "/nonexistent"})
+
+
+def test_guarded_hook_runs_confabctl_in_the_shells_process(tmp_path):
+    """With confabctl there: it runs, gets the hook input, exits with its status, in the shell's own process."""
+    program = tmp_path / "confabctl"
+    program.write_text("#!/bin/sh\necho \"pid $$ args $*\"; cat; exit 3\n")
+    program.chmod(0o755)
+    command = hi.hook_command(str(program), "session-start")
+    r = subprocess.run(["/bin/sh", "-c", f"echo \"shell $$\"; {command}"], input="INPUT", capture_output=True,
+                       text=True, timeout=10)
+    shell_pid = r.stdout.split()[1]
+    assert r.returncode == 3 and r.stderr == ""
+    assert r.stdout == f"shell {shell_pid}\npid {shell_pid} args hook session-start\nINPUT"  # exec: same pid
+
+
+@pytest.mark.parametrize("prefix", ["/nonexistent/bin/confabctl", "confabctl",
+                                    "/nonexistent/venv/bin/python -m confabd.ctl"])
+def test_guarded_hook_silent_when_confabctl_is_gone(tmp_path, prefix):
+    """confabd removed: the hook line prints nothing and exits 0 (Claude Code then reports no hook error)."""
+    for arg in ("session-start", "session-end"):
+        command = hi.hook_command(prefix, arg)
+        assert hi.is_our_command(command)
+        r = _run_hook_line(command)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), command
+    # ... where the plain form fails loudly (what Claude Code showed after `apt purge confabd`)
+    plain = _run_hook_line(f"{prefix} hook session-end")
+    assert plain.returncode == 127 and "not found" in plain.stderr
+
+
+def test_guard_costs_little(tmp_path):
+    """The guard adds a builtin test to a shell Claude Code starts anyway: well under a millisecond per run."""
+    program = tmp_path / "confabctl"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+
+    def best_of(command, runs=30):
+        best = float("inf")
+        for _ in range(runs):
+            start = time.perf_counter()
+            subprocess.run(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, check=True)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    plain = best_of(f"{program} hook session-start")
+    guarded = best_of(hi.hook_command(str(program), "session-start"))
+    assert guarded - plain < 0.002, (plain, guarded)

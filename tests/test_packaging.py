@@ -452,5 +452,25 @@ def test_maintainer_scripts_are_valid_sh():
 
 def test_build_deps_listed():
     deps = (PKG / "build-deps.txt").read_text().split()
-    for pkg in ("python3-venv", "lintian", "rpmlint", "rpm", "systemd", "binutils"):
+    for pkg in ("python3-venv", "lintian", "rpmlint", "rpm", "systemd", "binutils",
+                "procps"):  # /bin/kill, for `systemd-analyze verify` of ExecReload
         assert pkg in deps
+
+
+def test_package_metadata_names_the_project():
+    """Maintainer and Homepage are the project's, not example.org placeholders (.invalid: a reserved
+    domain that can never be someone else's mailbox; lintian accepts it)."""
+    nfpm = (PKG / "nfpm.yaml").read_text()
+    assert re.search(r"^maintainer: confabd developers <maintainers@confabd\.invalid>$", nfpm, re.M)
+    assert re.search(r"^homepage: https://github\.com/confabd/confabd$", nfpm, re.M)
+    for path in (PKG / "nfpm.yaml", PKG / "doc" / "copyright", PKG / "doc" / "changelog.in"):
+        assert "example.org" not in path.read_text(), path
+
+
+def test_removal_tells_the_admin_about_users_hooks():
+    """deb postrm remove and rpm %postun erase: users' hooks stay, are harmless, and how to remove them."""
+    for path, branch in ((PKG / "deb" / "postrm", 'if [ "$1" = "remove" ]'), (PKG / "rpm" / "postun", "else")):
+        text = path.read_text()
+        note = text[text.index(branch):]
+        assert "hooks_note" in note or "uninstall-hooks" in note, path
+        assert "confabctl uninstall-hooks" in text and "do nothing without /usr/bin/confabctl" in text, path

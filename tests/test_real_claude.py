@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from confabd.hooks_install import hook_command
 from tests.claude_code import FakeAnthropic, claude_env, install, project_dir_name, write_claude_config
 from tests.conftest import PYTHON, pid_alive
 from tests.waiting import wait_until
@@ -79,7 +80,7 @@ class RealClaude:
             commands = [h["command"] for group in hooks[event] for h in group["hooks"]]
             # ours went into the existing "*" group, beside the recorder, with an absolute path
             assert len(hooks[event]) == 1 and len(commands) == 2, hooks
-            assert commands[1] == f"{prefix} hook {arg}", commands
+            assert commands[1] == hook_command(prefix, arg), commands  # guarded: silent once confabctl is gone
         assert os.path.isabs(prefix.split()[0])
         return prefix
 
@@ -377,3 +378,72 @@ def test_interactive_clear_and_exit(cfd, rc):
         assert_complete(backend, eid, rc.transcript_dir() / f"{eid}.jsonl")
         [event] = backend.events(eid)
         assert event["payload"] == end
+
+
+def _hook_problems(rc: RealClaude, run: subprocess.CompletedProcess, eid: str) -> list:
+    """Every sign of a failed hook: Claude Code's stderr, its stream-json hook events, the transcript's attachments."""
+    problems = [line for line in run.stderr.splitlines() if "hook" in line.lower()]
+    for line in run.stdout.splitlines():
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("subtype") == "hook_response" and (event.get("exit_code"), event.get("outcome")) != (0, "success"):
+            problems.append(event)
+    for line in (rc.transcript_dir() / f"{eid}.jsonl").read_text().splitlines():
+        attachment = json.loads(line).get("attachment") or {}
+        if attachment.get("type", "").startswith("hook_") and (
+                "error" in attachment["type"] or attachment.get("exitCode", 0) != 0 or attachment.get("stderr")):
+            problems.append(attachment)
+    return problems
+
+
+def test_hooks_stay_silent_once_confabctl_is_removed(cfd, api, claude_bin):
+    """`apt purge confabd` leaves each user's hooks in settings.json (a package does not edit home dirs).
+
+    The guarded hooks install-hooks writes then do nothing, and the real Claude Code reports no hook
+    error: not on stderr, not in its hook events, not in the transcript. The plain form older versions
+    wrote is the control: there Claude Code prints `SessionEnd hook [...] failed: ... not found`.
+    """
+    bindir = cfd.root / "usr" / "bin"  # stands in for /usr/bin: the package's confabctl
+    bindir.mkdir(parents=True)
+    confabctl = bindir / "confabctl"
+    confabctl.write_text(f"#!{PYTHON}\nimport sys\nfrom confabd.ctl import main\nsys.exit(main())\n")
+    confabctl.chmod(0o755)
+    rc = RealClaude(cfd, api, claude_bin)
+    try:
+        r = subprocess.run([str(confabctl), "install-hooks"], env=cfd.env, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        hooks = json.loads(rc.settings.read_text())["hooks"]
+        guarded = {event: [h["command"] for g in hooks[event] for h in g["hooks"]][1]
+                   for event in ("SessionStart", "SessionEnd")}
+        assert guarded["SessionEnd"] == hook_command(str(confabctl), "session-end")
+        stream = ("--output-format", "stream-json", "--verbose", "--include-hook-events")
+
+        # installed: the guarded hooks reach confabctl, the session ships as always
+        cfd.master()
+        _, run = rc.run_print(*stream, "say hello")
+        assert run.returncode == 0, run.stderr
+        eid = rc.hook_inputs("SessionEnd")[0]["session_id"]
+        wait_finished(cfd, eid, 1)
+        assert_complete(cfd.backend, eid, rc.transcript_dir() / f"{eid}.jsonl")
+        assert _hook_problems(rc, run, eid) == []
+
+        # removed: Claude Code still runs both hooks (the recorder beside ours sees them), silently
+        confabctl.unlink()
+        _, run = rc.run_print(*stream, "say hello")
+        assert run.returncode == 0, run.stderr
+        [_, start], [_, end] = rc.hook_inputs("SessionStart"), rc.hook_inputs("SessionEnd")
+        assert start["session_id"] == end["session_id"] != eid
+        assert _hook_problems(rc, run, end["session_id"]) == []
+        assert cfd.backend.events(end["session_id"]) == []  # nothing ran confabctl
+
+        # control: the plain hooks older versions wrote fail loudly in the same situation
+        text = rc.settings.read_text()
+        for event, arg in (("SessionStart", "session-start"), ("SessionEnd", "session-end")):
+            text = text.replace(json.dumps(guarded[event])[1:-1], f"{confabctl} hook {arg}")
+        rc.settings.write_text(text)
+        _, run = rc.run_print(*stream, "say hello")
+        eid = rc.hook_inputs("SessionEnd")[2]["session_id"]
+        problems = _hook_problems(rc, run, eid)
+        assert f"SessionEnd hook [{confabctl} hook session-end] failed" in run.stderr, run.stderr
+        assert any(isinstance(p, dict) and p.get("type") == "hook_non_blocking_error" for p in problems), problems
+    finally:
+        rc.close()
