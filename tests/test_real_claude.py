@@ -259,7 +259,6 @@ def test_continue_while_the_first_session_is_still_finishing(cfd, rc):
         assert r.returncode == 0, r.stderr
         eid = rc.hook_inputs("SessionStart")[0]["session_id"]
         assert held.arrived.wait(60), "the first session's session_end never reached the backend"
-        assert cfd.session(eid)["state"] == "finishing"
         _, r = rc.run_print("--continue", "again")
         assert r.returncode == 0, r.stderr
         assert backend.events(eid) == []  # the second run came and went while the first was still finishing
