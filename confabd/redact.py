@@ -115,7 +115,13 @@ DEFAULT_PATTERNS: tuple[PatternSpec, ...] = (
     PatternSpec("npm token", "npm_token", r"npm_[A-Za-z0-9]{36}", anchors=(("npm_", ""),)),
     PatternSpec("PyPI token", "pypi_token", r"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{70,}",
                 anchors=(("pypi-AgEIcHlwaS5vcmc", ""),)),
-    PatternSpec("Confab API key", "confab_key", r"cfb_[A-Za-z0-9]{40}", anchors=(("cfb_", ""),)),
+    # The server makes keys as "cfb_" + secrets.token_urlsafe(30): 40 characters
+    # of URL-safe base64, "-" and "_" included (without them, 3 keys in 4 leaked).
+    PatternSpec("Confab API key", "confab_key", r"cfb_[A-Za-z0-9_-]{40}", anchors=(("cfb_", ""),)),
+    # Last: whatever token an Authorization header carries that no rule above
+    # named (those left a marker, which this does not match).
+    PatternSpec("Bearer token", "bearer_token", r"(?i:bearer)\s+([A-Za-z0-9_.~+/=-]{20,})", group=1,
+                anchors=(("bearer", ""),), ignore_case_anchors=True),
 )
 
 # Printable ASCII from rarest to most common in real transcripts (measured on
