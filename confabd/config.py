@@ -147,10 +147,10 @@ def load_backend_config(home: str, env=None) -> BackendConfig:
         changes["backend_url"] = env["CONFAB_BACKEND_URL"]
     if env.get("CONFAB_API_KEY"):
         changes["api_key"] = env["CONFAB_API_KEY"]
-    if changes:
-        config = msgspec.structs.replace(config, **changes)
-    where = "CONFAB_API_KEY" if "api_key" in changes else path
-    return msgspec.structs.replace(config, api_key=check_api_key(config.api_key, where))
+    # An editor's trailing newline is not part of the key; any other character a
+    # header cannot carry is refused when the key is used (HttpSink, check_api_key).
+    changes["api_key"] = changes.get("api_key", config.api_key).strip()
+    return msgspec.structs.replace(config, **changes)
 
 
 # An API key goes into a header: printable ASCII without spaces. (The server's
@@ -158,14 +158,14 @@ def load_backend_config(home: str, env=None) -> BackendConfig:
 _API_KEY_RE = re.compile(r"[\x21-\x7e]*\Z")
 
 
-def check_api_key(api_key: str, where: str = "the api_key") -> str:
+def check_api_key(api_key: str) -> str:
     """The key without surrounding whitespace (an editor's trailing newline);
     ConfigError, which never shows the key, when it holds any other character
     a header cannot carry (http.client's own error would quote it)."""
     api_key = api_key.strip()
     if not _API_KEY_RE.match(api_key):
-        raise ConfigError(f"{where}: the api_key contains a space or a control character; "
-                          "it cannot be a confab API key (not shown here)")
+        raise ConfigError("the api_key (~/.confab/config.json or CONFAB_API_KEY) contains a space or a control "
+                          "character; it cannot be a confab API key (not shown here)")
     return api_key
 
 

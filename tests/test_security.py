@@ -230,7 +230,7 @@ def test_api_key_that_cannot_be_a_header_is_refused_without_showing_it(home, hos
     home.configure_backend(hostile.url, bad_key)
     result = ctl(home, "save", str(transcript))
     assert result.returncode == 1
-    assert b"api_key contains a space or a control character" in result.stderr
+    assert b"api_key (~/.confab/config.json or CONFAB_API_KEY) contains a space or a control character" in result.stderr
     assert b"cfb_one" not in result.stderr and b"cfb_two" not in result.stderr
     save_with_newline = ctl(home, "save", str(transcript), CONFAB_API_KEY=hostile.api_key + "\n",
                             CONFAB_BACKEND_URL=hostile.url)
