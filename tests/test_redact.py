@@ -66,6 +66,7 @@ POSITIVE = [
     ("pypi-AgEIcHlwaS5vcmc" + "x" * 70, "[REDACTED:PYPI_TOKEN]"),
     ("cfb_" + "k" * 40, "[REDACTED:CONFAB_KEY]"),
     ("key cfb_Ab-_" + "k" * 36 + " here", "key [REDACTED:CONFAB_KEY] here"),
+    ("cfb_" + "a" * 10 + "sk-" + "b" * 27, "[REDACTED:CONFAB_KEY]"),  # not half taken by the OpenAI rule
     ("Authorization: Bearer " + "t0k.en~+/=-_" * 3, "Authorization: Bearer [REDACTED:BEARER_TOKEN]"),
     ("curl -H 'authorization: bearer " + "Z" * 20 + "'", "curl -H 'authorization: bearer [REDACTED:BEARER_TOKEN]'"),
 ]
