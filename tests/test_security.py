@@ -421,6 +421,21 @@ def test_a_dripping_backend_cannot_hold_a_finishing_worker(home, hostile, where)
         worker.close()
 
 
+def test_an_enclosing_deadline_cuts_a_request_shorter(hostile):
+    """What a worker's final sync can use to end every request by its own deadline."""
+    from confabd.records import InitRequest, InitMetadata
+    from confabd.sinks import _deadline_sockets
+    from confabd.sinks.base import Unavailable
+    from confabd.sinks.http import HttpSink
+
+    hostile.attack("init", drip(0.1))
+    with HttpSink(hostile.url, hostile.api_key, timeout=600) as sink:
+        started = time.monotonic()
+        with _deadline_sockets.deadline(started + 1.0), pytest.raises(Unavailable):
+            sink.init(InitRequest(external_id="cut-short", transcript_path="/x.jsonl", metadata=InitMetadata()))
+        assert time.monotonic() - started < 60  # not the request's own 600 s
+
+
 # -- smaller: the control protocol's reply size -------------------------------------------------
 
 

@@ -33,9 +33,11 @@ class DeadlinePassed(TimeoutError):
 
 @contextlib.contextmanager
 def deadline(when: float) -> Iterator[None]:
-    """Every socket call of this thread's requests ends by `when` (time.monotonic())."""
+    """Every socket call of this thread's requests ends by `when` (time.monotonic()),
+    or by an enclosing deadline if that is earlier: a caller with a deadline of its
+    own (a worker's final sync) can wrap the sink's calls in one."""
     previous = getattr(_current, "deadline", None)
-    _current.deadline = when
+    _current.deadline = when if previous is None else min(when, previous)
     try:
         yield
     finally:
