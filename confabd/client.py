@@ -16,7 +16,9 @@ import _socket
 from . import paths
 
 PROTOCOL_VERSION = 1
-MAX_FRAME = 1 << 20
+# Replies may be large (a status of a user with thousands of agent files is
+# several MB); requests to the master stay capped at control.MAX_FRAME.
+MAX_REPLY_FRAME = 64 << 20  # = control.MAX_REPLY_FRAME
 
 
 # ---------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def request(path, message, timeout=5.0):
             raise NoMaster(f"no confabd master answers on {path} ({exc.strerror})") from None
         sock.sendall(len(body).to_bytes(4, "big") + body)
         size = int.from_bytes(_recv_exactly(sock, 4), "big")
-        if size > MAX_FRAME:
+        if size > MAX_REPLY_FRAME:
             raise ProtocolError(f"reply of {size} bytes is too large")
         data = _recv_exactly(sock, size)
     finally:
@@ -193,20 +195,32 @@ def _recv_exactly(sock, size):
     return b"".join(chunks)
 
 
-def spawn_master(env=None):
-    """Start a detached user-mode master (`confabd --daemon`) and return at once.
+def master_argv():
+    """How to run the master: isolated (-I), so that neither the current directory
+    (Claude Code's: the project, which is not trusted) nor PYTHON* variables can
+    put code of theirs before the installed confabd."""
+    return [sys.executable, "-I", "-m", "confabd.master_cli", "--daemon"]
 
-    stdio goes to /dev/null so the caller's pipes (Claude Code's) are not held
-    open. The master itself refuses to run twice, so concurrent calls are safe.
+
+def spawn_master(env=None):
+    """Start a detached user-mode master (`confabd --daemon`) and return its launcher's pid at once.
+
+    It starts in / (not in the caller's directory) with stdio on /dev/null, so
+    the caller's pipes (Claude Code's) are not held open. The master itself
+    refuses to run twice, so concurrent calls are safe.
     """
     env = dict(os.environ if env is None else env)
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(name, None)
-    argv = [sys.executable, "-m", "confabd.master_cli", "--daemon"]
-    devnull = os.devnull
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 2, devnull, os.O_WRONLY, 0),
-    ]
-    return os.posix_spawn(sys.executable, argv, env, file_actions=actions)
+    argv = master_argv()
+    pid = os.fork()  # (posix_spawn cannot change the directory)
+    if pid:
+        return pid
+    try:
+        os.chdir("/")
+        fd = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(fd, target)
+        os.execve(sys.executable, argv, env)
+    finally:
+        os._exit(127)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
@@ -146,7 +147,26 @@ def load_backend_config(home: str, env=None) -> BackendConfig:
         changes["backend_url"] = env["CONFAB_BACKEND_URL"]
     if env.get("CONFAB_API_KEY"):
         changes["api_key"] = env["CONFAB_API_KEY"]
-    return msgspec.structs.replace(config, **changes) if changes else config
+    # An editor's trailing newline is not part of the key; any other character a
+    # header cannot carry is refused when the key is used (HttpSink, check_api_key).
+    changes["api_key"] = changes.get("api_key", config.api_key).strip()
+    return msgspec.structs.replace(config, **changes)
+
+
+# An API key goes into a header: printable ASCII without spaces. (The server's
+# are `cfb_` + 40 URL-safe base64 characters; other shapes are not refused.)
+_API_KEY_RE = re.compile(r"[\x21-\x7e]*\Z")
+
+
+def check_api_key(api_key: str) -> str:
+    """The key without surrounding whitespace (an editor's trailing newline);
+    ConfigError, which never shows the key, when it holds any other character
+    a header cannot carry (http.client's own error would quote it)."""
+    api_key = api_key.strip()
+    if not _API_KEY_RE.match(api_key):
+        raise ConfigError("the api_key (~/.confab/config.json or CONFAB_API_KEY) contains a space or a control "
+                          "character; it cannot be a confab API key (not shown here)")
+    return api_key
 
 
 def choose_sink(settings: Settings, backend: BackendConfig) -> str:
@@ -158,20 +178,60 @@ def choose_sink(settings: Settings, backend: BackendConfig) -> str:
     return "archive"
 
 
+# What a backend_url may be made of: a scheme, a host name or IP literal, an
+# optional port and an optional path, in plain ASCII. No user info (`@`), no
+# backslash, no query or fragment, no percent-escapes, no spaces or controls:
+# each is read differently by urlsplit (which this check uses) and by
+# urllib3 (which connects), e.g. `http://10.0.0.1:80\@127.0.0.1/` is
+# "127.0.0.1" to one and 10.0.0.1 to the other.
+_URL_RE = re.compile(
+    r"(?P<scheme>https?)://"
+    r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<path>(?:/[A-Za-z0-9._~!$&'()*+,;=:-]*)*)\Z",
+    re.IGNORECASE,
+)
+
+
 def check_backend_url(url: str) -> str:
-    """Plain http only for loopback; anything else must be https. Returns the URL without a trailing '/'."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"backend_url {url!r} is not an http(s) URL")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+    """Plain http only for loopback; anything else must be https. Returns the URL without a trailing '/'.
+
+    The URL must have the plain shape `_URL_RE` allows, so that the host
+    checked here is the host connected to; the error says why not, without
+    repeating a URL that could hold a credential or an escape sequence.
+    """
+    match = _URL_RE.match(url)
+    if not match:
+        raise ConfigError(f"backend_url {_shown(url)} is not a plain http(s) URL (scheme://host[:port][/path]; "
+                          "no user@, backslash, query, fragment, %-escape, space or control character)")
+    port = match.group("port")
+    if port is not None and not 0 < int(port) < 65536:
+        raise ConfigError(f"backend_url {_shown(url)}: port {port} is out of range")
+    host = match.group("host")
+    if match.group("scheme").lower() == "http" and not is_loopback(host):
         raise ConfigError(
-            f"backend_url {url!r} uses plain http to a non-loopback host; use https"
+            f"backend_url {_shown(url)} uses plain http to a non-loopback host; use https"
         )
     return url.rstrip("/")
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether a URL accepted by check_backend_url points at this machine (then: never through a proxy)."""
+    host = urlsplit(url).hostname
+    return bool(host) and is_loopback(host)
+
+
+def _shown(url: str) -> str:
+    """The URL for an error message: printable, user info (a credential) blanked, cut short."""
+    from .text import printable
+
+    shown = re.sub(r"(://)[^/@]*@", r"\1<user info>@", url)
+    return repr(printable(shown)[:200])
+
+
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """`localhost` or a loopback IP literal in its plain form (127.0.0.1, ::1); nothing else."""
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback

@@ -22,6 +22,7 @@ import msgspec
 PROTOCOL_VERSION = 1
 HEADER_SIZE = 4
 MAX_FRAME = 1 << 20  # 1 MiB: a request bigger than this is refused
+MAX_REPLY_FRAME = 64 << 20  # what a client accepts as a reply (= client.MAX_REPLY_FRAME)
 
 
 class Request(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):

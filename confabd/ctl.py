@@ -375,6 +375,8 @@ def cmd_status(args):
 
 
 def format_status(status):
+    from .text import printable
+
     m = status["master"]
     lines = [f"confabd {m['version']} master {m['pid']} ({m['mode']} mode), up {format_duration(m['uptime_s'])}, "
              f"socket {m['socket']}"]
@@ -389,6 +391,7 @@ def format_status(status):
         rows.append((s["external_id"], s["state"], str(s.get("worker_pid") or "-"),
                      str(s.get("parent_pid") or "-"), str(s.get("restarts", 0)), str(lines_synced),
                      s.get("last_sync_at") or "-", s.get("last_error") or ""))
+    rows = [tuple(printable(c) for c in r) for r in rows]  # outside text: no escape sequences on a terminal
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
@@ -460,7 +463,7 @@ def hook_command_prefix():
     script = sys.argv[0] if sys.argv else ""
     if os.path.basename(script) == "confabctl":
         return os.path.abspath(script)
-    return f"{sys.executable} -I -m confabd.ctl"  # -I: never import from the session's cwd
+    return f"{sys.executable} -I -m confabd.ctl"  # -I: not confabd/ from the project dir
 
 
 def cmd_install_hooks(args):

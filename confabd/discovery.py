@@ -7,12 +7,18 @@ in `<transcript without .jsonl>/subagents/` (newer). Agent files can name
 further agents, so discovery runs over every tracked file's new lines.
 The `subagents/` dir is also scanned, which finds files again after a restart
 even when the lines that named them were synced long ago.
+
+File names also come from the backend (init's `files`), which is not trusted:
+a name is used only when it is one this client would send itself
+(`agent-<id>.jsonl`, a base name), and only a regular file (not a symlink) in
+one of the session's two directories is ever opened for it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from typing import Optional
 
 # Matches only a real `"agentId": "<id>"` key of a JSON object in the raw line
@@ -42,21 +48,54 @@ def agent_file_name(agent_id: str) -> str:
     return f"agent-{agent_id}.jsonl"
 
 
+def is_agent_file_name(name: str) -> bool:
+    """Whether `name` is an agent file name this client itself sends: `agent-<id>.jsonl`, no path."""
+    return isinstance(name, str) and AGENT_FILE_RE.match(name) is not None
+
+
+def _regular_file(path: str) -> bool:
+    """A regular file, not a symlink to one (which could point anywhere the user can read)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 class SubagentLocator:
     """Knows the two layouts around one main transcript."""
 
     def __init__(self, transcript_path: str):
         self.project_dir = os.path.dirname(transcript_path)
-        stem = transcript_path[: -len(".jsonl")] if transcript_path.endswith(".jsonl") else transcript_path
-        self.subagents_dir = os.path.join(stem, "subagents")
+        self.stem = transcript_path[: -len(".jsonl")] if transcript_path.endswith(".jsonl") else transcript_path
+        self.subagents_dir = os.path.join(self.stem, "subagents")
+
+    def directories(self) -> tuple[str, ...]:
+        """The session's own directories that exist: `subagents/` (unless it, or the
+        session's dir, is a symlink leading elsewhere), then the project dir."""
+        dirs = []
+        try:
+            if not os.path.islink(self.stem) and stat.S_ISDIR(os.lstat(self.subagents_dir).st_mode):
+                dirs.append(self.subagents_dir)
+        except OSError:
+            pass
+        dirs.append(self.project_dir)
+        return tuple(dirs)
 
     def locate(self, file_name: str) -> Optional[str]:
-        """Path of an agent file by name, newer layout first; None if neither exists."""
-        for directory in (self.subagents_dir, self.project_dir):
+        """Path of an agent file by name, newer layout first; None if neither holds
+        it, or if the name is not an agent file name (a path, `..`, anything else)."""
+        if not is_agent_file_name(file_name):
+            return None
+        for directory in self.directories():
             path = os.path.join(directory, file_name)
-            if os.path.isfile(path):
+            if _regular_file(path):
                 return path
         return None
+
+    def owns(self, file_name: str, path: str) -> bool:
+        """Whether `path` is where this session keeps the agent file `file_name`."""
+        return is_agent_file_name(file_name) and path in (
+            os.path.join(self.subagents_dir, file_name), os.path.join(self.project_dir, file_name))
 
     def scan(self) -> dict[str, str]:
         """Every `agent-*.jsonl` in the session's own `subagents/` dir: {file name: path}.
@@ -64,12 +103,15 @@ class SubagentLocator:
         The project dir is shared by all sessions of that directory, so its
         agent files are taken only when named (see `locate`).
         """
+        if self.subagents_dir not in self.directories():
+            return {}
         try:
             names = os.listdir(self.subagents_dir)
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             return {}
-        return {
-            name: os.path.join(self.subagents_dir, name)
-            for name in sorted(names)
-            if AGENT_FILE_RE.match(name)
-        }
+        found = {}
+        for name in sorted(names):
+            path = os.path.join(self.subagents_dir, name)
+            if AGENT_FILE_RE.match(name) and _regular_file(path):
+                found[name] = path
+        return found

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import msgspec
 
-from .discovery import SubagentLocator, agent_file_name, agent_ids_in
+from .discovery import SubagentLocator, agent_file_name, agent_ids_in, is_agent_file_name
 from .metadata import SessionFacts, init_metadata
 from .records import ChunkMetadata, FileProgress, GitInfo, InitRequest
 from .sinks.base import (
@@ -31,6 +31,7 @@ from .sinks.base import (
     Sink,
     Unavailable,
 )
+from .text import printable
 from .transcript import Batch, LineReader
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class TrackedFile:
         self.name = name
         self.path = path
         self.file_type = file_type
-        self.reader = LineReader(path)
+        self.reader = LineReader(path, follow_symlinks=file_type == "transcript")
         self.server_line: Optional[int] = None  # None until init told us
         self.max_lines: Optional[int] = None  # set after a 413, to send smaller chunks
         self.error = ""  # why this file is stuck, if it is
@@ -120,8 +121,10 @@ class SessionSync:
         self.session_id = response.session_id
         known = {name: f.last_synced_line for name, f in response.files.items()}
         for name in known:
-            if name not in self.files:
-                self._track_agent_file(name)
+            if name not in self.files and not self._track_agent_file(name):
+                if not is_agent_file_name(name):  # a hostile or confused backend: never a path to open
+                    log.warning("%s: ignoring the sink's file name %s (not one this client sends)",
+                                self.external_id, printable(repr(name))[:200])
         for f in self.files.values():
             f.server_line = known.get(f.name, 0)
         self.needs_init = False
@@ -191,17 +194,22 @@ class SessionSync:
                     return sent
             else:
                 lines = batch.lines
-            self._learn(f, lines)
-            sent += self._upload(f, batch, lines)
+            outgoing = self._redacted(lines)
+            self._learn(f, lines, outgoing)
+            sent += self._upload(f, batch, outgoing)
         return sent
 
+    def _redacted(self, lines: list[bytes]) -> list[bytes]:
+        return [self.redact(line) for line in lines] if self.redact else lines
+
     def _upload(self, f: TrackedFile, batch: Batch, lines: list[bytes]) -> int:
+        """Send `lines` (already redacted) as the chunk at `batch.first_line`."""
         chunk = Chunk(
             session_id=self.session_id,
             file_name=f.name,
             file_type=f.file_type,
             first_line=batch.first_line,
-            lines=[self.redact(line) for line in lines] if self.redact else lines,
+            lines=lines,
             metadata=self._metadata() if f is self.main else None,
         )
         try:
@@ -262,10 +270,12 @@ class SessionSync:
 
     # -- discovery and facts -------------------------------------------------
 
-    def _learn(self, f: TrackedFile, lines: list[bytes]) -> None:
+    def _learn(self, f: TrackedFile, lines: list[bytes], outgoing: list[bytes]) -> None:
+        """Agent IDs from the lines as read; the session's title and summary from
+        the lines as sent (redacted), so metadata never holds what the lines do not."""
         joined = b"\n".join(lines)
         if f is self.main:
-            self.facts.learn(lines, joined)
+            self.facts.learn(outgoing, joined if outgoing is lines else None)
         self._pending_agents.update(agent_ids_in(joined))
 
     def _discover(self) -> None:
@@ -286,14 +296,14 @@ class SessionSync:
         if not self.needs_init:
             f.server_line = 0  # new to the sink: init did not name it
         self.files[name] = f
-        log.debug("%s: tracking %s (%s)", self.external_id, path, file_type)
+        log.debug("%s: tracking %s (%s)", self.external_id, printable(path), file_type)
         return f
 
     def _restore_offsets(self, progress: dict[str, FileProgress]) -> None:
         """Reuse byte offsets from State as a cache (verified before use)."""
         for name, p in progress.items():
             f = self.files.get(name)
-            if f is None and p.path and p.file_type == "agent":
+            if f is None and p.file_type == "agent" and self.locator.owns(name, p.path):
                 f = self._track(name, p.path, "agent")
             if f is not None and p.byte_offset:
                 f.reader.remember(p.last_synced_line, p.byte_offset, p.inode)
@@ -306,7 +316,7 @@ class SessionSync:
                 head = fh.read(FACTS_SCAN_BYTES)
         except OSError:
             return
-        self.facts.learn(head.split(b"\n")[:-1])
+        self.facts.learn(self._redacted(head.split(b"\n")[:-1]))
 
     def _metadata(self) -> Optional[ChunkMetadata]:
         facts = self.facts

@@ -11,9 +11,32 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
+def make_dirs(path: str, mode: int = DIR_MODE) -> str:
+    """Like os.makedirs, but every directory it creates gets `mode`.
+
+    os.makedirs gives the parents it creates 0777 minus the umask: the first
+    `~/.confab/sync` made `~/.confab` 0755, readable by every local user.
+    Existing directories are left as they are.
+    """
+    path = os.path.abspath(path)
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            pass
+    return missing[0] if missing else path
+
+
 def ensure_private_dir(path: str) -> str:
     """Create `path` (and parents) 0700 if missing; refuse a symlink at `path`."""
-    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    make_dirs(path, DIR_MODE)
     st = os.lstat(path)
     if not os.path.isdir(path) or os.path.islink(path):
         raise NotADirectoryError(f"{path} is not a directory")

@@ -12,9 +12,10 @@ import sys
 
 import msgspec
 
-from . import __version__, paths
+from . import __version__, fileio, paths
 from .config import Settings, load_settings
 from .errors import ConfabdError
+from .text import SafeFormatter
 
 log = logging.getLogger("confabd")
 
@@ -127,7 +128,7 @@ class PidFile:
     def acquire(self) -> None:
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
-            os.makedirs(directory, mode=self.dir_mode, exist_ok=True)
+            fileio.make_dirs(directory, self.dir_mode)  # ~/.confab too is born 0700
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -164,14 +165,14 @@ class PidFile:
 def setup_logging(opts: Options) -> logging.Handler:
     if opts.log_file:
         directory = os.path.dirname(os.path.abspath(opts.log_file))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fileio.make_dirs(directory, 0o700)
         # Reopened when logrotate moves the file away.
         handler: logging.Handler = logging.handlers.WatchedFileHandler(opts.log_file)
         if opts.mode == "user":
             os.chmod(opts.log_file, 0o600)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(SafeFormatter(LOG_FORMAT))  # one record, one printable line
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(opts.log_level)

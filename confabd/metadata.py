@@ -153,11 +153,26 @@ def git_info(cwd: str, branch: str = "") -> Optional[GitInfo]:
     return GitInfo(repo_url=_strip_credentials(repo_url), branch=branch, commit_sha=commit)
 
 
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# What git is given of our environment: enough to find itself and the user's
+# ~/.gitconfig, nothing else. Not CONFAB_API_KEY, and in system mode nothing
+# else of the daemon's (git runs hooks and helpers the repo's config names).
+_GIT_ENV_KEEP = ("PATH", "HOME", "USER", "LOGNAME")
+
+
+def git_environment(env=None) -> dict[str, str]:
+    env = os.environ if env is None else env
+    clean = {name: env[name] for name in _GIT_ENV_KEEP if env.get(name)}
+    clean.setdefault("PATH", DEFAULT_PATH)
+    clean.update(LC_ALL="C", GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0")
+    return clean
+
+
 def _git(cwd: str, *args: str) -> str:
     try:
         result = subprocess.run(
             ["git", "-C", cwd, *args], capture_output=True, text=True, timeout=2,
-            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+            env=git_environment(), stdin=subprocess.DEVNULL, close_fds=True,
         )
     except (OSError, subprocess.SubprocessError):
         return ""

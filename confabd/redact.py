@@ -47,14 +47,20 @@ _FIELD_NAMES = (
 )
 _CONN_TAIL = r"[^:/@\s]+:[^@\s]+@"  # "user:password@" after "://"
 
-# The default patterns, exactly as behaviour.md lists them, in the order they
-# are applied.  Anthropic comes before OpenAI (both are API_KEY, "sk-ant-..."
+# The default patterns as behaviour.md lists them (the confab key moved first,
+# see there), in the order they are applied.  Anthropic comes before OpenAI (both are API_KEY, "sk-ant-..."
 # would match either), specific connection strings before the generic one.
 DEFAULT_PATTERNS: tuple[PatternSpec, ...] = (
     PatternSpec("Sensitive field names", "sensitive_field", field=_FIELD_NAMES,
                 anchors=(("passw", ""), ('secret"', ""), ('key"', ""),
                          ('token"', ""), ("credential", 's?"')),
                 ignore_case_anchors=True),
+    # The server makes keys as "cfb_" + secrets.token_urlsafe(30): 40 characters
+    # of URL-safe base64, "-" and "_" included (without them, 3 keys in 4 leaked).
+    # First, not last as behaviour.md lists it: a key's random body holds "sk-" +
+    # 20 characters about once in 20,000 keys, and the OpenAI rule would then take
+    # that part and leave the key's head in clear.
+    PatternSpec("Confab API key", "confab_key", r"cfb_[A-Za-z0-9_-]{40}", anchors=(("cfb_", ""),)),
     PatternSpec("Anthropic API key", "api_key", r"sk-ant-api\d{2}-[A-Za-z0-9_-]{80,120}",
                 anchors=(("sk-ant-api", ""),)),
     PatternSpec("OpenAI API key", "api_key", r"sk-(?:proj-)?[A-Za-z0-9_-]{20,200}",
@@ -115,7 +121,10 @@ DEFAULT_PATTERNS: tuple[PatternSpec, ...] = (
     PatternSpec("npm token", "npm_token", r"npm_[A-Za-z0-9]{36}", anchors=(("npm_", ""),)),
     PatternSpec("PyPI token", "pypi_token", r"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{70,}",
                 anchors=(("pypi-AgEIcHlwaS5vcmc", ""),)),
-    PatternSpec("Confab API key", "confab_key", r"cfb_[A-Za-z0-9]{40}", anchors=(("cfb_", ""),)),
+    # Last: whatever token an Authorization header carries that no rule above
+    # named (those left a marker, which this does not match).
+    PatternSpec("Bearer token", "bearer_token", r"(?i:bearer)\s+([A-Za-z0-9_.~+/=-]{20,})", group=1,
+                anchors=(("bearer", ""),), ignore_case_anchors=True),
 )
 
 # Printable ASCII from rarest to most common in real transcripts (measured on

@@ -13,6 +13,7 @@ from the start (the file was truncated or replaced).
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Optional
 
@@ -68,9 +69,12 @@ def block_cost(block: bytes, count: int, room: int) -> Optional[int]:
 class LineReader:
     """Reads complete lines of one file starting at a given line number."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, follow_symlinks: bool = True):
         self.path = path
         self.cursor = Cursor()
+        # Agent files are opened only as what discovery found: a regular file. A
+        # symlink put in its place later is not followed (it reads as missing).
+        self._open_flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
 
     def read_batch(self, first_line: int, budget: int, max_lines: Optional[int] = None) -> Optional[Batch]:
         """Lines from `first_line` on, as many as fit `budget` (encoded size).
@@ -80,9 +84,13 @@ class LineReader:
         batch is empty and `oversized` gives that line's length.
         """
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, self._open_flags)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink where O_NOFOLLOW was asked
+                return None
+            raise
         with os.fdopen(fd, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             start = self._offset_of_line(f, st, first_line)

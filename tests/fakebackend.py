@@ -330,6 +330,8 @@ class FakeBackend:
     several keys share one user, e.g. to simulate a user logging in again.
     """
 
+    handler_class: type = None  # set below to _Handler; tests/hostile_backend.py puts its own
+
     def __init__(
         self,
         api_keys=(DEFAULT_API_KEY,),
@@ -367,7 +369,7 @@ class FakeBackend:
         if self._server is not None:
             return self
         self._stopping.clear()
-        self._server = _Server(("127.0.0.1", self._port), _Handler, self)
+        self._server = _Server(("127.0.0.1", self._port), self.handler_class, self)
         host, port = self._server.server_address[:2]
         self.url = f"http://{host}:{port}"
         self._thread = threading.Thread(
@@ -1015,6 +1017,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/_test/log":
             return 200, backend.requests_log()
         return 404, {"error": "Not found"}
+
+
+FakeBackend.handler_class = _Handler
 
 
 # --------------------------------------------------------------------------

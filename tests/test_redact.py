@@ -65,6 +65,10 @@ POSITIVE = [
     (f"npm_{A36}", "[REDACTED:NPM_TOKEN]"),
     ("pypi-AgEIcHlwaS5vcmc" + "x" * 70, "[REDACTED:PYPI_TOKEN]"),
     ("cfb_" + "k" * 40, "[REDACTED:CONFAB_KEY]"),
+    ("key cfb_Ab-_" + "k" * 36 + " here", "key [REDACTED:CONFAB_KEY] here"),
+    ("cfb_" + "a" * 10 + "sk-" + "b" * 27, "[REDACTED:CONFAB_KEY]"),  # not half taken by the OpenAI rule
+    ("Authorization: Bearer " + "t0k.en~+/=-_" * 3, "Authorization: Bearer [REDACTED:BEARER_TOKEN]"),
+    ("curl -H 'authorization: bearer " + "Z" * 20 + "'", "curl -H 'authorization: bearer [REDACTED:BEARER_TOKEN]'"),
 ]
 
 # Near misses: each looks like a secret but must pass byte for byte.
@@ -89,6 +93,7 @@ NEGATIVE = [
     "npm_" + A36[:35],
     "pypi-AgEIcHlwaS5vcmc" + "x" * 10,
     "cfb_" + "k" * 39,
+    "Bearer " + "x" * 19, "bearer tokens are short-lived",
     '{"passwords": "x", "token_count": "3", "output_tokens": 7}',
 ]
 

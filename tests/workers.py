@@ -68,7 +68,7 @@ class WorkerProcess:
     """One real worker process for a session, with the master's end of its pipe."""
 
     def __init__(self, home: Home, external_id: str, transcript: Path, settings: Optional[Settings] = None,
-                 **spec_fields):
+                 env: Optional[dict] = None, **spec_fields):
         self.home = home
         self.external_id = external_id
         self.spec = api.WorkerSpec(
@@ -76,7 +76,8 @@ class WorkerProcess:
             home=str(home.path), settings=settings or home.settings(), **spec_fields,
         )
         self.conn, child_conn = _ctx.Pipe()
-        self.process = _ctx.Process(target=_worker_entry, args=(self.spec, child_conn, str(home.path)), daemon=True)
+        self.process = _ctx.Process(target=_worker_entry, args=(self.spec, child_conn, str(home.path), env or {}),
+                                    daemon=True)
         self.process.start()
         child_conn.close()
         self.reports: list[api.Report] = []
@@ -114,10 +115,11 @@ class WorkerProcess:
         self.conn.close()
 
 
-def _worker_entry(spec: api.WorkerSpec, conn, home: str) -> None:
+def _worker_entry(spec: api.WorkerSpec, conn, home: str, env: dict) -> None:
     os.environ["HOME"] = home
     for var in ("CONFAB_BACKEND_URL", "CONFAB_API_KEY", "CONFABD_STATE_DIR"):
         os.environ.pop(var, None)
+    os.environ.update(env)  # what the master's environment would hold (e.g. CONFAB_API_KEY)
     from confabd.worker import run_worker
 
     run_worker(spec, conn)

@@ -9,15 +9,23 @@ a retry here would be wrong, not merely redundant.
 Error messages carry the status, the endpoint and the server's error text,
 and never the API key: no header or request object is ever formatted into a
 message, and every message is scrubbed of the key as a last line of defence.
+
+The backend is not trusted (docs/SECURITY.md): every answer is read with a cap
+on its size, compressed or not (`MAX_REPLY_BYTES`); every request has one total
+deadline, not a timeout per received byte (`_deadline_sockets`); its error text
+is shown only as printable text; plain http goes to loopback only, and never
+through a proxy.
 """
 
 from __future__ import annotations
 
 import email.utils
+import http.client
 import platform
 import re
 import ssl
 import time
+import zlib
 from typing import Any, Optional, TypeVar
 
 import msgspec
@@ -25,10 +33,14 @@ import requests
 import requests.adapters
 import requests.auth
 import requests.certs
+import urllib3.exceptions
 import zstandard
 
+from . import _deadline_sockets
+
 from .. import __version__
-from ..config import check_backend_url
+from ..config import check_api_key, check_backend_url, is_loopback_url
+from ..text import printable
 from ..records import (
     ChunkRequest,
     ChunkResponse,
@@ -57,6 +69,14 @@ COMPRESS_MIN_BYTES = 1024  # what the original client does
 ZSTD_LEVEL = 3
 MAX_ERROR_TEXT = 300
 MAX_BODY_BYTES = 16 * 1024 * 1024  # the server's limit, after decompression
+# Answers are small JSON (init's file list is the largest: ~70 bytes a file).
+# Anything longer is refused, after decompression too: a backend (or whatever
+# answers in its place) must not be able to fill the worker's memory.
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+READ_PIECE = 64 * 1024
+# A request's total deadline: the read timeout, plus time to send the body at
+# no less than 128 KiB/s (a 14 MiB chunk on a slow uplink still fits).
+MIN_UPLOAD_BYTES_PER_S = 128 * 1024
 
 POSITION_RE = re.compile(r"first_line must be (\d+)")
 DELAY_SECONDS_RE = re.compile(r"\d{1,9}(\.\d+)?\Z")
@@ -90,7 +110,20 @@ def tls_context() -> ssl.SSLContext:
     return _TLS_CONTEXT
 
 
-class _TLSAdapter(requests.adapters.HTTPAdapter):
+class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """Connections whose every blocking socket call ends by the request's deadline."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _deadline_sockets.POOL_CLASSES
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _deadline_sockets.POOL_CLASSES
+        return manager
+
+
+class _TLSAdapter(_DeadlineAdapter):
     """Certificate verification stays on (requests' default); TLS 1.2 at least,
     also through a proxy. Trusts the system CAs and requests' bundle."""
 
@@ -137,21 +170,34 @@ class HttpSink:
 
     def __init__(self, backend_url: str, api_key: str, timeout: float = 30.0, version: str = __version__):
         self.base_url = check_backend_url(backend_url)
+        api_key = check_api_key(api_key)
         self.timeout = (CONNECT_TIMEOUT_S, timeout)
         self.replaced_lines = 0  # lines that were not valid UTF-8 (sent with U+FFFD)
         self._api_key = api_key
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        self._session = self._make_session(api_key, version, https=not self.base_url.lower().startswith("http:"))
+        self._session = self._make_session(api_key, version, https=not self.base_url.lower().startswith("http:"),
+                                           loopback=is_loopback_url(self.base_url))
 
     @staticmethod
-    def _make_session(api_key: str, version: str, https: bool = True) -> requests.Session:
+    def _make_session(api_key: str, version: str, https: bool = True, loopback: bool = False) -> requests.Session:
         session = requests.Session()
         if https:  # verified TLS 1.2+. Plain http:// is for loopback only, and redirects are
             session.mount("https://", _TLSAdapter())  # never followed: no https request can happen then
+        else:
+            session.mount("http://", _DeadlineAdapter())
+        if loopback:
+            # Loopback never goes through a proxy: http_proxy would carry the key
+            # in clear to wherever it points. (trust_env also reads ~/.netrc and
+            # REQUESTS_CA_BUNDLE, neither of which a loopback backend needs.)
+            session.trust_env = False
+            session.proxies = {}
         session.auth = _BearerAuth(api_key)
         session.headers.update({
             "Content-Type": "application/json",
             "User-Agent": user_agent(version),
+            # Answers are small; compressed ones are still accepted (a proxy may
+            # compress anyway) and inflated with a bound, never by requests.
+            "Accept-Encoding": "identity",
         })
         return session
 
@@ -215,21 +261,39 @@ class HttpSink:
     # ---- one request --------------------------------------------------------------
 
     def _post(self, path: str, request: msgspec.Struct, reply_type: type[T]) -> T:
-        """POST one request; return the decoded 2xx answer or raise one SinkError."""
+        """POST one request; return the decoded 2xx answer or raise one SinkError.
+
+        One total deadline covers connecting, sending, and reading the status,
+        headers and body: a backend sending one byte at a time cannot hold the
+        worker (and so `confabctl stop --wait`) past it.
+        """
         body, headers = self._encode(request)
+        deadline = time.monotonic() + self.timeout[1] + len(body) / MIN_UPLOAD_BYTES_PER_S
+        with _deadline_sockets.deadline(deadline):
+            status, raw, retry_after = self._exchange(path, body, headers)
+        if 200 <= status < 300:
+            return self._decode_reply(path, status, raw, reply_type)
+        raise self._scrub(_error_for(path, status, raw, retry_after))
+
+    def _exchange(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, Optional[str]]:
+        """Send one request; (status, the answer's body, Retry-After). Unavailable on any failure."""
         try:
             response = self._session.post(
                 self.base_url + path, data=body, headers=headers,
-                timeout=self.timeout, allow_redirects=False,
+                timeout=self.timeout, allow_redirects=False, stream=True,
             )
-        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise self._scrub(Unavailable(f"{path}: backend unreachable ({_describe(exc)})")) from None
-        except requests.RequestException as exc:
-            raise self._scrub(Unavailable(f"{path}: request failed ({_describe(exc)})")) from None
-        with response:
-            if 200 <= response.status_code < 300:
-                return self._decode_reply(path, response, reply_type)
-            raise self._scrub(_error_for(path, response))
+            with response:
+                return response.status_code, _read_capped(response), response.headers.get("Retry-After")
+        except _ReplyTooLarge as exc:
+            raise Unavailable(f"{path}: {exc}") from None
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError, TimeoutError) as exc:
+            raise Unavailable(f"{path}: backend unreachable ({self._describe(exc)})") from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                ValueError, OSError) as exc:
+            # ValueError: http.client refusing a header value (an API key ending
+            # in a newline got past requests' own check); its text holds the value.
+            raise Unavailable(f"{path}: request failed ({self._describe(exc)})") from None
 
     def _encode(self, request: msgspec.Struct) -> tuple[bytes, dict[str, str]]:
         """JSON body, zstd-compressed from 1 KiB on.
@@ -246,18 +310,15 @@ class HttpSink:
             return body, {}
         return self._compressor.compress(body), {"Content-Encoding": "zstd"}
 
-    def _decode_reply(self, path: str, response: requests.Response, reply_type: type[T]) -> T:
+    def _decode_reply(self, path: str, status: int, raw: bytes, reply_type: type[T]) -> T:
         try:
-            return _DECODERS[reply_type].decode(response.content)
+            return _DECODERS[reply_type].decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             # A 2xx we cannot read: maybe a captive portal or a proxy. Whether
             # the request took effect is unknown, so the engine must re-init.
             raise self._scrub(Unavailable(
-                f"{path}: HTTP {response.status_code} with an unreadable answer ({exc})",
-                status=response.status_code,
+                f"{path}: HTTP {status} with an unreadable answer ({printable(exc)})", status=status,
             )) from None
-        except requests.RequestException as exc:  # the body was cut off
-            raise self._scrub(Unavailable(f"{path}: answer lost ({_describe(exc)})")) from None
 
     def _scrub(self, error: SinkError) -> SinkError:
         """Last line of defence: no message ever carries the API key."""
@@ -265,14 +326,78 @@ class HttpSink:
             error.args = (str(error).replace(self._api_key, "<api key>"),)
         return error
 
+    def _describe(self, exc: BaseException) -> str:
+        """A short cause for a transport error: without the key (scrubbed before
+        it is cut short, so no part of it survives), printable, one line."""
+        text = f"{type(exc).__name__}: {exc}"
+        if self._api_key:
+            text = text.replace(self._api_key, "<api key>")
+        return printable(text)[:MAX_ERROR_TEXT]
+
+
+# ---------------------------------------------------------------------------
+# Reading an answer with a bound.
+
+
+class _ReplyTooLarge(Exception):
+    pass
+
+
+def _read_capped(response: requests.Response) -> bytes:
+    """The answer's body, inflated if the server compressed it; _ReplyTooLarge past MAX_REPLY_BYTES.
+
+    Read raw (requests would inflate without a bound: a 0.3 MB gzip body can
+    become 300 MB) in pieces, and inflated with `max_length`, so at most
+    MAX_REPLY_BYTES (+ one piece) is ever held.
+    """
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    inflater = _inflater(encoding)
+    out = bytearray()
+    while True:
+        piece = response.raw.read(READ_PIECE, decode_content=False)
+        if not piece:
+            break
+        out += inflater.inflate(piece) if inflater else piece
+        if len(out) > MAX_REPLY_BYTES:
+            raise _ReplyTooLarge(f"answer larger than {MAX_REPLY_BYTES} bytes; refused")
+    return bytes(out)
+
+
+class _BoundedInflater:
+    """zlib/gzip inflation that never produces more than MAX_REPLY_BYTES + 1."""
+
+    def __init__(self, wbits: int):
+        self._zlib = zlib.decompressobj(wbits)
+        self._produced = 0
+
+    def inflate(self, data: bytes) -> bytes:
+        room = MAX_REPLY_BYTES + 1 - self._produced  # always >= 1 here (0 would mean "no limit")
+        try:
+            out = self._zlib.decompress(data, room)
+        except zlib.error as exc:
+            raise requests.exceptions.ContentDecodingError(f"bad compressed answer: {exc}") from None
+        self._produced += len(out)
+        if self._produced > MAX_REPLY_BYTES:
+            raise _ReplyTooLarge(f"answer inflates to more than {MAX_REPLY_BYTES} bytes; refused")
+        return out
+
+
+def _inflater(encoding: str) -> Optional[_BoundedInflater]:
+    if encoding in ("identity", ""):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return _BoundedInflater(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return _BoundedInflater(zlib.MAX_WBITS)
+    raise requests.exceptions.ContentDecodingError(f"unsupported Content-Encoding {printable(encoding)!r}")
+
 
 # ---------------------------------------------------------------------------
 # Status -> error class (protocol.md's table).
 
 
-def _error_for(path: str, response: requests.Response) -> SinkError:
-    status = response.status_code
-    text = _error_text(response)
+def _error_for(path: str, status: int, raw: bytes, retry_after: Optional[str]) -> SinkError:
+    text = _error_text(raw)
     message = f"{path}: HTTP {status}" + (f": {text}" if text else "")
     if status == 400:
         match = POSITION_RE.search(text)
@@ -286,23 +411,20 @@ def _error_for(path: str, response: requests.Response) -> SinkError:
     if status == 413:
         return PayloadTooLarge(message, status)
     if status == 429:
-        return Unavailable(message, status, retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        return Unavailable(message, status, retry_after=parse_retry_after(retry_after))
     if status >= 500 or status == 408:
         return Unavailable(message, status)
     return RequestRejected(message, status)  # 415, redirects, other 4xx: retrying cannot help
 
 
-def _error_text(response: requests.Response) -> str:
-    """The server's `{"error": ...}` text, else the start of the raw body; cut short."""
-    try:
-        raw = response.content
-    except requests.RequestException:
-        return ""
+def _error_text(raw: bytes) -> str:
+    """The server's `{"error": ...}` text, else the start of the raw body; cut
+    short, on one line, printable (it ends up on root's terminal in `confabctl status`)."""
     try:
         text = _DECODERS[ErrorReply].decode(raw).error
     except (msgspec.DecodeError, msgspec.ValidationError):
         text = raw[: MAX_ERROR_TEXT * 4].decode("utf-8", errors="replace").strip()
-    text = " ".join(text.split())
+    text = printable(" ".join(text.split()))
     if len(text) > MAX_ERROR_TEXT:
         text = text[: MAX_ERROR_TEXT - 3] + "..."
     return text
@@ -324,7 +446,3 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
     now = time.time() if now is None else now
     return max(0.0, when.timestamp() - now)
 
-
-def _describe(exc: BaseException) -> str:
-    """A short cause for a transport error, without request details."""
-    return f"{type(exc).__name__}: {exc}"[: MAX_ERROR_TEXT]
