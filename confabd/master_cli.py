@@ -65,7 +65,6 @@ class Options(msgspec.Struct, kw_only=True):
     mode: str
     home: str
     config_path: str
-    config_required: bool
     settings: Settings
     socket_path: str
     sync_dir: str
@@ -90,7 +89,7 @@ def resolve(args: argparse.Namespace, env=None) -> Options:
     log_file = args.log_file or settings.log_file
     if not log_file and args.daemon:
         log_file = paths.default_log_file(home)
-    return Options(mode=mode, home=home, config_path=config_path, config_required=bool(args.config),
+    return Options(mode=mode, home=home, config_path=config_path,
                    settings=settings, socket_path=socket_path, sync_dir=sync_dir,
                    pidfile=os.path.abspath(pidfile), log_file=log_file,
                    registry_dir=os.path.abspath(args.registry_dir or paths.SYSTEM_REGISTRY_DIR),

@@ -264,14 +264,8 @@ class UserSyncDir:
         self.user = user
         self.path = user.sync_dir
 
-    def inbox_path(self, external_id: str) -> str:
-        return paths.inbox_path(self.path, external_id)
-
     def list_states_with_end(self) -> list[tuple[State, bool]]:
         return run_as(self.user, _list_states, self.path, result_type=list[tuple[State, bool]])
-
-    def list_states(self) -> list[State]:
-        return [state for state, _ in self.list_states_with_end()]
 
     def load_state(self, external_id: str) -> Optional[State]:
         return run_as(self.user, _load_state, self.path, external_id, result_type=State)

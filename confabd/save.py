@@ -48,7 +48,7 @@ def run_save(target: str, home: str, settings: Settings, progress: Optional[bool
         external_id = validate_external_id(os.path.basename(path)[: -len(".jsonl")])
         with open(path, "rb") as lock:
             _refuse_if_live(lock, path)
-            return _upload(path, external_id, home, settings, _progress_bar(err) if _wants_bar(progress, err) else None, out)
+            return _upload(path, external_id, home, settings, _ProgressBar(err) if _wants_bar(progress, err) else None, out)
     except (ConfabdError, ConfigError, SinkError, ValueError, OSError) as exc:
         print(f"confabctl save: {exc}", file=err)
         return 1
@@ -112,7 +112,7 @@ def _wants_bar(progress: Optional[bool], err: TextIO) -> bool:
     return progress if progress is not None else err.isatty()
 
 
-class _progress_bar:
+class _ProgressBar:
     """A one-line progress bar on a terminal: how far into the current file, lines sent."""
 
     WIDTH = 30

@@ -102,7 +102,6 @@ class SessionWorker:
         self.reload = False
         self.gone_count = 0
         self.last_error = ""
-        self.sink_kind = ""
         self.master_pid = os.getppid()
         self._saved_state = b""
         self.last_sync_at = ""
@@ -290,7 +289,7 @@ class SessionWorker:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self.lock_fd = fd
+                self.lock_fd = fd  # never read: held open so the flock lasts as long as the worker
                 return True
             except BlockingIOError:
                 if not announced:
@@ -332,7 +331,10 @@ class SessionWorker:
             pass
 
     def _interrupted(self) -> bool:
-        """backoff's giveup: stop retrying when a Finish or SIGTERM arrived meanwhile."""
+        """backoff's giveup: stop retrying when a Finish or SIGTERM arrived meanwhile.
+
+        Not a pure predicate: it reads the pipe (so a Finish is seen mid-backoff)
+        and so may raise MasterGone, which ends the retries as it should."""
         if not self.finish_reason and not self.suspend:
             self._wait_commands(0)
         return self._stopping() and self.state.phase != "finishing"
@@ -382,7 +384,7 @@ class SessionWorker:
 
     def _make_sink(self, backend: BackendConfig):
         kind = choose_sink(self.settings, backend)
-        self.sink_kind = self.state.sink = kind
+        self.state.sink = kind
         if kind == "archive":
             from .paths import default_archive_path
             from .sinks.archive import ArchiveSink
@@ -509,7 +511,6 @@ class SessionWorker:
             files=engine.server_lines() if engine else {n: p.last_synced_line for n, p in self.state.files.items()},
             last_sync_at=self.last_sync_at or self.state.last_sync_at,
             last_error=self.last_error,
-            sink=self.sink_kind,
         )
         try:
             self.conn.send_bytes(api.encode(report))

@@ -70,7 +70,6 @@ class Report(msgspec.Struct, tag="report", frozen=True, kw_only=True):
     files: dict[str, int] = {}  # file name -> last_synced_line
     last_sync_at: str = ""
     last_error: str = ""
-    sink: str = ""
 
 
 MasterToWorker = Union[Finish, Reload]
