@@ -17,13 +17,12 @@ from typing import Optional, TextIO
 
 import backoff
 
-from .config import ConfigError, Settings, check_backend_url, choose_sink, load_backend_config
+from .config import ConfigError, Settings, load_backend_config
 from .engine import SessionSync, TrackedFile
 from .errors import ConfabdError
-from .paths import default_archive_path
 from .records import validate_external_id
+from .sinks import open_sink, retry_wait
 from .sinks.base import SinkError, Unavailable
-from .worker import retry_wait
 
 SAVE_RETRY_SECONDS = 120
 
@@ -65,8 +64,7 @@ def _refuse_if_live(lock, path: str) -> None:
 
 def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out: TextIO) -> int:
     backend = load_backend_config(home)
-    sink_kind = choose_sink(settings, backend)
-    sink = _make_sink(sink_kind, backend, settings, home)
+    sink = open_sink(settings, backend, home)
     from .redact import Redactor
 
     redactor = Redactor.from_config(backend.redaction)
@@ -85,7 +83,7 @@ def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out
         if bar:
             bar.done()
     lines = engine.server_lines()
-    where = "the local archive" if sink_kind == "archive" else backend.backend_url
+    where = "the local archive" if sink.kind == "archive" else backend.backend_url
     print(
         f"saved {external_id}: {sent} new line(s) sent, {sum(lines.values())} line(s) in "
         f"{len(lines)} file(s) held by {where} (session {engine.session_id}) in {time.monotonic() - started:.1f} s",
@@ -94,18 +92,6 @@ def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out
     for error in engine.errors():
         print(f"warning: {error}", file=out)
     return 1 if engine.errors() else 0
-
-
-def _make_sink(kind: str, backend, settings: Settings, home: str):
-    if kind == "archive":
-        from .sinks.archive import ArchiveSink
-
-        return ArchiveSink(settings.archive_path or default_archive_path(home))
-    from .sinks.http import HttpSink
-
-    if not backend.api_key:
-        raise ConfigError("no api_key configured (~/.confab/config.json or CONFAB_API_KEY)")
-    return HttpSink(check_backend_url(backend.backend_url), backend.api_key, timeout=settings.http_timeout_s)
 
 
 def _wants_bar(progress: Optional[bool], err: TextIO) -> bool:

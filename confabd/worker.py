@@ -29,10 +29,11 @@ import backoff
 import msgspec
 
 from . import worker_api as api
-from .config import BackendConfig, ConfigError, check_backend_url, choose_sink, load_backend_config
+from .config import ConfigError, load_backend_config
 from .engine import SessionSync
 from .errors import CorruptRecord
 from .records import HookInput, InboxRecord, State
+from .sinks import open_sink, retry_wait
 from .sinks.base import AuthFailed, SessionGone, SinkError, Unavailable
 from .store import SyncDir, utc_now
 
@@ -74,17 +75,6 @@ def _become_user(spec: api.WorkerSpec) -> None:
     os.setuid(spec.uid)
     os.environ.update(HOME=spec.home, USER=spec.username, LOGNAME=spec.username)
     os.umask(0o077)
-
-
-def retry_wait(max_value: float = 60.0):
-    """backoff wait generator: the server's Retry-After when given, else 1 s doubling to 60 s, full jitter."""
-    expo = backoff.expo(max_value=max_value)
-    expo.send(None)
-    exc = yield
-    while True:
-        delay = next(expo)
-        retry_after = getattr(exc, "retry_after", None)
-        exc = yield retry_after if retry_after is not None else backoff.full_jitter(delay)
 
 
 class SessionWorker:
@@ -371,7 +361,8 @@ class SessionWorker:
         from .redact import Redactor
 
         backend = load_backend_config(self.spec.home)
-        sink = self._make_sink(backend)
+        sink = open_sink(self.settings, backend, self.spec.home)
+        self.state.sink = sink.kind
         redactor = Redactor.from_config(backend.redaction)
         self._set_phase("connecting")
         return SessionSync(
@@ -381,20 +372,6 @@ class SessionWorker:
             oversized_lines=self.settings.oversized_lines,
             progress=self.state.files,
         )
-
-    def _make_sink(self, backend: BackendConfig):
-        kind = choose_sink(self.settings, backend)
-        self.state.sink = kind
-        if kind == "archive":
-            from .paths import default_archive_path
-            from .sinks.archive import ArchiveSink
-
-            return ArchiveSink(self.settings.archive_path or default_archive_path(self.spec.home))
-        from .sinks.http import HttpSink
-
-        if not backend.api_key:
-            raise AuthFailed("no api_key configured (~/.confab/config.json or CONFAB_API_KEY)", 401)
-        return HttpSink(check_backend_url(backend.backend_url), backend.api_key, timeout=self.settings.http_timeout_s)
 
     def _drop_engine(self, error: str) -> None:
         if self.engine is not None:
