@@ -45,7 +45,7 @@ from .store import SyncDir, utc_now
 log = logging.getLogger("confabd.master")
 
 START_METHOD = "fork"
-WORKER_TARGET = "confabd.worker:run_worker"
+WORKER_MODULE = "confabd.worker"  # imported by preload_worker_code, never at import time
 
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
@@ -140,8 +140,6 @@ class Client:
 
 class Arbiter:
     """The master. `run()` returns the process exit code."""
-
-    worker_target = WORKER_TARGET  # "module:function"; tests may point it elsewhere
 
     def __init__(self, settings: Settings, *, socket_path: str, sync_dir: str, home: str,
                  mode: str = "user", reload_settings: Optional[Callable[[], Settings]] = None,
@@ -659,7 +657,8 @@ class Arbiter:
         imported its own code after the fork, 7.6 MiB with the preload and
         gc.freeze() (bench/RESULTS.md).
         """
-        privileges.preload_worker_modules(self.worker_target.partition(":")[0])
+        privileges.preload_worker_modules()
+        self.worker_main = importlib.import_module(WORKER_MODULE).worker_main
         gc.collect()
         gc.freeze()
 
@@ -676,12 +675,12 @@ class Arbiter:
                 self.crashed(session, f"uid {session.uid} no longer exists")
                 return
             spec = msgspec.structs.replace(
-                spec, uid=user.uid, gid=user.gid, username=user.name, home=user.home, sync_dir=user.sync_dir,
+                spec, run_as=user, home=user.home, sync_dir=user.sync_dir,
                 settings=msgspec.structs.replace(self.settings, state_dir="", archive_path="", socket=""))
         master_end, worker_end = self.ctx.Pipe(duplex=True)
         inherited = self.master_fds() + [master_end.fileno()]
-        proc = self.ctx.Process(target=worker_entry, name=f"confabd-worker {session.external_id}",
-                                args=(self.worker_target, spec, worker_end, inherited))
+        proc = self.ctx.Process(target=self.worker_main, name=f"confabd-worker {session.external_id}",
+                                args=(spec, worker_end, inherited))
         try:
             # Collect garbage, then freeze what is left, so the child's collector never
             # writes to (and so copies) the pages it shares with the master.
@@ -985,31 +984,3 @@ def remove_stale_socket(path: str) -> None:
 
 class AlreadyRunning(Exception):
     pass
-
-
-def worker_entry(target: str, spec: worker_api.WorkerSpec, conn, inherited: list[int]) -> None:
-    """First code in a forked worker: shed the master's fds and signal setup, then run."""
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which sends Finish
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        os.environ.pop(name, None)
-    # dup2 /dev/null over them (rather than close) so no stale object of the
-    # master can ever close a file the worker opens later under the same number.
-    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    for fd in inherited:
-        if fd != devnull and fd != conn.fileno():
-            try:
-                os.dup2(devnull, fd, inheritable=False)
-            except OSError:
-                pass
-    os.close(devnull)
-    module, _, name = target.partition(":")
-    if spec.uid >= 0:  # system mode: import while root can still read everything, then become the user
-        privileges.preload_worker_modules(module)
-    run = getattr(importlib.import_module(module), name)
-    if spec.uid >= 0:
-        privileges.drop_to(privileges.User(spec.uid, spec.gid, spec.username, spec.home))
-    code = run(spec, conn)
-    raise SystemExit(code if isinstance(code, int) else 0)

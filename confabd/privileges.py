@@ -2,7 +2,7 @@
 
 The system master never opens a user's file as root. Whatever touches a
 user's files runs in a process that first became that user for good:
-- a session worker (`drop_to` in `confabd.master.worker_entry`, before the
+- a session worker (`become` in `confabd.worker.worker_main`, before the
   worker opens anything);
 - a short-lived helper (`run_as`): the master forks, the child becomes the
   user, does one small job (may this user read that transcript? which States
@@ -98,6 +98,19 @@ def drop_to(user: User) -> None:
         os.chdir("/")
 
 
+def become(user: Optional[User]) -> None:
+    """`drop_to(user)`; None: stay who we are (the master's own user runs the worker)."""
+    if user is not None:
+        drop_to(user)
+
+
+def reset_child_signals() -> None:
+    """First thing in a child forked from the master: none of its signal setup survives."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _no_new_privs() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -106,8 +119,8 @@ def _no_new_privs() -> None:
         pass  # not Linux: setresuid alone already keeps root out of reach
 
 
-def preload_worker_modules(extra: str = "") -> None:
-    for name in WORKER_PRELOAD + ((extra,) if extra else ()):
+def preload_worker_modules() -> None:
+    for name in WORKER_PRELOAD:
         try:
             importlib.import_module(name)
         except ImportError:
@@ -131,9 +144,7 @@ def run_as(user: User, fn: Callable[..., Any], *args, result_type: Any = Any,
         code = 1
         try:
             os.close(r)
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
+            reset_child_signals()
             try:
                 drop_to(user)
                 outcome = (True, "", fn(*args))

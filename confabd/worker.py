@@ -28,7 +28,7 @@ from typing import Optional
 import backoff
 import msgspec
 
-from . import worker_api as api
+from . import privileges, worker_api as api
 from .config import ConfigError, load_backend_config
 from .engine import SessionSync
 from .errors import CorruptRecord
@@ -58,23 +58,41 @@ class MasterGone(Exception):
     """The pipe to the master hit EOF: the master died."""
 
 
+MASTER_ONLY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")  # systemd talks to the master
+
+
+def worker_main(spec: api.WorkerSpec, conn, inherited: list[int]) -> None:
+    """The master's Process target: the first code in a freshly forked worker.
+
+    Everything a worker must shed or become, in one place: the master's signal
+    setup, its systemd variables, its fds, then (system mode) root itself.
+    """
+    privileges.reset_child_signals()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which sends Finish
+    for name in MASTER_ONLY_VARIABLES:
+        os.environ.pop(name, None)
+    _shed_fds(inherited, keep=conn.fileno())
+    privileges.preload_worker_modules()  # the master did it; a no-op unless started some other way
+    privileges.become(spec.run_as)
+    run_worker(spec, conn)
+
+
+def _shed_fds(inherited: list[int], keep: int) -> None:
+    """dup2 /dev/null over the master's fds (rather than close them) so no stale object
+    of the master can ever close a file the worker opens later under the same number."""
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    for fd in inherited:
+        if fd != devnull and fd != keep:
+            try:
+                os.dup2(devnull, fd, inheritable=False)
+            except OSError:
+                pass
+    os.close(devnull)
+
+
 def run_worker(spec: api.WorkerSpec, conn) -> None:
-    """Process target. Exits with a worker_api exit code."""
-    _become_user(spec)
-    os.environ.pop("NOTIFY_SOCKET", None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which decides
+    """Sync one session to its end; exits with a worker_api exit code."""
     sys.exit(SessionWorker(spec, conn).run())
-
-
-def _become_user(spec: api.WorkerSpec) -> None:
-    """System mode: drop to the session's user before touching any of its files. No way back."""
-    if spec.uid < 0 or os.geteuid() != 0:
-        return
-    os.initgroups(spec.username, spec.gid)
-    os.setgid(spec.gid)
-    os.setuid(spec.uid)
-    os.environ.update(HOME=spec.home, USER=spec.username, LOGNAME=spec.username)
-    os.umask(0o077)
 
 
 class SessionWorker:

@@ -1,7 +1,9 @@
 """The contract between the master and a session worker.
 
-The master starts one process per session with `confabd.worker.run_worker(spec, conn)`
-as its target, where `conn` is the worker's end of a `multiprocessing.Pipe()`.
+The master forks one process per session with `confabd.worker.worker_main(spec, conn,
+inherited_fds)` as its target, where `conn` is the worker's end of a
+`multiprocessing.Pipe()`; `run_worker(spec, conn)` is the same without the
+post-fork clean-up (what the tests start).
 
 Master -> worker (bytes of `encode(...)` via conn.send_bytes):
     Finish()   final sync (bounded by the shutdown timeout), the `session_end`
@@ -29,6 +31,7 @@ from typing import Any, Optional, Union
 import msgspec
 
 from .config import Settings
+from .privileges import User
 
 EXIT_DONE = 0
 EXIT_MASTER_GONE = 75  # EX_TEMPFAIL: nothing wrong with the session itself
@@ -49,10 +52,8 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     restarts: int = 0
     finish: bool = False  # start straight in finishing mode (e.g. parent already gone)
     end_hook_input: Optional[dict[str, Any]] = None  # see Finish.hook_input
-    # System mode: the user the worker runs as (dropped before any user file is opened).
-    uid: int = -1
-    gid: int = -1
-    username: str = ""
+    # The user the worker becomes before it opens any file (system mode); None: stay as forked.
+    run_as: Optional[User] = None
 
 
 class Finish(msgspec.Struct, tag="finish", frozen=True):
