@@ -41,6 +41,7 @@ from .config import Settings
 from .errors import ConfigError
 from .records import InvalidExternalId, State, validate_external_id
 from .store import SyncDir, utc_now
+from .worker_api import Phase
 
 log = logging.getLogger("confabd.master")
 
@@ -55,6 +56,8 @@ MAX_REQUESTS_PER_TURN = 16  # per connection, per loop turn: fairness under a fl
 PARENT_POLL_S = 1.0  # fallback parent check when pidfd is unavailable
 UNFINISHED_RETRY_S = 60.0  # a final sync that hit the shutdown timeout is tried again after this
 KILL_GRACE_S = 2.0  # after the shutdown timeout, before SIGKILL
+# The phases a worker reports; BACKOFF and FAILED are the master's alone, DONE is followed by its exit.
+REPORTED_PHASES = (Phase.WAITING, Phase.CONNECTING, Phase.SYNCING, Phase.FINISHING)
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
@@ -88,7 +91,7 @@ class Session:
         self.proc: Optional[multiprocessing.process.BaseProcess] = None
         self.conn = None  # master end of the worker's Pipe
         self.started = 0.0  # monotonic start of the current worker
-        self.state = "waiting"
+        self.phase = Phase.WAITING
         self.restarts = 0
         self.crashes = 0  # since the last stable minute
         self.restart_timer: Optional[list] = None
@@ -113,7 +116,7 @@ class Session:
         files = {name: {"last_synced_line": n} for name, n in (report.files if report else {}).items()}
         return {
             "external_id": self.external_id,
-            "state": self.state,
+            "state": self.phase,
             "worker_pid": self.proc.pid if self.proc else None,
             "parent_pid": self.parent_pid or None,
             "transcript_path": self.transcript_path,
@@ -521,7 +524,7 @@ class Arbiter:
             return control.error(
                 f"session {external_id} is already registered with transcript "
                 f"{session.transcript_path}; refusing a second registration from {transcript}")
-        if session is not None and session.state != "failed" and not session.finish_reason:
+        if session is not None and session.phase != Phase.FAILED and not session.finish_reason:
             return control.reply(registered=False, worker_pid=session.proc.pid if session.proc else None)
         if self.system:
             refusal = self.admit(uid, transcript)
@@ -544,7 +547,7 @@ class Arbiter:
         else:
             parent_pid, create_time = 0, 0.0
         new = (external_id, transcript, request.cwd, parent_pid, create_time, uid)
-        if session is not None and session.finish_reason and session.state != "failed":
+        if session is not None and session.finish_reason and session.phase != Phase.FAILED:
             session.then_register = new  # e.g. --continue right after SessionEnd
             return control.reply(registered=False,
                                  note="the session is finishing; it starts again once that is done")
@@ -556,7 +559,7 @@ class Arbiter:
 
     def admit(self, uid: int, transcript: str) -> str:
         """System mode: why `uid` may not register a session on `transcript` ("" if they may)."""
-        live = sum(1 for s in self.sessions.values() if s.uid == uid and s.state != "failed")
+        live = sum(1 for s in self.sessions.values() if s.uid == uid and s.phase != Phase.FAILED)
         if self.policy.over_session_cap(uid, live):
             return (f"too many sessions: uid {uid} already has {live} (max_sessions_per_user is "
                     f"{self.policy.max_sessions}); not syncing this one")
@@ -590,10 +593,10 @@ class Arbiter:
         session = self.find(uid, external_id)
         if session is None:
             return self.finish_unknown(uid, external_id)
-        if session.state == "failed":
+        if session.phase == Phase.FAILED:
             return control.error(f"session {external_id} has failed ({session.last_error}); "
                                  "its State file is kept")
-        self.finish(session, request.reason or "stop requested", request.hook_input)
+        self.finish(session, request.reason or worker_api.STOP_REQUESTED, request.hook_input)
         if request.wait:
             session.waiters.append(client)
             return None
@@ -612,7 +615,7 @@ class Arbiter:
             return control.error(f"no session {external_id!r}")
         if self.system:
             self.registry.add(uid)
-        self.adopt(state, finish_reason="stop requested", uid=uid)
+        self.adopt(state, finish_reason=worker_api.STOP_REQUESTED, uid=uid)
         return control.reply(finishing=True)
 
     # -- sessions and workers ----------------------------------------------------
@@ -667,7 +670,7 @@ class Arbiter:
             external_id=session.external_id, transcript_path=session.transcript_path,
             sync_dir=self.sync.path, home=self.home, settings=self.settings, cwd=session.cwd,
             parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
-            restarts=session.restarts, finish=bool(session.finish_reason),
+            restarts=session.restarts, finish_reason=session.finish_reason,
             end_hook_input=session.end_hook_input)
         if self.system:  # the worker becomes the owner and uses the owner's own files and settings
             user = privileges.lookup_user(session.uid)
@@ -697,7 +700,7 @@ class Arbiter:
             return
         worker_end.close()
         session.proc, session.conn, session.started = proc, master_end, time.monotonic()
-        session.state = "finishing" if session.finish_reason else "waiting"
+        session.phase = Phase.FINISHING if session.finish_reason else Phase.WAITING
         self.selector.register(proc.sentinel, selectors.EVENT_READ,
                                lambda _m, s=session: self.worker_exited(s))
         self.selector.register(master_end, selectors.EVENT_READ,
@@ -722,9 +725,9 @@ class Arbiter:
                 session.report = report
                 if report.confab_session_id:
                     session.confab_session_id = report.confab_session_id
-                if report.phase in ("waiting", "connecting", "syncing", "finishing"):
-                    session.state = report.phase
-                if report.phase == "syncing" and not report.last_error:
+                if report.phase in REPORTED_PHASES:
+                    session.phase = report.phase
+                if report.phase == Phase.SYNCING and not report.last_error:
                     session.last_error = ""  # a restarted worker is healthy again (`restarts` keeps count)
         except (EOFError, OSError):
             self.unregister(session.conn)  # the sentinel tells the rest
@@ -773,7 +776,7 @@ class Arbiter:
         elif code == worker_api.EXIT_UNFINISHED:  # backend unreachable while finishing: not a crash
             last = (session.report and session.report.last_error) or "the final sync could not complete"
             session.last_error = f"final sync incomplete ({last}); retrying in {UNFINISHED_RETRY_S:.0f} s"
-            session.state = "backoff"
+            session.phase = Phase.BACKOFF
             log.warning("session %s: %s", session.external_id, session.last_error)
             self.release_waiters(session, control.error(session.last_error))
             session.restart_timer = self.call_later(UNFINISHED_RETRY_S, lambda: self.restart(session))
@@ -787,14 +790,14 @@ class Arbiter:
         last = session.report.last_error if session.report and session.report.last_error else ""
         session.last_error = why + (f"; last error: {last}" if last else "")
         if session.crashes >= CRASH_LOOP_LIMIT:
-            session.state = "failed"
+            session.phase = Phase.FAILED
             session.last_error = f"crash loop: {session.crashes} crashes within a minute each; " + session.last_error
             log.error("session %s: giving up: %s", session.external_id, session.last_error)
             self.unwatch_parent(session)
             self.release_waiters(session, control.error(session.last_error))
             return
         delay = min(BACKOFF_FIRST_S * 2 ** (session.crashes - 1), BACKOFF_MAX_S)
-        session.state = "backoff"
+        session.phase = Phase.BACKOFF
         log.warning("session %s: %s; restarting in %.1f s", session.external_id, session.last_error, delay)
         session.restart_timer = self.call_later(delay, lambda: self.restart(session))
 
@@ -820,14 +823,14 @@ class Arbiter:
 
     def finish(self, session: Session, reason: str, hook_input: Optional[dict] = None) -> None:
         """Ask for the session's end, once, whoever asks first."""
-        if session.finish_reason or session.state == "failed":
+        if session.finish_reason or session.phase == Phase.FAILED:
             return
         session.finish_reason = reason
         session.end_hook_input = hook_input
         self.unwatch_parent(session)
         log.info("session %s: finishing (%s)", session.external_id, reason)
         if session.alive:
-            session.state = "finishing"
+            session.phase = Phase.FINISHING
             self.send(session, worker_api.Finish(reason, hook_input))
         elif session.restart_timer is not None:  # in backoff: restart now, in finishing mode
             self.cancel(session.restart_timer)
@@ -859,12 +862,12 @@ class Arbiter:
     def parent_exited(self, session: Session) -> None:
         self.unwatch_parent(session)
         if self.sessions.get(session.key) is session:
-            self.finish(session, f"Claude Code (pid {session.parent_pid}) exited")
+            self.finish(session, worker_api.parent_exited(session.parent_pid))
 
     def poll_parents(self) -> None:
         for session in list(self.sessions.values()):
             if (session.parent_pid and session.parent_fd is None and not session.finish_reason
-                    and session.state != "failed"
+                    and session.phase != Phase.FAILED
                     and not same_process(session.parent_pid, session.parent_create_time)):
                 self.parent_exited(session)
 
@@ -896,7 +899,7 @@ class Arbiter:
         for state, ended in found:
             if (uid, state.external_id) not in self.sessions:
                 try:
-                    self.adopt(state, "SessionEnd recorded in the inbox" if ended else "", uid)
+                    self.adopt(state, worker_api.SESSION_END_IN_INBOX if ended else "", uid)
                 except Exception:
                     log.exception("session %s of uid %d: cannot adopt it", state.external_id, uid)
 
@@ -907,11 +910,11 @@ class Arbiter:
             if found and CLAUDE_RE.search(found[2]):
                 create_time = found[1]
             else:
-                finish_reason = finish_reason or "Claude Code is gone"
+                finish_reason = finish_reason or worker_api.parent_gone()
         elif parent_pid and not same_process(parent_pid, create_time):
-            finish_reason = finish_reason or f"Claude Code (pid {parent_pid}) is gone"
+            finish_reason = finish_reason or worker_api.parent_gone(parent_pid)
         if not finish_reason and any(r.type == "session_end" for r in self.files(uid).read_inbox(state.external_id)):
-            finish_reason = "SessionEnd recorded in the inbox"
+            finish_reason = worker_api.SESSION_END_IN_INBOX
         session = Session(state.external_id, state.transcript_path, state.cwd, parent_pid, create_time, uid)
         session.restarts = state.worker_restarts
         session.confab_session_id = state.confab_session_id

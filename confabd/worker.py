@@ -29,6 +29,7 @@ import backoff
 import msgspec
 
 from . import privileges, worker_api as api
+from .worker_api import Phase
 from .config import ConfigError, load_backend_config
 from .engine import SessionSync
 from .errors import CorruptRecord
@@ -104,7 +105,7 @@ class SessionWorker:
         self.state: State = State(external_id=spec.external_id, transcript_path=spec.transcript_path)
         self.engine: Optional[SessionSync] = None
         self.lock_fd: Optional[int] = None
-        self.finish_reason = "" if not spec.finish else "adopted after its Claude Code exited"
+        self.finish_reason = spec.finish_reason  # the master's word: it knows why
         self.end_hook_input = spec.end_hook_input  # SessionEnd input that reached us without the inbox
         self.suspend = False  # SIGTERM: final flush, keep State, exit (a master will adopt it)
         self.reload = False
@@ -136,11 +137,11 @@ class SessionWorker:
             return api.EXIT_MASTER_GONE
 
     def _sync_loop(self) -> None:
-        self._set_phase("connecting")
+        self._set_phase(Phase.CONNECTING)
         while not self._stopping():
             self._cycle()
             if self.gone_count >= SESSION_GONE_LIMIT:
-                self.finish_reason = "session deleted from backend"
+                self.finish_reason = api.SESSION_DELETED
                 return
             self._wait_commands(self._next_interval())
             self._check_inbox()
@@ -148,7 +149,7 @@ class SessionWorker:
     def _check_inbox(self) -> None:
         """A SessionEnd hook that could not reach the master still left its record here."""
         if os.path.exists(self.state.inbox_path) and self._inbox_has_session_end():
-            self.finish_reason = self.finish_reason or "SessionEnd recorded in the inbox"
+            self.finish_reason = self.finish_reason or api.SESSION_END_IN_INBOX
 
     def _cycle(self) -> None:
         """One sync pass, with backoff while the sink is unavailable (bounded by the interval)."""
@@ -183,9 +184,9 @@ class SessionWorker:
     def _finish(self) -> int:
         """Final sync, linger, session_end, cleanup. Bounded by the shutdown timeout."""
         eid = self.spec.external_id
-        log.info("%s: finishing (%s)", eid, self.finish_reason or "requested")
+        log.info("%s: finishing (%s)", eid, self.finish_reason)
         self.state.finishing = True
-        self._set_phase("finishing")
+        self._set_phase(Phase.FINISHING)
         deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
         if self.gone_count >= SESSION_GONE_LIMIT:
             return self._cleanup()
@@ -248,7 +249,7 @@ class SessionWorker:
             "cwd": self.state.cwd,
             "hook_event_name": "SessionEnd",
             "reason": "other",
-            "confabd_reason": self.finish_reason or "stopped",
+            "confabd_reason": self.finish_reason,
         }
 
     def _finish_without_transcript(self) -> int:
@@ -270,7 +271,7 @@ class SessionWorker:
     def _cleanup(self) -> int:
         self.sync_dir.claim_inbox(self.spec.external_id)  # this run's records, if none were used
         self.sync_dir.close_session(self.spec.external_id)
-        self._set_phase("done", save=False)
+        self._set_phase(Phase.DONE, save=False)
         if self.engine is not None:
             self.engine.sink.close()
         log.info("%s: finished", self.spec.external_id)
@@ -324,7 +325,7 @@ class SessionWorker:
             while self.conn.poll(0):
                 command = api.decode_command(self.conn.recv_bytes())
                 if isinstance(command, api.Finish):
-                    self.finish_reason = self.finish_reason or command.reason or "requested"
+                    self.finish_reason = self.finish_reason or command.reason or api.STOP_REQUESTED
                     self.end_hook_input = self.end_hook_input or command.hook_input
                 elif isinstance(command, api.Reload):
                     self.reload = True
@@ -345,7 +346,7 @@ class SessionWorker:
         and so may raise MasterGone, which ends the retries as it should."""
         if not self.finish_reason and not self.suspend:
             self._wait_commands(0)
-        return self._stopping() and self.state.phase != "finishing"
+        return self._stopping() and self.state.phase != Phase.FINISHING
 
     def _stopping(self) -> bool:
         return bool(self.finish_reason) or self.suspend
@@ -382,7 +383,7 @@ class SessionWorker:
         sink = open_sink(self.settings, backend, self.spec.home)
         self.state.sink = sink.kind
         redactor = Redactor.from_config(backend.redaction)
-        self._set_phase("connecting")
+        self._set_phase(Phase.CONNECTING)
         return SessionSync(
             self.spec.external_id, self.spec.transcript_path, sink,
             cwd=self.state.cwd,
@@ -419,13 +420,13 @@ class SessionWorker:
             confab_session_id=old.confab_session_id if old else "",
             parent_create_time=spec.parent_create_time,
             worker_restarts=spec.restarts,
-            finishing=spec.finish or bool(old and old.finishing),
+            finishing=bool(spec.finish_reason) or bool(old and old.finishing),
             files=old.files if old and old.transcript_path == spec.transcript_path else {},
         )
         if self.state.finishing and not self.finish_reason:
-            self.finish_reason = "finishing was already under way"
+            self.finish_reason = api.FINISH_RESUMED
         if self._inbox_has_session_end():
-            self.finish_reason = self.finish_reason or "SessionEnd"
+            self.finish_reason = self.finish_reason or api.SESSION_END_IN_INBOX
         self._save_state()  # first thing: a record to adopt, whatever happens next
         self._report()
 
@@ -473,7 +474,7 @@ class SessionWorker:
                 log.error("%s: %s", self.spec.external_id, message)
             self.last_error = self.state.last_error = message
 
-    def _set_phase(self, phase: str, save: bool = True) -> None:
+    def _set_phase(self, phase: Phase, save: bool = True) -> None:
         if self.state.phase == phase:
             return
         self.state.phase = phase
@@ -490,8 +491,8 @@ class SessionWorker:
         if replaced:
             errors.append(f"{replaced} line(s) were not valid UTF-8 and went out with U+FFFD replacements")
         self.last_error = self.state.last_error = "; ".join(errors)
-        if self.state.phase in ("connecting", "waiting"):
-            self._set_phase("syncing")
+        if self.state.phase in (Phase.CONNECTING, Phase.WAITING):
+            self._set_phase(Phase.SYNCING)
 
     def _note_error(self, message: str) -> None:
         if message != self.last_error:
@@ -510,5 +511,5 @@ class SessionWorker:
         try:
             self.conn.send_bytes(api.encode(report))
         except (OSError, EOFError):
-            if self.state.phase != "done":
+            if self.state.phase != Phase.DONE:
                 raise MasterGone() from None
