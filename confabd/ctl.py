@@ -346,7 +346,7 @@ def cmd_stop(args):
                 timeout=None if args.wait else 10.0)
     if reply is None:
         return EXIT_FAIL
-    print(f"session {args.external_id}: " + ("finished" if args.wait else "finishing"))
+    print(f"session {args.external_id}: " + ("finished" if reply.get("finished") else "finishing"))
     return EXIT_OK
 
 

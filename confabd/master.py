@@ -590,33 +590,35 @@ class Arbiter:
         except InvalidExternalId as exc:
             return control.error(str(exc))
         uid = self.owner(client)
+        reason = request.reason or worker_api.STOP_REQUESTED
         session = self.find(uid, external_id)
-        if session is None:
-            return self.finish_unknown(uid, external_id)
+        if session is None:  # not running here: its State may still be on disk
+            try:
+                session = self.adopt_to_finish(uid, external_id, reason, request.hook_input)
+            except Exception as exc:
+                return control.error(f"no session {external_id!r} ({exc})")
+            if session is None:
+                return control.error(f"no session {external_id!r}")
         if session.phase == Phase.FAILED:
             return control.error(f"session {external_id} has failed ({session.last_error}); "
                                  "its State file is kept")
-        self.finish(session, request.reason or worker_api.STOP_REQUESTED, request.hook_input)
+        self.finish(session, reason, request.hook_input)
         if request.wait:
             session.waiters.append(client)
             return None
         return control.reply(finishing=True)
 
-    def finish_unknown(self, uid: int, external_id: str) -> dict:
-        """Finish for a session the master does not run: adopt its State (in `uid`'s sync dir) if it has one."""
-        try:
-            files = self.files(uid)
-            state = files.load_state(external_id)
-            if state is None:
-                files.delete_session(external_id)  # an orphan inbox: nobody will read it
-        except Exception as exc:
-            return control.error(f"no session {external_id!r} ({exc})")
+    def adopt_to_finish(self, uid: int, external_id: str, reason: str,
+                        hook_input: Optional[dict]) -> Optional[Session]:
+        """A session the master does not run, adopted from its State (in `uid`'s sync dir) to be finished."""
+        files = self.files(uid)
+        state = files.load_state(external_id)
         if state is None:
-            return control.error(f"no session {external_id!r}")
+            files.delete_session(external_id)  # an orphan inbox: nobody will read it
+            return None
         if self.system:
             self.registry.add(uid)
-        self.adopt(state, finish_reason=worker_api.STOP_REQUESTED, uid=uid)
-        return control.reply(finishing=True)
+        return self.adopt(state, reason, uid, hook_input)
 
     # -- sessions and workers ----------------------------------------------------
 
@@ -903,7 +905,8 @@ class Arbiter:
                 except Exception:
                     log.exception("session %s of uid %d: cannot adopt it", state.external_id, uid)
 
-    def adopt(self, state: State, finish_reason: str = "", uid: int = -1) -> None:
+    def adopt(self, state: State, finish_reason: str = "", uid: int = -1,
+              hook_input: Optional[dict] = None) -> Session:
         parent_pid, create_time = state.parent_pid, state.parent_create_time
         if parent_pid and not create_time:  # e.g. written by the original Go client: check by name
             found = process_identity(parent_pid)
@@ -918,9 +921,11 @@ class Arbiter:
         session = Session(state.external_id, state.transcript_path, state.cwd, parent_pid, create_time, uid)
         session.restarts = state.worker_restarts
         session.confab_session_id = state.confab_session_id
+        session.end_hook_input = hook_input
         log.info("session %s: adopted from its State file%s", state.external_id,
                  f", finishing: {finish_reason}" if finish_reason else "")
         self.add(session, finish_reason)
+        return session
 
     # -- shutdown --------------------------------------------------------------------
 

@@ -234,6 +234,20 @@ def write_unrun_state(cfd, eid):
     return path
 
 
+def test_stop_wait_on_a_state_the_master_does_not_run_returns_once_it_is_finished(cfd):
+    """Bug: `stop --wait` printed "finished" at once while the final sync was still to come."""
+    eid = "stop-wait-unrun"
+    cfd.master()
+    path = write_unrun_state(cfd, eid)
+    cfd.backend.delay_next(1000, 0.3, path="chunk")  # a final sync that takes a while
+    r = cfd.ctl("stop", eid, "--wait")
+    assert r.returncode == 0 and "finished" in r.stdout, r.stderr
+    assert not cfd.state_file(eid).exists()  # finished means finished: State and inbox gone
+    assert [e["event_type"] for e in cfd.backend.events(eid)] == ["session_end"]
+    assert backend_has_file(cfd.backend, eid, path)
+    assert cfd.session(eid) is None
+
+
 def test_stop_without_wait_says_finishing_not_finished(cfd):
     eid = "stop-nowait"
     cfd.master()
