@@ -33,14 +33,12 @@ import time
 from typing import Callable, Optional
 
 import msgspec
-import psutil
 
-from . import __version__, control, notify, paths, privileges, users, worker_api
+from . import __version__, control, notify, privileges, tenancy, worker_api
 from .parents import CLAUDE_RE, find_claude, process_identity, same_process
 from .config import Settings
 from .errors import ConfigError
 from .records import InvalidExternalId, State, validate_external_id
-from .store import SyncDir, utc_now
 from .worker_api import Phase
 
 log = logging.getLogger("confabd.master")
@@ -80,9 +78,9 @@ class Session:
     """What the master knows of one session: its worker, its parent, its reports."""
 
     def __init__(self, external_id: str, transcript_path: str, cwd: str,
-                 parent_pid: int = 0, parent_create_time: float = 0.0, uid: int = -1):
+                 parent_pid: int = 0, parent_create_time: float = 0.0, owner: int = tenancy.USER_OWNER):
         self.external_id = external_id
-        self.uid = uid  # system mode: the owner (its worker runs as them); -1 in user mode
+        self.owner = owner  # who it belongs to (tenancy.py): its worker runs as them
         self.transcript_path = transcript_path
         self.cwd = cwd
         self.parent_pid = parent_pid
@@ -109,9 +107,9 @@ class Session:
 
     @property
     def key(self) -> tuple[int, str]:
-        return self.uid, self.external_id
+        return self.owner, self.external_id
 
-    def status(self) -> dict:
+    def status(self, owner_fields: dict) -> dict:
         report = self.report
         files = {name: {"last_synced_line": n} for name, n in (report.files if report else {}).items()}
         return {
@@ -125,7 +123,7 @@ class Session:
             "files": files,
             "last_sync_at": (report and report.last_sync_at) or None,
             "last_error": self.last_error or (report and report.last_error) or None,
-        } | ({"uid": self.uid} if self.uid >= 0 else {})
+        } | owner_fields
 
 
 class Client:
@@ -133,7 +131,7 @@ class Client:
 
     def __init__(self, sock: socket.socket, peer: tuple[int, int, int]):
         self.sock = sock
-        self.peer = peer  # (pid, uid, gid) from SO_PEERCRED, kept for system mode
+        self.peer = peer  # (pid, uid, gid) from SO_PEERCRED: who is asking
         self.inbuf = control.FrameBuffer()
         self.outbuf = bytearray()
         self.deferred = False  # a reply is pending (stop --wait): hold further requests
@@ -144,25 +142,18 @@ class Client:
 class Arbiter:
     """The master. `run()` returns the process exit code."""
 
-    def __init__(self, settings: Settings, *, socket_path: str, sync_dir: str, home: str,
-                 mode: str = "user", reload_settings: Optional[Callable[[], Settings]] = None,
-                 pidfile_fd: Optional[int] = None, registry_dir: str = "",
-                 on_ready: Optional[Callable[[], None]] = None):
+    def __init__(self, settings: Settings, tenancy, *, socket_path: str,
+                 reload_settings: Optional[Callable[[], Settings]] = None,
+                 pidfile_fd: Optional[int] = None, on_ready: Optional[Callable[[], None]] = None):
         self.settings = settings
         self.on_ready = on_ready  # `confabd --daemon`: tells the launcher it may exit
         self.socket_path = socket_path
-        self.sync = SyncDir(sync_dir)
-        self.home = home
-        self.mode = mode
+        self.tenancy = tenancy  # user or system mode: who callers are, what they may do, where files are
         self.reload_settings = reload_settings
         self.pidfile_fd = pidfile_fd
         self.ctx = multiprocessing.get_context(START_METHOD)
         self.selector = selectors.DefaultSelector()
-        self.sessions: dict[tuple[int, str], Session] = {}  # by (owner uid or -1, external_id)
-        self.system = mode == "system"
-        # System mode: who may do what (users.py); whose sync dirs to list at start.
-        self.policy = users.Policy(settings.max_sessions_per_user, settings.max_requests_per_second)
-        self.registry = users.Registry(registry_dir or paths.SYSTEM_REGISTRY_DIR)
+        self.sessions: dict[tuple[int, str], Session] = {}  # by (owner, external_id)
         self.connections: dict[int, int] = {}  # uid -> open control connections
         self.clients: set[Client] = set()
         self.timers: list = []
@@ -181,8 +172,8 @@ class Arbiter:
         self.preload_worker_code()
         self.install_signals()
         self.listen()
-        log.info("confabd %s master %d (%s mode) listening on %s, sync dir %s",
-                 __version__, self.pid, self.mode, self.socket_path, self.sync.path)
+        log.info("confabd %s master %d (%s mode) listening on %s, %s",
+                 __version__, self.pid, self.tenancy.mode, self.socket_path, self.tenancy.describe())
         self.adopt_all()
         self.notify("READY=1\nSTATUS=listening on " + self.socket_path)
         if self.on_ready is not None:
@@ -302,7 +293,7 @@ class Arbiter:
         except (ConfigError, OSError) as exc:
             log.error("SIGHUP: keeping the current settings: %s", exc)
             return
-        self.policy.configure(self.settings.max_sessions_per_user, self.settings.max_requests_per_second)
+        self.tenancy.configure(self.settings)
         log.info("SIGHUP: settings reloaded; telling %d workers",
                  sum(s.alive for s in self.sessions.values()))
         for session in self.sessions.values():
@@ -314,7 +305,7 @@ class Arbiter:
         path = self.socket_path
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):  # an existing dir (e.g. /tmp) is never chmod-ed
-            os.makedirs(directory, mode=0o700 if self.mode == "user" else 0o755, exist_ok=True)
+            os.makedirs(directory, mode=self.tenancy.dir_mode, exist_ok=True)
         remove_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
@@ -322,8 +313,8 @@ class Arbiter:
             sock.bind(path)
         finally:
             os.umask(old_umask)
-        if self.mode == "system":
-            os.chmod(path, 0o666)  # anyone may connect; SO_PEERCRED says who they are
+        if self.tenancy.socket_mode is not None:
+            os.chmod(path, self.tenancy.socket_mode)
         sock.listen(128)
         sock.setblocking(False)
         self.socket_ino = os.stat(path).st_ino
@@ -353,9 +344,8 @@ class Arbiter:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             client = Client(sock, struct.unpack("3i", creds))
             uid = client.peer[1]
-            if (self.system and not self.policy.is_admin(uid)
-                    and self.connections.get(uid, 0) >= users.MAX_CONNECTIONS_PER_USER):
-                sock.close()  # one user's idle connections must not use up the master's fds
+            if not self.tenancy.accepts(uid, self.connections.get(uid, 0)):
+                sock.close()
                 continue
             self.connections[uid] = self.connections.get(uid, 0) + 1
             self.clients.add(client)
@@ -454,12 +444,9 @@ class Arbiter:
     def handle(self, client: Client, request) -> Optional[dict]:
         """The reply to one request; None when the reply comes later (stop --wait)."""
         uid = self.owner(client)
-        if self.system:
-            retry = self.policy.throttle(uid)
-            if retry:
-                return control.error(f"too many requests from uid {uid} (limit "
-                                     f"{self.policy.rate:g} per second); retry in {retry:.2f} s",
-                                     retry_after=round(retry, 3))
+        refusal = self.tenancy.throttle(uid)
+        if refusal is not None:
+            return control.error(refusal.message, retry_after=round(refusal.retry_after, 3))
         if isinstance(request, control.Ping):
             return control.reply(pid=self.pid, version=__version__)
         if isinstance(request, control.Status):
@@ -469,44 +456,35 @@ class Arbiter:
         if isinstance(request, control.Finish):
             return self.request_finish(client, request)
         if isinstance(request, control.Shutdown):
-            if self.system and not self.policy.is_admin(uid):
-                return control.error("only root may shut down the system-mode master")
+            refused = self.tenancy.shutdown_refusal(uid)
+            if refused:
+                return control.error(refused)
             self.call_later(0, lambda: self.shutdown("shutdown requested"))
             return control.reply()
         return control.error(f"unsupported request {type(request).__name__}")
 
-    # System mode: every request acts for the peer's uid; user mode: one owner (-1).
-
     def owner(self, client: Client) -> int:
-        return client.peer[1] if self.system else -1
+        return self.tenancy.owner(client.peer)
 
     def find(self, uid: int, external_id: str) -> Optional[Session]:
-        """`uid`'s session `external_id`; root (system mode) finds anybody's."""
+        """`uid`'s session `external_id`; one who sees all (root in system mode) finds anybody's."""
         session = self.sessions.get((uid, external_id))
-        if session is None and self.system and self.policy.is_admin(uid):
+        if session is None and self.tenancy.sees_all(uid):
             session = next((s for s in self.sessions.values() if s.external_id == external_id), None)
         return session
 
-    def files(self, uid: int):
-        """The sync dir of `uid`'s sessions: ours (user mode), or theirs seen through helpers running as them."""
-        if not self.system:
-            return self.sync
-        user = privileges.lookup_user(uid)
-        if user is None:
-            raise privileges.PrivilegeError(f"uid {uid} has no passwd entry")
-        return privileges.UserSyncDir(user)
-
     def status(self, uid: int, external_id: Optional[str]) -> dict:
-        sessions = [s for s in self.sessions.values() if not self.system or self.policy.may_see(uid, s.uid)]
+        sessions = [s for s in self.sessions.values() if self.tenancy.may_see(uid, s.owner)]
         if external_id is not None:
             session = self.find(uid, external_id)
             if session is None:
                 return control.error(f"no session {external_id!r}")
             sessions = [session]
-        master = {"pid": self.pid, "mode": self.mode, "version": __version__,
+        master = {"pid": self.pid, "mode": self.tenancy.mode, "version": __version__,
                   "uptime_s": round(time.monotonic() - self.started_at, 1),
                   "socket": self.socket_path}
-        return control.reply(master=master, sessions=[s.status() for s in sessions])
+        return control.reply(master=master,
+                             sessions=[s.status(self.tenancy.describe_owner(s.owner)) for s in sessions])
 
     def register(self, client: Client, request: control.Register) -> dict:
         if self.stopping:
@@ -526,22 +504,22 @@ class Arbiter:
                 f"{session.transcript_path}; refusing a second registration from {transcript}")
         if session is not None and session.phase != Phase.FAILED and not session.finish_reason:
             return control.reply(registered=False, worker_pid=session.proc.pid if session.proc else None)
-        if self.system:
-            refusal = self.admit(uid, transcript)
-            if refusal:
-                log.warning("session %s of uid %d refused: %s", external_id, uid, refusal)
-                return control.error(refusal)
+        live = sum(1 for s in self.sessions.values() if s.owner == uid and s.phase != Phase.FAILED)
+        refusal = self.tenancy.admit(uid, transcript, live)
+        if refusal:
+            log.warning("session %s of uid %d refused: %s", external_id, uid, refusal)
+            return control.error(refusal)
         if request.hook_pid:
-            hook_pid = client.peer[0] if self.system else request.hook_pid  # the kernel's word, not the client's
+            hook_pid = self.tenancy.hook_pid(client.peer, request.hook_pid)
             parent_pid, create_time = find_claude(hook_pid, request.parent_pid, request.claude_pid_hint)
-            if parent_pid and not self.owns_process(uid, parent_pid):
+            if parent_pid and not self.tenancy.owns_process(uid, parent_pid):
                 parent_pid, create_time = 0, 0.0
             if not parent_pid:
                 log.warning("session %s: no Claude Code process among the hook's ancestors; "
                             "parent monitoring is off", external_id)
         elif request.parent_pid:
             found = process_identity(request.parent_pid)
-            if not found or not self.owns_process(uid, request.parent_pid):
+            if not found or not self.tenancy.owns_process(uid, request.parent_pid):
                 return control.error(f"parent process {request.parent_pid} does not exist")
             parent_pid, create_time = found[0], found[1]
         else:
@@ -557,30 +535,9 @@ class Arbiter:
         return control.reply(registered=True, worker_pid=session.proc.pid if session.proc else None,
                              parent_pid=parent_pid or None)
 
-    def admit(self, uid: int, transcript: str) -> str:
-        """System mode: why `uid` may not register a session on `transcript` ("" if they may)."""
-        live = sum(1 for s in self.sessions.values() if s.uid == uid and s.phase != Phase.FAILED)
-        if self.policy.over_session_cap(uid, live):
-            return (f"too many sessions: uid {uid} already has {live} (max_sessions_per_user is "
-                    f"{self.policy.max_sessions}); not syncing this one")
-        try:  # as the user, in a helper: root must not look at the path for them
-            return self.files(uid).check_transcript(transcript)
-        except privileges.PrivilegeError as exc:
-            return f"cannot check the transcript path as uid {uid}: {exc}"
-
-    def owns_process(self, uid: int, pid: int) -> bool:
-        """System mode: is `pid` a process of `uid` (root: of anybody)? Always true in user mode."""
-        if not self.system or self.policy.is_admin(uid):
-            return True
-        try:
-            return psutil.Process(pid).uids().real == uid
-        except psutil.Error:
-            return False
-
-    def start_session(self, external_id, transcript, cwd, parent_pid, create_time, uid=-1) -> Session:
+    def start_session(self, external_id, transcript, cwd, parent_pid, create_time, uid) -> Session:
         session = Session(external_id, transcript, cwd, parent_pid, create_time, uid)
-        if self.system:
-            self.registry.add(uid)  # for re-adoption; the worker writes the State, as the user
+        self.tenancy.remember(uid)
         self.add(session)
         return session
 
@@ -611,13 +568,12 @@ class Arbiter:
     def adopt_to_finish(self, uid: int, external_id: str, reason: str,
                         hook_input: Optional[dict]) -> Optional[Session]:
         """A session the master does not run, adopted from its State (in `uid`'s sync dir) to be finished."""
-        files = self.files(uid)
+        files = self.tenancy.sync_dir(uid)
         state = files.load_state(external_id)
         if state is None:
             files.delete_session(external_id)  # an orphan inbox: nobody will read it
             return None
-        if self.system:
-            self.registry.add(uid)
+        self.tenancy.remember(uid)
         return self.adopt(state, reason, uid, hook_input)
 
     # -- sessions and workers ----------------------------------------------------
@@ -635,26 +591,6 @@ class Arbiter:
         self.cancel(session.restart_timer)
         self.sessions.pop(session.key, None)
 
-    def save_initial_state(self, session: Session) -> None:
-        """A State for a session whose worker could not even start (user mode).
-
-        Normally the worker writes it first thing, and it does so even if the
-        master dies right after the fork; only a failed fork leaves no record
-        for the next master should this one die during the restart backoff.
-        """
-        state = State(external_id=session.external_id, transcript_path=session.transcript_path,
-                      cwd=session.cwd, pid=self.pid, parent_pid=session.parent_pid,
-                      inbox_path=self.sync.inbox_path(session.external_id), started_at=utc_now(),
-                      parent_create_time=session.parent_create_time)
-        try:
-            if self.sync.load_state(session.external_id) is None:
-                self.sync.save_state(state)
-        except Exception as exc:  # corrupt: replace it; unwritable: the worker reports it
-            try:
-                self.sync.save_state(state)
-            except OSError:
-                log.error("session %s: cannot write its State file: %s", session.external_id, exc)
-
     def preload_worker_code(self) -> None:
         """Import what workers run once, here, so forked workers share those pages.
 
@@ -668,20 +604,17 @@ class Arbiter:
         gc.freeze()
 
     def spawn(self, session: Session) -> None:
+        try:
+            where = self.tenancy.worker_home(session.owner, self.settings)
+        except privileges.PrivilegeError as exc:
+            self.crashed(session, str(exc))
+            return
         spec = worker_api.WorkerSpec(
             external_id=session.external_id, transcript_path=session.transcript_path,
-            sync_dir=self.sync.path, home=self.home, settings=self.settings, cwd=session.cwd,
-            parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
+            sync_dir=where.sync_dir, home=where.home, settings=where.settings, run_as=where.run_as,
+            cwd=session.cwd, parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
             restarts=session.restarts, finish_reason=session.finish_reason,
             end_hook_input=session.end_hook_input)
-        if self.system:  # the worker becomes the owner and uses the owner's own files and settings
-            user = privileges.lookup_user(session.uid)
-            if user is None:
-                self.crashed(session, f"uid {session.uid} no longer exists")
-                return
-            spec = msgspec.structs.replace(
-                spec, run_as=user, home=user.home, sync_dir=user.sync_dir,
-                settings=msgspec.structs.replace(self.settings, state_dir="", archive_path="", socket=""))
         master_end, worker_end = self.ctx.Pipe(duplex=True)
         inherited = self.master_fds() + [master_end.fileno()]
         proc = self.ctx.Process(target=self.worker_main, name=f"confabd-worker {session.external_id}",
@@ -696,8 +629,7 @@ class Arbiter:
             master_end.close()
             worker_end.close()
             log.error("session %s: cannot start a worker: %s", session.external_id, exc)
-            if not self.system:
-                self.save_initial_state(session)
+            self.tenancy.record_unstarted(session)
             self.crashed(session, f"cannot start a worker: {exc}")
             return
         worker_end.close()
@@ -876,36 +808,14 @@ class Arbiter:
     # -- adoption (sessions left by a previous master) -----------------------------
 
     def adopt_all(self) -> None:
-        if self.system:
-            for uid in self.registry.uids():
-                self.adopt_user(uid)
-            return
-        for state in self.sync.list_states():
-            if (-1, state.external_id) not in self.sessions:
+        for owner, state, ended in self.tenancy.states_to_adopt():
+            if (owner, state.external_id) not in self.sessions:
                 try:
-                    self.adopt(state)
+                    self.adopt(state, worker_api.SESSION_END_IN_INBOX if ended else "", owner)
                 except Exception:
-                    log.exception("session %s: cannot adopt it", state.external_id)
+                    log.exception("session %s (owner %d): cannot adopt it", state.external_id, owner)
 
-    def adopt_user(self, uid: int) -> None:
-        """System mode: adopt the States in a registered user's sync dir, listed by a helper running as them."""
-        try:
-            found = self.files(uid).list_states_with_end()
-        except privileges.PrivilegeError as exc:
-            log.error("uid %d: cannot list its sessions: %s", uid, exc)
-            if privileges.lookup_user(uid) is None:
-                self.registry.remove(uid)
-            return
-        if not found and not any(s.uid == uid for s in self.sessions.values()):
-            self.registry.remove(uid)
-        for state, ended in found:
-            if (uid, state.external_id) not in self.sessions:
-                try:
-                    self.adopt(state, worker_api.SESSION_END_IN_INBOX if ended else "", uid)
-                except Exception:
-                    log.exception("session %s of uid %d: cannot adopt it", state.external_id, uid)
-
-    def adopt(self, state: State, finish_reason: str = "", uid: int = -1,
+    def adopt(self, state: State, finish_reason: str = "", uid: int = tenancy.USER_OWNER,
               hook_input: Optional[dict] = None) -> Session:
         parent_pid, create_time = state.parent_pid, state.parent_create_time
         if parent_pid and not create_time:  # e.g. written by the original Go client: check by name
@@ -916,8 +826,6 @@ class Arbiter:
                 finish_reason = finish_reason or worker_api.parent_gone()
         elif parent_pid and not same_process(parent_pid, create_time):
             finish_reason = finish_reason or worker_api.parent_gone(parent_pid)
-        if not finish_reason and any(r.type == "session_end" for r in self.files(uid).read_inbox(state.external_id)):
-            finish_reason = worker_api.SESSION_END_IN_INBOX
         session = Session(state.external_id, state.transcript_path, state.cwd, parent_pid, create_time, uid)
         session.restarts = state.worker_restarts
         session.confab_session_id = state.confab_session_id

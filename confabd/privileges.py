@@ -33,8 +33,7 @@ from typing import Any, Callable, Optional
 import msgspec
 
 from . import paths
-from .errors import CorruptRecord
-from .records import InboxRecord, State
+from .records import State
 from .store import SyncDir
 
 PR_SET_NO_NEW_PRIVS = 38
@@ -243,22 +242,12 @@ def transcript_problem(path: str) -> str:
     return ""
 
 
-def _list_states(sync_dir: str) -> list[tuple[State, bool]]:
-    """Every readable State of the dir, with whether its inbox holds a session_end."""
-    sync = SyncDir(sync_dir)
-    return [(state, any(r.type == "session_end" for r in sync.read_inbox(state.external_id)))
-            for state in sync.list_states()]
+def _list_states_with_end(sync_dir: str) -> list[tuple[State, bool]]:
+    return SyncDir(sync_dir).list_states_with_end()
 
 
 def _load_state(sync_dir: str, external_id: str) -> Optional[State]:
-    try:
-        return SyncDir(sync_dir).load_state(external_id)
-    except CorruptRecord:
-        return None
-
-
-def _read_inbox(sync_dir: str, external_id: str) -> list[InboxRecord]:
-    return SyncDir(sync_dir).read_inbox(external_id)
+    return SyncDir(sync_dir).load_state(external_id)
 
 
 def _delete_session(sync_dir: str, external_id: str) -> None:
@@ -268,7 +257,9 @@ def _delete_session(sync_dir: str, external_id: str) -> None:
 class UserSyncDir:
     """A user's sync dir seen from the root master: every access is a helper running as the user.
 
-    The subset of `confabd.store.SyncDir` the master uses.
+    The subset of `confabd.store.SyncDir` the master uses, with the same
+    meaning; an error (a corrupt State, say) comes back as PrivilegeError
+    carrying its message, and nothing is touched.
     """
 
     def __init__(self, user: User):
@@ -276,13 +267,10 @@ class UserSyncDir:
         self.path = user.sync_dir
 
     def list_states_with_end(self) -> list[tuple[State, bool]]:
-        return run_as(self.user, _list_states, self.path, result_type=list[tuple[State, bool]])
+        return run_as(self.user, _list_states_with_end, self.path, result_type=list[tuple[State, bool]])
 
     def load_state(self, external_id: str) -> Optional[State]:
         return run_as(self.user, _load_state, self.path, external_id, result_type=State)
-
-    def read_inbox(self, external_id: str) -> list[InboxRecord]:
-        return run_as(self.user, _read_inbox, self.path, external_id, result_type=list[InboxRecord])
 
     def delete_session(self, external_id: str) -> None:
         run_as(self.user, _delete_session, self.path, external_id)

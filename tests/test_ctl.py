@@ -270,3 +270,14 @@ def test_session_end_after_stop_says_stop_requested(cfd):
     assert event["event_type"] == "session_end"
     assert event["payload"]["confabd_reason"] == "stop requested"
     assert event["payload"]["session_id"] == eid
+
+
+def test_stop_on_a_corrupt_state_is_an_error_and_keeps_its_files(cfd):
+    eid = "corrupt-state"
+    cfd.master()
+    cfd.sync_dir.mkdir(parents=True, exist_ok=True)
+    cfd.state_file(eid).write_text("{not json")
+    cfd.inbox_file(eid).write_text('{"type":"session_end"}\n')
+    r = cfd.ctl("stop", eid, "--wait")
+    assert r.returncode == 1 and f"no session '{eid}'" in r.stderr and "corrupt" in r.stderr, r.stderr
+    assert cfd.state_file(eid).read_text() == "{not json" and cfd.inbox_file(eid).exists()
