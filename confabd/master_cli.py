@@ -189,7 +189,8 @@ def main(argv=None) -> int:
         print(f"confabd: {problem}", file=sys.stderr)
         return 1
 
-    from .master import AlreadyRunning, Arbiter, remove_stale_socket
+    from .control_server import AlreadyRunning, remove_stale_socket
+    from .master import Arbiter
 
     pidfile = PidFile(opts.pidfile, kind.dir_mode)
     try:
