@@ -462,10 +462,15 @@ class Sessions:
     # -- the master's own life -------------------------------------------------------------
 
     def reload(self, settings: Settings) -> None:
-        """SIGHUP: new workers start with `settings`; running ones are told to re-read theirs."""
+        """SIGHUP: new workers start with `settings`, running ones get them (their own flavour)."""
         self.settings = settings
-        for session in self.table.values():
-            self.send(session, worker_api.Reload())
+        for session in list(self.workers()):
+            try:
+                where = self.tenancy.worker_home(session.owner, settings)
+            except PrivilegeError as exc:
+                log.warning("session %s: settings not reloaded: %s", session.external_id, exc)
+                continue
+            self.send(session, worker_api.Reload(where.settings))
 
     def stop_all(self) -> None:
         """Shutdown: sessions already finishing finish; live ones are suspended (State kept)."""

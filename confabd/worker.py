@@ -328,7 +328,8 @@ class SessionWorker:
                     self.finish_reason = self.finish_reason or command.reason or api.STOP_REQUESTED
                     self.end_hook_input = self.end_hook_input or command.hook_input
                 elif isinstance(command, api.Reload):
-                    self.reload = True
+                    self.settings = command.settings
+                    self.reload = True  # the sink and its credentials are rebuilt next cycle
         except (EOFError, OSError):
             raise MasterGone() from None
 

@@ -8,7 +8,9 @@ post-fork clean-up (what the tests start).
 Master -> worker (bytes of `encode(...)` via conn.send_bytes):
     Finish()   final sync (bounded by the shutdown timeout), the `session_end`
                event if the inbox has one, then delete State and inbox, exit 0.
-    Reload()   re-read credentials and settings files before the next cycle.
+    Reload(settings)  the master's settings after a SIGHUP (as this worker's
+               tenancy gives them): used from the next cycle, with the sink
+               rebuilt and ~/.confab/config.json read again.
 
 Worker -> master:
     Report     sent on every phase change and after each sync cycle, so
@@ -95,7 +97,7 @@ class Finish(msgspec.Struct, tag="finish", frozen=True):
 
 
 class Reload(msgspec.Struct, tag="reload", frozen=True):
-    pass
+    settings: Settings
 
 
 class Report(msgspec.Struct, tag="report", frozen=True, kw_only=True):

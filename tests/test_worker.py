@@ -450,3 +450,24 @@ def test_escape_heavy_lines_never_exceed_the_body_limit(backend, home, workers):
     assert w.wait_exit() == api.EXIT_DONE
     assert backend.chunk_counts(eid)[path.name] >= 5  # no body over 16 MiB was ever sent
     assert 400 not in backend.counts()["by_status"]
+
+
+def test_reload_carries_the_masters_new_settings_to_a_running_worker(home, workers, tmp_path):
+    """SIGHUP reaches running workers: Reload carries the settings, used from the next cycle
+    (here a new archive path, so the sink is rebuilt on it and the session goes there whole)."""
+    eid = "reloaded"
+    path = home.copy_fixture("hello-world-script.jsonl", eid)
+    w = workers(home, eid, path)
+    lines = len(file_lines(path))
+    wait_until(lambda: w.last_report() and w.last_report().files.get(path.name) == lines,
+               what="every line in the first archive")
+    moved = tmp_path / "moved.sqlite3"
+    w.conn.send_bytes(api.encode(api.Reload(home.settings(archive_path=str(moved)))))
+    with open(path, "ab") as f:
+        f.write(b'{"type":"user","message":"after the reload"}\n')
+    wait_until(lambda: moved.exists() and w.last_report().files.get(path.name) == lines + 1,
+               what="the whole session in the archive the new settings name")
+    w.finish()
+    assert w.wait_exit() == api.EXIT_DONE
+    export_session(str(moved), eid, str(tmp_path / "out"))
+    assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
