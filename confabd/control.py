@@ -19,9 +19,10 @@ from typing import Any, Optional, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+from .client import MAX_FRAME, PROTOCOL_VERSION  # one definition for both ends; client.py stays stdlib-only
+
 HEADER_SIZE = 4
-MAX_FRAME = 1 << 20  # 1 MiB: a request bigger than this is refused
+# MAX_FRAME (1 MiB): a request bigger than this is refused
 
 
 class Request(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
