@@ -34,7 +34,7 @@ import logging
 import os
 import stat
 import time
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional, Protocol, Union
 
 import msgspec
 import psutil
@@ -73,6 +73,42 @@ class DefaultPaths(NamedTuple):
     settings: str
     socket: str
     pidfile: str  # "": beside the socket
+
+
+class Tenancy(Protocol):
+    """The interface both tenancies implement; the master knows nothing else of its mode."""
+
+    mode: str  # "user" | "system": for `status` and the logs
+    dir_mode: int  # of the socket's and the pidfile's dir, when the master creates them
+    socket_mode: Optional[int]  # None: the socket stays 0600
+    log_file_mode: Optional[int]  # None: the log file keeps its mode
+
+    # starting (master_cli)
+    @staticmethod
+    def default_paths(home: str, env) -> DefaultPaths: ...
+    @staticmethod
+    def startup_problem() -> str: ...  # why this master cannot run here; "" when it can
+    def describe(self) -> str: ...  # where the sessions' files are, for the log
+    def configure(self, settings: Settings) -> None: ...  # SIGHUP
+
+    # callers
+    def owner(self, peer: Peer) -> int: ...  # whom a connection's requests act for
+    def accepts(self, uid: int, open_connections: int) -> bool: ...
+    def throttle(self, owner: int) -> Optional[Refusal]: ...
+    def sees_all(self, owner: int) -> bool: ...  # finds anybody's session by its ID
+    def may_see(self, viewer: int, owner: int) -> bool: ...
+    def shutdown_refusal(self, owner: int) -> str: ...  # "" when they may shut the master down
+    def hook_pid(self, peer: Peer, claimed: int) -> int: ...  # whose ancestors to search for Claude Code
+    def owns_process(self, owner: int, pid: int) -> bool: ...
+    def admit(self, owner: int, transcript: str, live: int) -> str: ...  # "" or why not
+    def describe_owner(self, owner: int) -> dict: ...  # extra fields of a status row
+
+    # files and workers
+    def sync_dir(self, owner: int) -> Union[SyncDir, UserSyncDir]: ...  # same meaning, either way
+    def worker_home(self, owner: int, settings: Settings) -> WorkerHome: ...  # PrivilegeError: no such user
+    def record_unstarted(self, session) -> None: ...  # a State for a worker that could not be forked
+    def states_to_adopt(self) -> Iterator[tuple[int, State, bool]]: ...
+    def remember(self, owner: int) -> None: ...  # this owner has sessions (for the next master)
 
 
 def kind(system: bool) -> type:

@@ -83,7 +83,7 @@ def test_system_mode_session_cap_refuses_before_looking_at_the_path(tmp_path):
     t = system(tmp_path, max_sessions_per_user=2)
     refusal = t.admit(ALICE, "/home/alice/x.jsonl", live=2)
     assert refusal.startswith(f"too many sessions: uid {ALICE} already has 2")
-    assert t.admit(ROOT, "/nonexistent/x.jsonl", live=100) == ""  # root: no cap, and may read anything
+    assert "too many sessions" not in t.admit(ROOT, "/nonexistent/x.jsonl", live=100)  # root: no cap
 
 
 def test_system_mode_process_ownership(tmp_path):
@@ -149,3 +149,14 @@ def test_both_sync_dirs_list_states_with_their_session_end_alike(tmp_path):
         corrupt_state(sync_dir.path)  # skipped, with a warning, as before
         listed = sorted((state.external_id, ended) for state, ended in sync_dir.list_states_with_end())
         assert listed == [("ended", True), ("live", False)]
+
+
+def test_both_tenancies_implement_the_whole_interface_and_nothing_else():
+    def public(cls):
+        return {name for name in dir(cls) if not name.startswith("_")}
+
+    interface = public(tenancy.Tenancy) | set(tenancy.Tenancy.__annotations__)
+    for cls in (tenancy.UserTenancy, tenancy.SystemTenancy):
+        extra = {"user"}  # SystemTenancy: the passwd entry of an owner, or PrivilegeError
+        assert interface <= public(cls) | set(cls.__annotations__), cls
+        assert public(cls) - interface <= extra, (cls, public(cls) - interface)
