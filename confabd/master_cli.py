@@ -9,7 +9,7 @@ import logging.handlers
 import os
 import signal
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import msgspec
 
@@ -190,7 +190,6 @@ def main(argv=None) -> int:
         return 1
 
     from .control_server import AlreadyRunning, remove_stale_socket
-    from .master import Arbiter
 
     pidfile = PidFile(opts.pidfile, kind.dir_mode)
     try:
@@ -209,25 +208,34 @@ def main(argv=None) -> int:
         print(f"confabd: cannot open the log file: {exc}", file=sys.stderr)
         return 1
 
+    if not args.daemon:
+        with pidfile:
+            return run_master(args, opts, kind, pidfile)
+    return start_daemon(opts, pidfile, handler,
+                        lambda on_ready: run_master(args, opts, kind, pidfile, on_ready))
+
+
+def run_master(args, opts: Options, kind, pidfile: PidFile, on_ready=None) -> int:
+    from .control_server import AlreadyRunning
+    from .master import Arbiter
+
     def reload_settings() -> Settings:
         return settings_from(args, opts.config_path, os.environ)
 
-    def run(on_ready=None) -> int:
-        tenants = kind(opts.settings, sync_dir=opts.sync_dir, home=opts.home, registry_dir=opts.registry_dir)
-        arbiter = Arbiter(opts.settings, tenants, socket_path=opts.socket_path, reload_settings=reload_settings,
-                          pidfile_fd=pidfile.fd, on_ready=on_ready)
-        try:
-            return arbiter.run()
-        except (AlreadyRunning, OSError) as exc:
-            log.error("cannot run: %s", exc)
-            return 1
+    tenants = kind(opts.settings, sync_dir=opts.sync_dir, home=opts.home, registry_dir=opts.registry_dir)
+    arbiter = Arbiter(opts.settings, tenants, socket_path=opts.socket_path, reload_settings=reload_settings,
+                      pidfile_fd=pidfile.fd, on_ready=on_ready)
+    try:
+        return arbiter.run()
+    except (AlreadyRunning, OSError) as exc:
+        log.error("cannot run: %s", exc)
+        return 1
 
-    if not args.daemon:
-        with pidfile:
-            return run()
 
-    # The launcher returns only once the daemon listens (or says why it could not),
-    # so `confabd --daemon && confabctl status` works, as init scripts expect.
+def start_daemon(opts: Options, pidfile: PidFile, handler: logging.Handler,
+                 run: Callable[[Callable[[], None]], int]) -> int:
+    """Detach with python-daemon. The launcher returns only once the daemon listens (or says
+    why it could not), so `confabd --daemon && confabctl status` works, as init scripts expect."""
     ready_r, ready_w = os.pipe()
     if os.fork():
         os.close(ready_w)
@@ -247,7 +255,7 @@ def main(argv=None) -> int:
         signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None},
     )
     with context:
-        return run(on_ready=lambda: _say_ready(ready_w))
+        return run(lambda: _say_ready(ready_w))
 
 
 def _say_ready(fd: int) -> None:
