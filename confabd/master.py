@@ -229,13 +229,13 @@ class Arbiter:
             log.error("SIGHUP: keeping the current settings: %s", exc)
             return
         self.tenancy.configure(self.settings)
-        log.info("SIGHUP: settings reloaded; telling %d workers", sum(1 for _ in self.sessions.workers()))
+        log.info("SIGHUP: settings reloaded; telling %d workers", self.sessions.worker_count())
         self.sessions.reload(self.settings)
 
     def shutdown(self, why: str) -> None:
         if self.sessions.stopping:
             return
-        log.info("shutting down (%s): stopping %d workers", why, sum(1 for _ in self.sessions.workers()))
+        log.info("shutting down (%s): stopping %d workers", why, self.sessions.worker_count())
         self.notify("STOPPING=1")
         self.control.close()
         self.sessions.stop_all()

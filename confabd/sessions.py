@@ -87,7 +87,6 @@ class Session:
     """What the master knows of one session: its worker, its parent, its reports."""
 
     def __init__(self, registration: Registration):
-        self.registration = registration
         self.external_id = registration.external_id
         self.owner = registration.owner  # who it belongs to (tenancy.py): its worker runs as them
         self.transcript_path = registration.transcript_path
@@ -159,8 +158,11 @@ class Sessions:
     def workers(self) -> Iterator[Session]:
         return (s for s in self.table.values() if s.alive)
 
+    def worker_count(self) -> int:
+        return sum(1 for _ in self.workers())
+
     def any_alive(self) -> bool:
-        return any(True for _ in self.workers())
+        return self.worker_count() > 0
 
     def status_row(self, session: Session) -> dict:
         """One session as `confabctl status` shows it (docs/CONTROL.md)."""
