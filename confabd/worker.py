@@ -428,6 +428,8 @@ class SessionWorker:
             self.finish_reason = api.FINISH_RESUMED
         if self._inbox_has_session_end():
             self.finish_reason = self.finish_reason or api.SESSION_END_IN_INBOX
+        if self.finish_reason:
+            self.state.phase = Phase.FINISHING
         self._save_state()  # first thing: a record to adopt, whatever happens next
         self._report()
 
@@ -476,7 +478,9 @@ class SessionWorker:
             self.last_error = self.state.last_error = message
 
     def _set_phase(self, phase: Phase, save: bool = True) -> None:
-        if self.state.phase == phase:
+        """Phases move forward: once finishing, only done follows (a sink rebuilt for the
+        final sync is not "connecting" again; `status` must keep saying finishing)."""
+        if self.state.phase == phase or (self.state.phase == Phase.FINISHING and phase != Phase.DONE):
             return
         self.state.phase = phase
         if save:

@@ -471,3 +471,34 @@ def test_reload_carries_the_masters_new_settings_to_a_running_worker(home, worke
     assert w.wait_exit() == api.EXIT_DONE
     export_session(str(moved), eid, str(tmp_path / "out"))
     assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
+
+
+def phases_from_finishing(w) -> list:
+    phases = [r.phase for r in w.reports]
+    return phases[phases.index(api.Phase.FINISHING):]
+
+
+def test_a_worker_started_finishing_reports_finishing_from_its_first_report(backend, home, workers):
+    """`status` showed "waiting" and "connecting" for a session the master had said was finishing."""
+    home.configure_backend(backend.url, backend.api_key)
+    eid = "born-finishing"
+    path = home.copy_fixture("hello-world-script.jsonl", eid)
+    w = workers(home, eid, path, finish_reason=api.STOP_REQUESTED)
+    assert w.wait_exit() == api.EXIT_DONE
+    assert [r.phase for r in w.reports] == [api.Phase.FINISHING, api.Phase.DONE]
+    assert backend.events(eid)[0]["payload"]["confabd_reason"] == api.STOP_REQUESTED
+
+
+def test_a_finishing_worker_never_goes_back_to_connecting(backend, home, workers):
+    """Finish while the sink is being rebuilt (here: after a 401): the final sync builds a new one,
+    and that used to report "connecting" for the rest of the finish."""
+    eid = "finish-after-401"
+    path = home.copy_fixture("hello-world-script.jsonl", eid)
+    home.configure_backend(backend.url, "cfb_" + "x" * 40)  # wrong key: the engine is dropped each cycle
+    w = workers(home, eid, path)
+    wait_until(lambda: (r := w.last_report()) and "401" in r.last_error, what="401 reported")
+    home.configure_backend(backend.url, backend.api_key)
+    w.finish()
+    assert w.wait_exit() == api.EXIT_DONE
+    assert backend.file_bytes(eid, path.name) == path.read_bytes()
+    assert set(phases_from_finishing(w)) == {api.Phase.FINISHING, api.Phase.DONE}
