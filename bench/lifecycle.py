@@ -121,7 +121,7 @@ def run(quick: bool = False) -> list[Figure]:
         r = median(restarts)
         fig = Figure("restart: kill -9 syncing worker -> new worker uploaded", r, "s", b,
                      "python -c pass (median)", "<= 1 s median", r <= 1.0, spread=spread(restarts))
-        fig.notes.append("includes the master's first crash backoff step (BACKOFF_FIRST_S = 0.5 s, master.py)")
+        fig.notes.append("includes the master's first crash backoff step (BACKOFF_FIRST_S = 0.5 s, sessions.py)")
         figures.append(fig)
         errors = inst.master_errors()
         if errors:

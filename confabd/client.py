@@ -18,7 +18,7 @@ from . import paths
 PROTOCOL_VERSION = 1
 # Replies may be large (a status of a user with thousands of agent files is
 # several MB); requests to the master stay capped at control.MAX_FRAME.
-MAX_REPLY_FRAME = 64 << 20  # = control.MAX_REPLY_FRAME
+MAX_REPLY_FRAME = 64 << 20  # a status with thousands of agent files is over 1 MiB
 
 
 # ---------------------------------------------------------------------------

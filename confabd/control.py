@@ -19,10 +19,11 @@ from typing import Any, Optional, Union
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+# One definition for both ends; client.py stays stdlib-only.
+# MAX_FRAME (1 MiB): a request bigger than this is refused; MAX_REPLY_FRAME: what a client accepts as a reply.
+from .client import MAX_FRAME, MAX_REPLY_FRAME, PROTOCOL_VERSION  # noqa: F401 - re-exported
+
 HEADER_SIZE = 4
-MAX_FRAME = 1 << 20  # 1 MiB: a request bigger than this is refused
-MAX_REPLY_FRAME = 64 << 20  # what a client accepts as a reply (= client.MAX_REPLY_FRAME)
 
 
 class Request(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):

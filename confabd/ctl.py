@@ -130,7 +130,7 @@ def hook_session_start(hook_input):
         raise HookError(f"the master refused the session: {reply.get('error')}")
 
 
-def request_with_autostart(message, autostart=True):
+def request_with_autostart(message):
     """Send a request to the first master that answers ($CONFABD_SOCKET, else the user socket,
     then the system socket); when none does, start a user-mode master and retry until a deadline.
     A system master's "too many requests" reply is retried after its `retry_after`, briefly."""
@@ -138,15 +138,14 @@ def request_with_autostart(message, autostart=True):
 
     path = client.socket_candidates()[0][0]
     try:
-        reply, _path, _system = client.request_any(message, timeout=HOOK_REQUEST_TIMEOUT_S)
+        reply, answered, _system = client.request_any(message, timeout=HOOK_REQUEST_TIMEOUT_S)
         deadline = time.monotonic() + RATE_LIMIT_RETRY_S
         while not reply.get("ok") and reply.get("retry_after") and time.monotonic() < deadline:
             time.sleep(min(float(reply["retry_after"]), 0.5))
-            reply = client.request(_path, message, timeout=HOOK_REQUEST_TIMEOUT_S)
+            reply = client.request(answered, message, timeout=HOOK_REQUEST_TIMEOUT_S)
         return reply
     except client.NoMaster:
-        if not autostart:
-            raise
+        pass
     try:
         launcher = client.spawn_master()
     except OSError as exc:
@@ -356,7 +355,7 @@ def cmd_stop(args):
                 timeout=None if args.wait else 10.0)
     if reply is None:
         return EXIT_FAIL
-    print(f"session {args.external_id}: " + ("finished" if args.wait else "finishing"))
+    print(f"session {args.external_id}: " + ("finished" if reply.get("finished") else "finishing"))
     return EXIT_OK
 
 

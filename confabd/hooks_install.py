@@ -352,22 +352,3 @@ def uninstall_hooks(settings_file: Optional[str], dry_run: bool = False, out=Non
         out if out is not None else sys.stdout,
         "removed",
     )
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """`python -m confabd.hooks_install [install|uninstall] [--settings FILE] [--dry-run]`."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="confabd.hooks_install")
-    p.add_argument("action", choices=("install", "uninstall"))
-    p.add_argument("--settings", metavar="FILE")
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--command-prefix", default="confabctl")
-    a = p.parse_args(argv)
-    if a.action == "install":
-        return install_hooks(a.settings, a.command_prefix, a.dry_run)
-    return uninstall_hooks(a.settings, a.dry_run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

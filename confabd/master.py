@@ -1,247 +1,68 @@
 """The arbiter: one master process, one thread, one event loop.
 
 The loop (`Arbiter.loop`) waits with a selector on
-- the listening control socket and every client connection (confabd.control),
+- the listening control socket and every connection (confabd.control_server),
 - each worker's sentinel (readable when it exits) and its Pipe (Reports),
 - the signal wakeup socket (handlers only queue; signals are handled here),
 - a pidfd per Claude Code parent process (readable when it exits),
 and runs the timers due (worker restarts, parent polls where pidfd is missing,
 the watchdog, the shutdown deadline) from a heap.
 
-A session is a `Session`; its worker is a multiprocessing child running
-`confabd.worker.run_worker(spec, conn)` (see worker_api.py for the contract).
-Start method: fork. The master is single-threaded (forking is safe), a fork
-costs ~3 ms and ~11 MB PSS per idle worker against ~80 ms / ~22 MB for spawn,
-and the child drops every master fd it inherited before running the worker.
+The arbiter only runs things. The transport is `ControlServer`, the requests
+are `Commands` (confabd.commands), the sessions' lives are `Sessions`
+(confabd.sessions), and what differs between user and system mode is the
+tenancy (confabd.tenancy), chosen by master_cli.
+
+Workers are forked (start method "fork"): the master is single-threaded
+(forking is safe), and a fork costs ~3 ms and ~11 MB PSS per idle worker
+against ~80 ms / ~22 MB for spawn; the child sheds every master fd it
+inherited before running the worker (confabd.worker.worker_main).
 """
 
 from __future__ import annotations
 
-import errno
 import gc
 import heapq
-import importlib
 import itertools
 import logging
-import multiprocessing
 import os
 import selectors
 import signal
 import socket
-import struct
 import time
 from typing import Callable, Optional
 
-import msgspec
-import psutil
-
-from . import __version__, control, notify, paths, privileges, users, worker_api
-from .parents import CLAUDE_RE, find_claude, process_identity, same_process
+from . import __version__, notify, privileges
+from .commands import Commands
 from .config import Settings
+from .control_server import ControlServer
 from .errors import ConfigError
-from .records import InvalidExternalId, State, validate_external_id
-from .store import SyncDir, utc_now
+from .sessions import Sessions
 
 log = logging.getLogger("confabd.master")
 
-START_METHOD = "fork"
-WORKER_TARGET = "confabd.worker:run_worker"
-
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 60.0
-STABLE_AFTER_S = 60.0  # a worker that ran this long resets the crash count
-CRASH_LOOP_LIMIT = 5  # this many crashes without a stable minute: failed
-MAX_REQUESTS_PER_TURN = 16  # per connection, per loop turn: fairness under a flood
 PARENT_POLL_S = 1.0  # fallback parent check when pidfd is unavailable
-UNFINISHED_RETRY_S = 60.0  # a final sync that hit the shutdown timeout is tried again after this
 KILL_GRACE_S = 2.0  # after the shutdown timeout, before SIGKILL
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
-def describe_exit(code: Optional[int]) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name}"
-    return f"exited with code {code}"
+def guarded(fn, *args) -> None:
+    """Run a callback; a bug in one must not take every session down with the master."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("internal error in the master loop (continuing)")
 
 
-# ---------------------------------------------------------------------------
+class Timers:
+    """Callbacks due at a monotonic time, on a heap; a cancelled entry stays but does nothing."""
 
-
-class Session:
-    """What the master knows of one session: its worker, its parent, its reports."""
-
-    def __init__(self, external_id: str, transcript_path: str, cwd: str,
-                 parent_pid: int = 0, parent_create_time: float = 0.0, uid: int = -1):
-        self.external_id = external_id
-        self.uid = uid  # system mode: the owner (its worker runs as them); -1 in user mode
-        self.transcript_path = transcript_path
-        self.cwd = cwd
-        self.parent_pid = parent_pid
-        self.parent_create_time = parent_create_time
-        self.parent_fd: Optional[int] = None  # pidfd of the parent
-        self.proc: Optional[multiprocessing.process.BaseProcess] = None
-        self.conn = None  # master end of the worker's Pipe
-        self.started = 0.0  # monotonic start of the current worker
-        self.state = "waiting"
-        self.restarts = 0
-        self.crashes = 0  # since the last stable minute
-        self.restart_timer: Optional[list] = None
-        self.finish_reason = ""  # set once: the session is being finished
-        self.end_hook_input: Optional[dict] = None  # SessionEnd input that only the master holds
-        self.report: Optional[worker_api.Report] = None
-        self.confab_session_id = ""
-        self.last_error = ""
-        self.waiters: list = []  # clients of `stop --wait`
-        self.then_register: Optional[tuple] = None  # registered again while finishing
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None
-
-    @property
-    def key(self) -> tuple[int, str]:
-        return self.uid, self.external_id
-
-    def status(self) -> dict:
-        report = self.report
-        files = {name: {"last_synced_line": n} for name, n in (report.files if report else {}).items()}
-        return {
-            "external_id": self.external_id,
-            "state": self.state,
-            "worker_pid": self.proc.pid if self.proc else None,
-            "parent_pid": self.parent_pid or None,
-            "transcript_path": self.transcript_path,
-            "confab_session_id": (report and report.confab_session_id) or self.confab_session_id or None,
-            "restarts": self.restarts,
-            "files": files,
-            "last_sync_at": (report and report.last_sync_at) or None,
-            "last_error": self.last_error or (report and report.last_error) or None,
-        } | ({"uid": self.uid} if self.uid >= 0 else {})
-
-
-class Client:
-    """One control connection: buffered, non-blocking, framed."""
-
-    def __init__(self, sock: socket.socket, peer: tuple[int, int, int]):
-        self.sock = sock
-        self.peer = peer  # (pid, uid, gid) from SO_PEERCRED, kept for system mode
-        self.inbuf = control.FrameBuffer()
-        self.outbuf = bytearray()
-        self.deferred = False  # a reply is pending (stop --wait): hold further requests
-        self.close_after_flush = False
-        self.closed = False
-
-
-class Arbiter:
-    """The master. `run()` returns the process exit code."""
-
-    worker_target = WORKER_TARGET  # "module:function"; tests may point it elsewhere
-
-    def __init__(self, settings: Settings, *, socket_path: str, sync_dir: str, home: str,
-                 mode: str = "user", reload_settings: Optional[Callable[[], Settings]] = None,
-                 pidfile_fd: Optional[int] = None, registry_dir: str = "",
-                 on_ready: Optional[Callable[[], None]] = None):
-        self.settings = settings
-        self.on_ready = on_ready  # `confabd --daemon`: tells the launcher it may exit
-        self.socket_path = socket_path
-        self.sync = SyncDir(sync_dir)
-        self.home = home
-        self.mode = mode
-        self.reload_settings = reload_settings
-        self.pidfile_fd = pidfile_fd
-        self.ctx = multiprocessing.get_context(START_METHOD)
-        self.selector = selectors.DefaultSelector()
-        self.sessions: dict[tuple[int, str], Session] = {}  # by (owner uid or -1, external_id)
-        self.system = mode == "system"
-        # System mode: who may do what (users.py); whose sync dirs to list at start.
-        self.policy = users.Policy(settings.max_sessions_per_user, settings.max_requests_per_second)
-        self.registry = users.Registry(registry_dir or paths.SYSTEM_REGISTRY_DIR)
-        self.connections: dict[int, int] = {}  # uid -> open control connections
-        self.clients: set[Client] = set()
-        self.timers: list = []
-        self.backlog: dict[Client, None] = {}  # connections with requests left for the next turn
-        self.timer_seq = itertools.count()
-        self.listener: Optional[socket.socket] = None
-        self.socket_ino = 0
-        self.wake_r = self.wake_w = None
-        self.stopping = False
-        self.started_at = time.monotonic()
-        self.pid = os.getpid()
-
-    # -- lifecycle -----------------------------------------------------------
-
-    def run(self) -> int:
-        self.preload_worker_code()
-        self.install_signals()
-        self.listen()
-        log.info("confabd %s master %d (%s mode) listening on %s, sync dir %s",
-                 __version__, self.pid, self.mode, self.socket_path, self.sync.path)
-        self.adopt_all()
-        self.notify("READY=1\nSTATUS=listening on " + self.socket_path)
-        if self.on_ready is not None:
-            self.on_ready()
-        interval = notify.watchdog_interval()
-        if interval:
-            self.every(interval, lambda: self.notify("WATCHDOG=1"))
-        self.every(PARENT_POLL_S, self.poll_parents)
-        try:
-            self.loop()
-        finally:
-            self.cleanup()
-        log.info("master %d stopped", self.pid)
-        return 0
-
-    def loop(self) -> None:
-        while not (self.stopping and not any(s.alive for s in self.sessions.values())):
-            timeout = None
-            if self.backlog:
-                timeout = 0.0
-            elif self.timers:
-                timeout = max(0.0, self.timers[0][0] - time.monotonic())
-            for key, mask in self.selector.select(timeout):
-                if self.selector.get_map().get(key.fd) is key:  # not closed by an earlier callback
-                    self.guarded(key.data, mask)
-            self.serve_backlog()
-            self.run_timers()
-
-    @staticmethod
-    def guarded(fn, *args) -> None:
-        """Run a callback; a bug in one must not take every session down with the master."""
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("internal error in the master loop (continuing)")
-
-    def cleanup(self) -> None:
-        for session in self.sessions.values():
-            if session.conn is not None:
-                session.conn.close()  # workers left see EOF and exit (EXIT_MASTER_GONE)
-            if session.parent_fd is not None:
-                os.close(session.parent_fd)
-        for client in list(self.clients):
-            self.close_client(client)
-        if self.listener is not None:
-            self.close_listener()
-        signal.set_wakeup_fd(-1)
-        self.selector.close()
-
-    def notify(self, message: str) -> None:
-        try:
-            notify.notify(message)
-        except OSError as exc:
-            log.warning("sd_notify %s failed: %s", message.split("\n")[0], exc)
-
-    # -- timers --------------------------------------------------------------
+    def __init__(self):
+        self.heap: list = []
+        self.seq = itertools.count()  # equal due times run in the order they were set
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> list:
-        entry = [time.monotonic() + delay, next(self.timer_seq), fn]
-        heapq.heappush(self.timers, entry)
+        entry = [time.monotonic() + delay, next(self.seq), fn]
+        heapq.heappush(self.heap, entry)
         return entry
 
     @staticmethod
@@ -255,21 +76,125 @@ class Arbiter:
             self.call_later(interval, tick)
         self.call_later(interval, tick)
 
-    def run_timers(self) -> None:
+    def timeout(self) -> Optional[float]:
+        """Seconds until the next one is due; None: nothing is."""
+        return max(0.0, self.heap[0][0] - time.monotonic()) if self.heap else None
+
+    def run_due(self) -> None:
         now = time.monotonic()
-        while self.timers and self.timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self.timers)
+        while self.heap and self.heap[0][0] <= now:
+            _, _, fn = heapq.heappop(self.heap)
             if fn is not None:
-                self.guarded(fn)
+                guarded(fn)
 
-    # -- signals -------------------------------------------------------------
 
-    def install_signals(self) -> None:
+class Arbiter:
+    """The master. `run()` returns the process exit code."""
+
+    SIGNAL_HANDLERS = {signal.SIGTERM: "handle_term", signal.SIGINT: "handle_int",
+                       signal.SIGHUP: "handle_hup", signal.SIGCHLD: "handle_chld"}
+
+    def __init__(self, settings: Settings, tenancy, *, socket_path: str,
+                 reload_settings: Optional[Callable[[], Settings]] = None,
+                 pidfile_fd: Optional[int] = None, on_ready: Optional[Callable[[], None]] = None):
+        self.settings = settings
+        self.tenancy = tenancy  # user or system mode (tenancy.py)
+        self.reload_settings = reload_settings
+        self.pidfile_fd = pidfile_fd
+        self.on_ready = on_ready  # `confabd --daemon`: tells the launcher it may exit
+        self.pid = os.getpid()
+        self.started_at = time.monotonic()
+        self.selector = selectors.DefaultSelector()
+        self.timers = Timers()
+        self.wake_r = self.wake_w = None
+        self.sessions = Sessions(settings, tenancy, self.selector, self.timers, self.inherited_fds)
+        self.control = ControlServer(socket_path, self.selector,
+                                     handle=lambda conn, request: self.commands.handle(conn, request),
+                                     accepts=tenancy.accepts, guard=guarded,
+                                     dir_mode=tenancy.dir_mode, socket_mode=tenancy.socket_mode)
+        self.commands = Commands(self.sessions, tenancy, self.control, describe_master=self.describe,
+                                 shutdown=lambda: self.timers.call_later(0, lambda: self.shutdown("shutdown requested")))
+
+    # -- running -----------------------------------------------------------------
+
+    def run(self) -> int:
+        self.preload_worker_code()
+        self.init_signals()
+        self.control.listen()
+        log.info("confabd %s master %d (%s mode) listening on %s, %s",
+                 __version__, self.pid, self.tenancy.mode, self.control.path, self.tenancy.describe())
+        self.sessions.adopt_all()
+        self.notify("READY=1\nSTATUS=listening on " + self.control.path)
+        if self.on_ready is not None:
+            self.on_ready()
+        self.start_timers()
+        try:
+            self.loop()
+        finally:
+            self.cleanup()
+        log.info("master %d stopped", self.pid)
+        return 0
+
+    def loop(self) -> None:
+        while not self.finished():
+            timeout = 0.0 if self.control.has_backlog() else self.timers.timeout()
+            for key, mask in self.selector.select(timeout):
+                if self.selector.get_map().get(key.fd) is key:  # not closed by an earlier callback
+                    guarded(key.data, mask)
+            self.control.serve_backlog()
+            self.timers.run_due()
+
+    def finished(self) -> bool:
+        """Shutting down, and the last worker has exited."""
+        return self.sessions.stopping and not self.sessions.any_alive()
+
+    def describe(self) -> dict:
+        """The master as `status` shows it."""
+        return {"pid": self.pid, "mode": self.tenancy.mode, "version": __version__,
+                "uptime_s": round(time.monotonic() - self.started_at, 1), "socket": self.control.path}
+
+    def start_timers(self) -> None:
+        interval = notify.watchdog_interval()
+        if interval:
+            self.timers.every(interval, lambda: self.notify("WATCHDOG=1"))
+        self.timers.every(PARENT_POLL_S, self.sessions.poll_parents)
+
+    def preload_worker_code(self) -> None:
+        """Import what workers run once, here, so forked workers share those pages.
+
+        Measured with 100 idle sessions: 18.9 MiB PSS per worker when each
+        imported its own code after the fork, 7.6 MiB with the preload and
+        gc.freeze() (bench/RESULTS.md).
+        """
+        privileges.preload_worker_modules()
+        gc.collect()
+        gc.freeze()
+
+    def inherited_fds(self) -> list[int]:
+        """Every fd of the master a worker must not keep (listener, connections, pipes, pidfds...)."""
+        fds = [key.fd for key in self.selector.get_map().values()]
+        fds.append(self.selector.fileno())
+        if self.wake_w is not None:
+            fds.append(self.wake_w.fileno())
+        if self.pidfile_fd is not None:
+            fds.append(self.pidfile_fd)
+        return fds
+
+    def notify(self, message: str) -> None:
+        try:
+            notify.notify(message)
+        except OSError as exc:
+            log.warning("sd_notify %s failed: %s", message.split("\n")[0], exc)
+
+    # -- signals -------------------------------------------------------------------
+
+    def init_signals(self) -> None:
+        """Handlers do nothing; set_wakeup_fd writes each signal's number to a socket the loop selects on."""
         self.wake_r, self.wake_w = socket.socketpair()
         for sock in (self.wake_r, self.wake_w):
             sock.setblocking(False)
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in SIGNALS:
+        for sig in self.SIGNAL_HANDLERS:
             signal.signal(sig, _queue_only)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self.on_signals)
 
@@ -279,19 +204,21 @@ class Arbiter:
         except BlockingIOError:
             return
         for signum in dict.fromkeys(data):  # each signal once per wakeup, in order
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                self.shutdown(f"{signal.Signals(signum).name} received")
-            elif signum == signal.SIGHUP:
-                self.reload()
-            elif signum == signal.SIGCHLD:
-                self.reap()
+            getattr(self, self.SIGNAL_HANDLERS[signum])()
 
-    def reap(self) -> None:
-        """Collect every child that exited (sentinels usually get there first)."""
-        for session in list(self.sessions.values()):
-            if session.proc is not None and session.proc.exitcode is not None:
-                self.worker_exited(session)
-        multiprocessing.active_children()  # joins any other finished child
+    def handle_term(self) -> None:
+        self.shutdown("SIGTERM received")
+
+    def handle_int(self) -> None:
+        self.shutdown("SIGINT received")
+
+    def handle_hup(self) -> None:
+        self.reload()
+
+    def handle_chld(self) -> None:
+        self.sessions.collect_exited()
+
+    # -- reload and shutdown ---------------------------------------------------------
 
     def reload(self) -> None:
         if self.reload_settings is None:
@@ -301,715 +228,26 @@ class Arbiter:
         except (ConfigError, OSError) as exc:
             log.error("SIGHUP: keeping the current settings: %s", exc)
             return
-        self.policy.configure(self.settings.max_sessions_per_user, self.settings.max_requests_per_second)
-        log.info("SIGHUP: settings reloaded; telling %d workers",
-                 sum(s.alive for s in self.sessions.values()))
-        for session in self.sessions.values():
-            self.send(session, worker_api.Reload())
-
-    # -- the control socket ----------------------------------------------------
-
-    def listen(self) -> None:
-        path = self.socket_path
-        directory = os.path.dirname(path)
-        if not os.path.isdir(directory):  # an existing dir (e.g. /tmp) is never chmod-ed
-            os.makedirs(directory, mode=0o700 if self.mode == "user" else 0o755, exist_ok=True)
-        remove_stale_socket(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        if self.mode == "system":
-            os.chmod(path, 0o666)  # anyone may connect; SO_PEERCRED says who they are
-        sock.listen(128)
-        sock.setblocking(False)
-        self.socket_ino = os.stat(path).st_ino
-        self.listener = sock
-        self.selector.register(sock, selectors.EVENT_READ, self.on_accept)
-
-    def close_listener(self) -> None:
-        self.selector.unregister(self.listener)
-        self.listener.close()
-        self.listener = None
-        try:
-            if os.stat(self.socket_path).st_ino == self.socket_ino:
-                os.unlink(self.socket_path)
-        except OSError:
-            pass
-
-    def on_accept(self, _mask) -> None:
-        for _ in range(64):
-            try:
-                sock, _addr = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: log, keep serving
-                log.error("accept failed: %s", exc)
-                return
-            sock.setblocking(False)
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            client = Client(sock, struct.unpack("3i", creds))
-            uid = client.peer[1]
-            if (self.system and not self.policy.is_admin(uid)
-                    and self.connections.get(uid, 0) >= users.MAX_CONNECTIONS_PER_USER):
-                sock.close()  # one user's idle connections must not use up the master's fds
-                continue
-            self.connections[uid] = self.connections.get(uid, 0) + 1
-            self.clients.add(client)
-            self.selector.register(sock, selectors.EVENT_READ, lambda mask, c=client: self.on_client(c, mask))
-
-    def on_client(self, client: Client, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
-            self.flush(client)
-        if mask & selectors.EVENT_READ and not client.closed:
-            try:
-                data = client.sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self.close_client(client)
-                return
-            client.inbuf.feed(data)
-            self.serve(client)
-
-    def serve(self, client: Client) -> None:
-        """Answer the complete requests in the buffer, in order: at most
-        MAX_REQUESTS_PER_TURN, so one connection's flood cannot hold the loop
-        while others wait; the rest is served on the next turns."""
-        for _ in range(MAX_REQUESTS_PER_TURN):
-            if client.deferred or client.close_after_flush or client.closed:
-                return
-            try:
-                body = client.inbuf.next_frame()
-            except control.FrameTooLarge as exc:
-                client.close_after_flush = True
-                self.respond(client, control.error(str(exc)))
-                return
-            if body is None:
-                return
-            try:
-                request = control.decode_request(body)
-                answer = self.handle(client, request)
-            except ValueError as exc:
-                answer = control.error(str(exc))
-            except Exception as exc:  # a bug must cost one request, not the master
-                log.exception("error handling a control request")
-                answer = control.error(f"internal error: {exc}")
-            if answer is None:
-                client.deferred = True
-            else:
-                self.respond(client, answer)
-        self.backlog[client] = None
-
-    def serve_backlog(self) -> None:
-        """Another turn for each connection that still had requests buffered."""
-        waiting, self.backlog = self.backlog, {}
-        for client in waiting:
-            if not client.closed:
-                self.guarded(self.serve, client)
-
-    def respond(self, client: Client, answer: dict) -> None:
-        if client.closed:
-            return
-        client.outbuf += control.encode_frame(answer)
-        self.flush(client)
-
-    def flush(self, client: Client) -> None:
-        try:
-            while client.outbuf:
-                sent = client.sock.send(client.outbuf)
-                del client.outbuf[:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            self.close_client(client)
-            return
-        if not client.outbuf and client.close_after_flush:
-            self.close_client(client)
-            return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbuf else 0)
-        self.selector.modify(client.sock, events, self.selector.get_key(client.sock).data)
-
-    def close_client(self, client: Client) -> None:
-        if client.closed:
-            return
-        client.closed = True
-        self.clients.discard(client)
-        self.connections[client.peer[1]] -= 1
-        self.selector.unregister(client.sock)
-        client.sock.close()
-
-    def deferred_reply(self, client: Client, answer: dict) -> None:
-        client.deferred = False
-        self.respond(client, answer)
-        self.serve(client)
-
-    # -- requests --------------------------------------------------------------
-
-    def handle(self, client: Client, request) -> Optional[dict]:
-        """The reply to one request; None when the reply comes later (stop --wait)."""
-        uid = self.owner(client)
-        if self.system:
-            retry = self.policy.throttle(uid)
-            if retry:
-                return control.error(f"too many requests from uid {uid} (limit "
-                                     f"{self.policy.rate:g} per second); retry in {retry:.2f} s",
-                                     retry_after=round(retry, 3))
-        if isinstance(request, control.Ping):
-            return control.reply(pid=self.pid, version=__version__)
-        if isinstance(request, control.Status):
-            return self.status(uid, request.external_id)
-        if isinstance(request, control.Register):
-            return self.register(client, request)
-        if isinstance(request, control.Finish):
-            return self.request_finish(client, request)
-        if isinstance(request, control.Shutdown):
-            if self.system and not self.policy.is_admin(uid):
-                return control.error("only root may shut down the system-mode master")
-            self.call_later(0, lambda: self.shutdown("shutdown requested"))
-            return control.reply()
-        return control.error(f"unsupported request {type(request).__name__}")
-
-    # System mode: every request acts for the peer's uid; user mode: one owner (-1).
-
-    def owner(self, client: Client) -> int:
-        return client.peer[1] if self.system else -1
-
-    def find(self, uid: int, external_id: str) -> Optional[Session]:
-        """`uid`'s session `external_id`; root (system mode) finds anybody's."""
-        session = self.sessions.get((uid, external_id))
-        if session is None and self.system and self.policy.is_admin(uid):
-            session = next((s for s in self.sessions.values() if s.external_id == external_id), None)
-        return session
-
-    def files(self, uid: int):
-        """The sync dir of `uid`'s sessions: ours (user mode), or theirs seen through helpers running as them."""
-        if not self.system:
-            return self.sync
-        user = privileges.lookup_user(uid)
-        if user is None:
-            raise privileges.PrivilegeError(f"uid {uid} has no passwd entry")
-        return privileges.UserSyncDir(user)
-
-    def status(self, uid: int, external_id: Optional[str]) -> dict:
-        sessions = [s for s in self.sessions.values() if not self.system or self.policy.may_see(uid, s.uid)]
-        if external_id is not None:
-            session = self.find(uid, external_id)
-            if session is None:
-                return control.error(f"no session {external_id!r}")
-            sessions = [session]
-        master = {"pid": self.pid, "mode": self.mode, "version": __version__,
-                  "uptime_s": round(time.monotonic() - self.started_at, 1),
-                  "socket": self.socket_path}
-        return control.reply(master=master, sessions=[s.status() for s in sessions])
-
-    def register(self, client: Client, request: control.Register) -> dict:
-        if self.stopping:
-            return control.error("the master is shutting down")
-        try:
-            external_id = validate_external_id(request.external_id)
-        except InvalidExternalId as exc:
-            return control.error(str(exc))
-        if not request.transcript_path:
-            return control.error("a transcript path is required")
-        transcript = os.path.abspath(request.transcript_path)
-        uid = self.owner(client)
-        session = self.sessions.get((uid, external_id))
-        if session is not None and session.transcript_path != transcript:
-            return control.error(
-                f"session {external_id} is already registered with transcript "
-                f"{session.transcript_path}; refusing a second registration from {transcript}")
-        if session is not None and session.state != "failed" and not session.finish_reason:
-            return control.reply(registered=False, worker_pid=session.proc.pid if session.proc else None)
-        if self.system:
-            refusal = self.admit(uid, transcript)
-            if refusal:
-                log.warning("session %s of uid %d refused: %s", external_id, uid, refusal)
-                return control.error(refusal)
-        if request.hook_pid:
-            hook_pid = client.peer[0] if self.system else request.hook_pid  # the kernel's word, not the client's
-            parent_pid, create_time = find_claude(hook_pid, request.parent_pid, request.claude_pid_hint)
-            if parent_pid and not self.owns_process(uid, parent_pid):
-                parent_pid, create_time = 0, 0.0
-            if not parent_pid:
-                log.warning("session %s: no Claude Code process among the hook's ancestors; "
-                            "parent monitoring is off", external_id)
-        elif request.parent_pid:
-            found = process_identity(request.parent_pid)
-            if not found or not self.owns_process(uid, request.parent_pid):
-                return control.error(f"parent process {request.parent_pid} does not exist")
-            parent_pid, create_time = found[0], found[1]
-        else:
-            parent_pid, create_time = 0, 0.0
-        new = (external_id, transcript, request.cwd, parent_pid, create_time, uid)
-        if session is not None and session.finish_reason and session.state != "failed":
-            session.then_register = new  # e.g. --continue right after SessionEnd
-            return control.reply(registered=False,
-                                 note="the session is finishing; it starts again once that is done")
-        if session is not None:  # failed before: start over
-            self.forget(session)
-        session = self.start_session(*new)
-        return control.reply(registered=True, worker_pid=session.proc.pid if session.proc else None,
-                             parent_pid=parent_pid or None)
-
-    def admit(self, uid: int, transcript: str) -> str:
-        """System mode: why `uid` may not register a session on `transcript` ("" if they may)."""
-        live = sum(1 for s in self.sessions.values() if s.uid == uid and s.state != "failed")
-        if self.policy.over_session_cap(uid, live):
-            return (f"too many sessions: uid {uid} already has {live} (max_sessions_per_user is "
-                    f"{self.policy.max_sessions}); not syncing this one")
-        try:  # as the user, in a helper: root must not look at the path for them
-            return self.files(uid).check_transcript(transcript)
-        except privileges.PrivilegeError as exc:
-            return f"cannot check the transcript path as uid {uid}: {exc}"
-
-    def owns_process(self, uid: int, pid: int) -> bool:
-        """System mode: is `pid` a process of `uid` (root: of anybody)? Always true in user mode."""
-        if not self.system or self.policy.is_admin(uid):
-            return True
-        try:
-            return psutil.Process(pid).uids().real == uid
-        except psutil.Error:
-            return False
-
-    def start_session(self, external_id, transcript, cwd, parent_pid, create_time, uid=-1) -> Session:
-        session = Session(external_id, transcript, cwd, parent_pid, create_time, uid)
-        if self.system:
-            self.registry.add(uid)  # for re-adoption; the worker writes the State, as the user
-        self.add(session)
-        return session
-
-    def request_finish(self, client: Client, request: control.Finish) -> Optional[dict]:
-        try:
-            external_id = validate_external_id(request.external_id)
-        except InvalidExternalId as exc:
-            return control.error(str(exc))
-        uid = self.owner(client)
-        session = self.find(uid, external_id)
-        if session is None:
-            return self.finish_unknown(uid, external_id)
-        if session.state == "failed":
-            return control.error(f"session {external_id} has failed ({session.last_error}); "
-                                 "its State file is kept")
-        self.finish(session, request.reason or "stop requested", request.hook_input)
-        if request.wait:
-            session.waiters.append(client)
-            return None
-        return control.reply(finishing=True)
-
-    def finish_unknown(self, uid: int, external_id: str) -> dict:
-        """Finish for a session the master does not run: adopt its State (in `uid`'s sync dir) if it has one."""
-        try:
-            files = self.files(uid)
-            state = files.load_state(external_id)
-            if state is None:
-                files.delete_session(external_id)  # an orphan inbox: nobody will read it
-        except Exception as exc:
-            return control.error(f"no session {external_id!r} ({exc})")
-        if state is None:
-            return control.error(f"no session {external_id!r}")
-        if self.system:
-            self.registry.add(uid)
-        self.adopt(state, finish_reason="stop requested", uid=uid)
-        return control.reply(finishing=True)
-
-    # -- sessions and workers ----------------------------------------------------
-
-    def add(self, session: Session, finish_reason: str = "") -> None:
-        self.sessions[session.key] = session
-        if finish_reason:
-            session.finish_reason = finish_reason
-        else:
-            self.watch_parent(session)
-        self.spawn(session)
-
-    def forget(self, session: Session) -> None:
-        self.unwatch_parent(session)
-        self.cancel(session.restart_timer)
-        self.sessions.pop(session.key, None)
-
-    def save_initial_state(self, session: Session) -> None:
-        """A State for a session whose worker could not even start (user mode).
-
-        Normally the worker writes it first thing, and it does so even if the
-        master dies right after the fork; only a failed fork leaves no record
-        for the next master should this one die during the restart backoff.
-        """
-        state = State(external_id=session.external_id, transcript_path=session.transcript_path,
-                      cwd=session.cwd, pid=self.pid, parent_pid=session.parent_pid,
-                      inbox_path=self.sync.inbox_path(session.external_id), started_at=utc_now(),
-                      parent_create_time=session.parent_create_time)
-        try:
-            if self.sync.load_state(session.external_id) is None:
-                self.sync.save_state(state)
-        except Exception as exc:  # corrupt: replace it; unwritable: the worker reports it
-            try:
-                self.sync.save_state(state)
-            except OSError:
-                log.error("session %s: cannot write its State file: %s", session.external_id, exc)
-
-    def preload_worker_code(self) -> None:
-        """Import what workers run once, here, so forked workers share those pages.
-
-        Measured with 100 idle sessions: 18.9 MiB PSS per worker when each
-        imported its own code after the fork, 7.6 MiB with the preload and
-        gc.freeze() (bench/RESULTS.md).
-        """
-        privileges.preload_worker_modules(self.worker_target.partition(":")[0])
-        gc.collect()
-        gc.freeze()
-
-    def spawn(self, session: Session) -> None:
-        spec = worker_api.WorkerSpec(
-            external_id=session.external_id, transcript_path=session.transcript_path,
-            sync_dir=self.sync.path, home=self.home, settings=self.settings, cwd=session.cwd,
-            parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
-            restarts=session.restarts, finish=bool(session.finish_reason),
-            end_hook_input=session.end_hook_input)
-        if self.system:  # the worker becomes the owner and uses the owner's own files and settings
-            user = privileges.lookup_user(session.uid)
-            if user is None:
-                self.crashed(session, f"uid {session.uid} no longer exists")
-                return
-            spec = msgspec.structs.replace(
-                spec, uid=user.uid, gid=user.gid, username=user.name, home=user.home, sync_dir=user.sync_dir,
-                settings=msgspec.structs.replace(self.settings, state_dir="", archive_path="", socket=""))
-        master_end, worker_end = self.ctx.Pipe(duplex=True)
-        inherited = self.master_fds() + [master_end.fileno()]
-        proc = self.ctx.Process(target=worker_entry, name=f"confabd-worker {session.external_id}",
-                                args=(self.worker_target, spec, worker_end, inherited))
-        try:
-            # Collect garbage, then freeze what is left, so the child's collector never
-            # writes to (and so copies) the pages it shares with the master.
-            gc.collect()
-            gc.freeze()
-            proc.start()
-        except OSError as exc:
-            master_end.close()
-            worker_end.close()
-            log.error("session %s: cannot start a worker: %s", session.external_id, exc)
-            if not self.system:
-                self.save_initial_state(session)
-            self.crashed(session, f"cannot start a worker: {exc}")
-            return
-        worker_end.close()
-        session.proc, session.conn, session.started = proc, master_end, time.monotonic()
-        session.state = "finishing" if session.finish_reason else "waiting"
-        self.selector.register(proc.sentinel, selectors.EVENT_READ,
-                               lambda _m, s=session: self.worker_exited(s))
-        self.selector.register(master_end, selectors.EVENT_READ,
-                               lambda _m, s=session: self.on_report(s))
-        log.info("session %s: worker %d started%s", session.external_id, proc.pid,
-                 " (finishing)" if session.finish_reason else "")
-
-    def master_fds(self) -> list[int]:
-        """Every fd of the master a worker must not keep (listener, clients, pipes, pidfds...)."""
-        fds = [key.fd for key in self.selector.get_map().values()]
-        fds.append(self.selector.fileno())
-        if self.wake_w is not None:
-            fds.append(self.wake_w.fileno())
-        if self.pidfile_fd is not None:
-            fds.append(self.pidfile_fd)
-        return fds
-
-    def on_report(self, session: Session) -> None:
-        try:
-            while session.conn.poll():
-                report = worker_api.decode_report(session.conn.recv_bytes())
-                session.report = report
-                if report.confab_session_id:
-                    session.confab_session_id = report.confab_session_id
-                if report.phase in ("waiting", "connecting", "syncing", "finishing"):
-                    session.state = report.phase
-                if report.phase == "syncing" and not report.last_error:
-                    session.last_error = ""  # a restarted worker is healthy again (`restarts` keeps count)
-        except (EOFError, OSError):
-            self.unregister(session.conn)  # the sentinel tells the rest
-        except msgspec.DecodeError as exc:
-            log.warning("session %s: unreadable report from the worker: %s", session.external_id, exc)
-
-    def unregister(self, fileobj) -> None:
-        try:
-            self.selector.unregister(fileobj)
-        except (KeyError, ValueError):
-            pass
-
-    def send(self, session: Session, message) -> bool:
-        if session.conn is None or session.conn.closed:
-            return False
-        try:
-            session.conn.send_bytes(worker_api.encode(message))
-            return True
-        except OSError:
-            return False  # the worker is going; its sentinel says how
-
-    def worker_exited(self, session: Session) -> None:
-        proc = session.proc
-        if proc is None:
-            return
-        proc.join(1.0)  # the sentinel fires as the child exits: reaping is immediate
-        if proc.exitcode is None:
-            return
-        self.selector.unregister(proc.sentinel)
-        if session.conn.fileno() in self.selector.get_map():
-            self.on_report(session)  # a last report may be waiting; EOF unregisters it
-            self.unregister(session.conn)
-        code = proc.exitcode
-        session.conn.close()
-        proc.close()
-        session.proc = session.conn = None
-        ran = time.monotonic() - session.started
-        how = describe_exit(code)
-        if code == worker_api.EXIT_DONE:
-            log.info("session %s: finished (worker %s)", session.external_id, how)
-            self.done(session)
-        elif self.stopping:
-            log.info("session %s: worker %s during shutdown; State kept", session.external_id, how)
-            self.forget(session)
-            self.release_waiters(session, control.error(f"the master shut down; worker {how}"))
-        elif code == worker_api.EXIT_UNFINISHED:  # backend unreachable while finishing: not a crash
-            last = (session.report and session.report.last_error) or "the final sync could not complete"
-            session.last_error = f"final sync incomplete ({last}); retrying in {UNFINISHED_RETRY_S:.0f} s"
-            session.state = "backoff"
-            log.warning("session %s: %s", session.external_id, session.last_error)
-            self.release_waiters(session, control.error(session.last_error))
-            session.restart_timer = self.call_later(UNFINISHED_RETRY_S, lambda: self.restart(session))
-        else:
-            if ran >= STABLE_AFTER_S:
-                session.crashes = 0
-            self.crashed(session, f"worker {how}")
-
-    def crashed(self, session: Session, why: str) -> None:
-        session.crashes += 1
-        last = session.report.last_error if session.report and session.report.last_error else ""
-        session.last_error = why + (f"; last error: {last}" if last else "")
-        if session.crashes >= CRASH_LOOP_LIMIT:
-            session.state = "failed"
-            session.last_error = f"crash loop: {session.crashes} crashes within a minute each; " + session.last_error
-            log.error("session %s: giving up: %s", session.external_id, session.last_error)
-            self.unwatch_parent(session)
-            self.release_waiters(session, control.error(session.last_error))
-            return
-        delay = min(BACKOFF_FIRST_S * 2 ** (session.crashes - 1), BACKOFF_MAX_S)
-        session.state = "backoff"
-        log.warning("session %s: %s; restarting in %.1f s", session.external_id, session.last_error, delay)
-        session.restart_timer = self.call_later(delay, lambda: self.restart(session))
-
-    def restart(self, session: Session) -> None:
-        session.restart_timer = None
-        if self.stopping or self.sessions.get(session.key) is not session:
-            return
-        session.restarts += 1
-        self.spawn(session)
-
-    def done(self, session: Session) -> None:
-        self.forget(session)
-        self.release_waiters(session, control.reply(finished=True))
-        if session.then_register is not None and not self.stopping:
-            log.info("session %s: registered again while finishing: starting it anew", session.external_id)
-            self.start_session(*session.then_register)
-
-    def release_waiters(self, session: Session, answer: dict) -> None:
-        waiters, session.waiters = session.waiters, []
-        for client in waiters:
-            if not client.closed:
-                self.deferred_reply(client, answer)
-
-    def finish(self, session: Session, reason: str, hook_input: Optional[dict] = None) -> None:
-        """Ask for the session's end, once, whoever asks first."""
-        if session.finish_reason or session.state == "failed":
-            return
-        session.finish_reason = reason
-        session.end_hook_input = hook_input
-        self.unwatch_parent(session)
-        log.info("session %s: finishing (%s)", session.external_id, reason)
-        if session.alive:
-            session.state = "finishing"
-            self.send(session, worker_api.Finish(reason, hook_input))
-        elif session.restart_timer is not None:  # in backoff: restart now, in finishing mode
-            self.cancel(session.restart_timer)
-            self.restart(session)
-
-    # -- parents -----------------------------------------------------------------
-
-    def watch_parent(self, session: Session) -> None:
-        if not session.parent_pid:
-            return
-        try:
-            fd = os.pidfd_open(session.parent_pid)
-        except ProcessLookupError:
-            self.parent_exited(session)
-            return
-        except (AttributeError, OSError):
-            return  # no pidfd here: poll_parents checks it once a second
-        session.parent_fd = fd
-        self.selector.register(fd, selectors.EVENT_READ, lambda _m, s=session: self.parent_exited(s))
-        if not same_process(session.parent_pid, session.parent_create_time):  # recycled before we looked
-            self.parent_exited(session)
-
-    def unwatch_parent(self, session: Session) -> None:
-        if session.parent_fd is not None:
-            self.selector.unregister(session.parent_fd)
-            os.close(session.parent_fd)
-            session.parent_fd = None
-
-    def parent_exited(self, session: Session) -> None:
-        self.unwatch_parent(session)
-        if self.sessions.get(session.key) is session:
-            self.finish(session, f"Claude Code (pid {session.parent_pid}) exited")
-
-    def poll_parents(self) -> None:
-        for session in list(self.sessions.values()):
-            if (session.parent_pid and session.parent_fd is None and not session.finish_reason
-                    and session.state != "failed"
-                    and not same_process(session.parent_pid, session.parent_create_time)):
-                self.parent_exited(session)
-
-    # -- adoption (sessions left by a previous master) -----------------------------
-
-    def adopt_all(self) -> None:
-        if self.system:
-            for uid in self.registry.uids():
-                self.adopt_user(uid)
-            return
-        for state in self.sync.list_states():
-            if (-1, state.external_id) not in self.sessions:
-                try:
-                    self.adopt(state)
-                except Exception:
-                    log.exception("session %s: cannot adopt it", state.external_id)
-
-    def adopt_user(self, uid: int) -> None:
-        """System mode: adopt the States in a registered user's sync dir, listed by a helper running as them."""
-        try:
-            found = self.files(uid).list_states_with_end()
-        except privileges.PrivilegeError as exc:
-            log.error("uid %d: cannot list its sessions: %s", uid, exc)
-            if privileges.lookup_user(uid) is None:
-                self.registry.remove(uid)
-            return
-        if not found and not any(s.uid == uid for s in self.sessions.values()):
-            self.registry.remove(uid)
-        for state, ended in found:
-            if (uid, state.external_id) not in self.sessions:
-                try:
-                    self.adopt(state, "SessionEnd recorded in the inbox" if ended else "", uid)
-                except Exception:
-                    log.exception("session %s of uid %d: cannot adopt it", state.external_id, uid)
-
-    def adopt(self, state: State, finish_reason: str = "", uid: int = -1) -> None:
-        parent_pid, create_time = state.parent_pid, state.parent_create_time
-        if parent_pid and not create_time:  # e.g. written by the original Go client: check by name
-            found = process_identity(parent_pid)
-            if found and CLAUDE_RE.search(found[2]):
-                create_time = found[1]
-            else:
-                finish_reason = finish_reason or "Claude Code is gone"
-        elif parent_pid and not same_process(parent_pid, create_time):
-            finish_reason = finish_reason or f"Claude Code (pid {parent_pid}) is gone"
-        if not finish_reason and any(r.type == "session_end" for r in self.files(uid).read_inbox(state.external_id)):
-            finish_reason = "SessionEnd recorded in the inbox"
-        session = Session(state.external_id, state.transcript_path, state.cwd, parent_pid, create_time, uid)
-        session.restarts = state.worker_restarts
-        session.confab_session_id = state.confab_session_id
-        log.info("session %s: adopted from its State file%s", state.external_id,
-                 f", finishing: {finish_reason}" if finish_reason else "")
-        self.add(session, finish_reason)
-
-    # -- shutdown --------------------------------------------------------------------
+        self.tenancy.configure(self.settings)
+        log.info("SIGHUP: settings reloaded; telling %d workers", self.sessions.worker_count())
+        self.sessions.reload(self.settings)
 
     def shutdown(self, why: str) -> None:
-        if self.stopping:
+        if self.sessions.stopping:
             return
-        self.stopping = True
-        live = [s for s in self.sessions.values() if s.alive]
-        log.info("shutting down (%s): stopping %d workers", why, len(live))
+        log.info("shutting down (%s): stopping %d workers", why, self.sessions.worker_count())
         self.notify("STOPPING=1")
-        if self.listener is not None:
-            self.close_listener()
+        self.control.close()
+        self.sessions.stop_all()
         timeout = self.settings.shutdown_timeout_ms / 1000
-        for session in list(self.sessions.values()):
-            self.cancel(session.restart_timer)
-            self.unwatch_parent(session)
-            if not session.alive:
-                self.forget(session)  # its State stays for the next master
-            elif not session.finish_reason:
-                # A live Claude Code session is suspended, not ended: final flush,
-                # State kept, and the next master re-adopts it (worker: SIGTERM).
-                session.proc.terminate()
-        self.call_later(timeout + KILL_GRACE_S, self.kill_leftovers)
+        self.timers.call_later(timeout + KILL_GRACE_S, self.sessions.kill_leftovers)
 
-    def kill_leftovers(self) -> None:
-        for session in list(self.sessions.values()):
-            if session.proc is not None and session.proc.exitcode is None:
-                log.warning("session %s: worker %d did not finish within the shutdown timeout; killing it",
-                            session.external_id, session.proc.pid)
-                session.proc.kill()
+    def cleanup(self) -> None:
+        self.sessions.close_all()
+        self.control.close_all()
+        signal.set_wakeup_fd(-1)
+        self.selector.close()
 
 
 def _queue_only(signum, frame):
     """Signal handler: nothing. set_wakeup_fd has already queued the signal number."""
-
-
-def remove_stale_socket(path: str) -> None:
-    """Remove a socket nobody answers on; raise AlreadyRunning if a master answers."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    import stat
-    if not stat.S_ISSOCK(st.st_mode):
-        raise AlreadyRunning(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        log.info("removing the stale socket %s", path)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise
-    finally:
-        probe.close()
-    raise AlreadyRunning(f"another confabd master is already listening on {path}")
-
-
-class AlreadyRunning(Exception):
-    pass
-
-
-def worker_entry(target: str, spec: worker_api.WorkerSpec, conn, inherited: list[int]) -> None:
-    """First code in a forked worker: shed the master's fds and signal setup, then run."""
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which sends Finish
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-        os.environ.pop(name, None)
-    # dup2 /dev/null over them (rather than close) so no stale object of the
-    # master can ever close a file the worker opens later under the same number.
-    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    for fd in inherited:
-        if fd != devnull and fd != conn.fileno():
-            try:
-                os.dup2(devnull, fd, inheritable=False)
-            except OSError:
-                pass
-    os.close(devnull)
-    module, _, name = target.partition(":")
-    if spec.uid >= 0:  # system mode: import while root can still read everything, then become the user
-        privileges.preload_worker_modules(module)
-    run = getattr(importlib.import_module(module), name)
-    if spec.uid >= 0:
-        privileges.drop_to(privileges.User(spec.uid, spec.gid, spec.username, spec.home))
-    code = run(spec, conn)
-    raise SystemExit(code if isinstance(code, int) else 0)

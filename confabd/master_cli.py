@@ -9,10 +9,11 @@ import logging.handlers
 import os
 import signal
 import sys
+from typing import Callable, Optional
 
 import msgspec
 
-from . import __version__, fileio, paths
+from . import __version__, fileio, paths, tenancy
 from .config import Settings, load_settings
 from .errors import ConfabdError
 from .text import SafeFormatter
@@ -63,10 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 class Options(msgspec.Struct, kw_only=True):
     """Everything resolved from flags, environment and config files."""
 
-    mode: str
+    mode: str  # tenancy.by_mode(mode): user or system
     home: str
     config_path: str
-    config_required: bool
     settings: Settings
     socket_path: str
     sync_dir: str
@@ -78,20 +78,18 @@ class Options(msgspec.Struct, kw_only=True):
 
 def resolve(args: argparse.Namespace, env=None) -> Options:
     env = os.environ if env is None else env
-    mode = "system" if args.system else "user"
+    kind = tenancy.kind(args.system)
     home = paths.home_dir(env)
-    config_path = args.config or (paths.SYSTEM_SETTINGS if args.system else paths.user_settings_path(home))
+    defaults = kind.default_paths(home, env)
+    config_path = args.config or defaults.settings
     settings = settings_from(args, config_path, env)
-    default_socket = paths.SYSTEM_SOCKET if args.system else paths.user_socket_path(home, env)
-    socket_path = settings.socket or default_socket
-    socket_path = os.path.abspath(os.path.expanduser(socket_path))
+    socket_path = os.path.abspath(os.path.expanduser(settings.socket or defaults.socket))
     sync_dir = paths.sync_dir(home, env, settings.state_dir)
-    pidfile = args.pidfile or (paths.SYSTEM_PIDFILE if args.system
-                               else os.path.join(os.path.dirname(socket_path), "confabd.pid"))
+    pidfile = args.pidfile or defaults.pidfile or os.path.join(os.path.dirname(socket_path), "confabd.pid")
     log_file = args.log_file or settings.log_file
     if not log_file and args.daemon:
         log_file = paths.default_log_file(home)
-    return Options(mode=mode, home=home, config_path=config_path, config_required=bool(args.config),
+    return Options(mode=kind.mode, home=home, config_path=config_path,
                    settings=settings, socket_path=socket_path, sync_dir=sync_dir,
                    pidfile=os.path.abspath(pidfile), log_file=log_file,
                    registry_dir=os.path.abspath(args.registry_dir or paths.SYSTEM_REGISTRY_DIR),
@@ -122,7 +120,7 @@ class PidFile:
 
     def __init__(self, path: str, dir_mode: int = 0o700):
         self.path = path
-        self.dir_mode = dir_mode  # system mode: 0755, the socket beside it must be reachable
+        self.dir_mode = dir_mode  # of its dir, when created: the socket beside it must stay reachable
         self.fd = -1
 
     def acquire(self) -> None:
@@ -162,14 +160,14 @@ class PidFile:
         self.release()
 
 
-def setup_logging(opts: Options) -> logging.Handler:
+def setup_logging(opts: Options, file_mode: Optional[int]) -> logging.Handler:
     if opts.log_file:
         directory = os.path.dirname(os.path.abspath(opts.log_file))
         fileio.make_dirs(directory, 0o700)
         # Reopened when logrotate moves the file away.
         handler: logging.Handler = logging.handlers.WatchedFileHandler(opts.log_file)
-        if opts.mode == "user":
-            os.chmod(opts.log_file, 0o600)
+        if file_mode is not None:
+            os.chmod(opts.log_file, file_mode)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(SafeFormatter(LOG_FORMAT))  # one record, one printable line
@@ -186,13 +184,15 @@ def main(argv=None) -> int:
     except (ConfabdError, ValueError) as exc:
         print(f"confabd: {exc}", file=sys.stderr)
         return 1
-    if opts.mode == "system" and os.geteuid() != 0:
-        print("confabd: --system must run as root", file=sys.stderr)
+    kind = tenancy.by_mode(opts.mode)
+    problem = kind.startup_problem()
+    if problem:
+        print(f"confabd: {problem}", file=sys.stderr)
         return 1
 
-    from .master import AlreadyRunning, Arbiter, remove_stale_socket
+    from .control_server import AlreadyRunning, remove_stale_socket
 
-    pidfile = PidFile(opts.pidfile, 0o755 if opts.mode == "system" else 0o700)
+    pidfile = PidFile(opts.pidfile, kind.dir_mode)
     try:
         remove_stale_socket(opts.socket_path)  # also: refuse when a master answers
         pidfile.acquire()
@@ -204,30 +204,39 @@ def main(argv=None) -> int:
         return 1
 
     try:
-        handler = setup_logging(opts)
+        handler = setup_logging(opts, kind.log_file_mode)
     except OSError as exc:
         print(f"confabd: cannot open the log file: {exc}", file=sys.stderr)
         return 1
 
+    if not args.daemon:
+        with pidfile:
+            return run_master(args, opts, kind, pidfile)
+    return start_daemon(opts, pidfile, handler,
+                        lambda on_ready: run_master(args, opts, kind, pidfile, on_ready))
+
+
+def run_master(args, opts: Options, kind, pidfile: PidFile, on_ready=None) -> int:
+    from .control_server import AlreadyRunning
+    from .master import Arbiter
+
     def reload_settings() -> Settings:
         return settings_from(args, opts.config_path, os.environ)
 
-    def run(on_ready=None) -> int:
-        arbiter = Arbiter(opts.settings, socket_path=opts.socket_path, sync_dir=opts.sync_dir,
-                          home=opts.home, mode=opts.mode, reload_settings=reload_settings,
-                          pidfile_fd=pidfile.fd, registry_dir=opts.registry_dir, on_ready=on_ready)
-        try:
-            return arbiter.run()
-        except (AlreadyRunning, OSError) as exc:
-            log.error("cannot run: %s", exc)
-            return 1
+    tenants = kind(opts.settings, sync_dir=opts.sync_dir, home=opts.home, registry_dir=opts.registry_dir)
+    arbiter = Arbiter(opts.settings, tenants, socket_path=opts.socket_path, reload_settings=reload_settings,
+                      pidfile_fd=pidfile.fd, on_ready=on_ready)
+    try:
+        return arbiter.run()
+    except (AlreadyRunning, OSError) as exc:
+        log.error("cannot run: %s", exc)
+        return 1
 
-    if not args.daemon:
-        with pidfile:
-            return run()
 
-    # The launcher returns only once the daemon listens (or says why it could not),
-    # so `confabd --daemon && confabctl status` works, as init scripts expect.
+def start_daemon(opts: Options, pidfile: PidFile, handler: logging.Handler,
+                 run: Callable[[Callable[[], None]], int]) -> int:
+    """Detach with python-daemon. The launcher returns only once the daemon listens (or says
+    why it could not), so `confabd --daemon && confabctl status` works, as init scripts expect."""
     ready_r, ready_w = os.pipe()
     if os.fork():
         os.close(ready_w)
@@ -247,7 +256,7 @@ def main(argv=None) -> int:
         signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None},
     )
     with context:
-        return run(on_ready=lambda: _say_ready(ready_w))
+        return run(lambda: _say_ready(ready_w))
 
 
 def _say_ready(fd: int) -> None:

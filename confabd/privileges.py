@@ -2,7 +2,7 @@
 
 The system master never opens a user's file as root. Whatever touches a
 user's files runs in a process that first became that user for good:
-- a session worker (`drop_to` in `confabd.master.worker_entry`, before the
+- a session worker (`become` in `confabd.worker.worker_main`, before the
   worker opens anything);
 - a short-lived helper (`run_as`): the master forks, the child becomes the
   user, does one small job (may this user read that transcript? which States
@@ -33,8 +33,7 @@ from typing import Any, Callable, Optional
 import msgspec
 
 from . import paths
-from .errors import CorruptRecord
-from .records import InboxRecord, State
+from .records import State
 from .store import SyncDir
 
 PR_SET_NO_NEW_PRIVS = 38
@@ -98,6 +97,19 @@ def drop_to(user: User) -> None:
         os.chdir("/")
 
 
+def become(user: Optional[User]) -> None:
+    """`drop_to(user)`; None: stay who we are (the master's own user runs the worker)."""
+    if user is not None:
+        drop_to(user)
+
+
+def reset_child_signals() -> None:
+    """First thing in a child forked from the master: none of its signal setup survives."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _no_new_privs() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -106,8 +118,8 @@ def _no_new_privs() -> None:
         pass  # not Linux: setresuid alone already keeps root out of reach
 
 
-def preload_worker_modules(extra: str = "") -> None:
-    for name in WORKER_PRELOAD + ((extra,) if extra else ()):
+def preload_worker_modules() -> None:
+    for name in WORKER_PRELOAD:
         try:
             importlib.import_module(name)
         except ImportError:
@@ -131,9 +143,7 @@ def run_as(user: User, fn: Callable[..., Any], *args, result_type: Any = Any,
         code = 1
         try:
             os.close(r)
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
+            reset_child_signals()
             try:
                 drop_to(user)
                 outcome = (True, "", fn(*args))
@@ -232,22 +242,12 @@ def transcript_problem(path: str) -> str:
     return ""
 
 
-def _list_states(sync_dir: str) -> list[tuple[State, bool]]:
-    """Every readable State of the dir, with whether its inbox holds a session_end."""
-    sync = SyncDir(sync_dir)
-    return [(state, any(r.type == "session_end" for r in sync.read_inbox(state.external_id)))
-            for state in sync.list_states()]
+def _list_states_with_end(sync_dir: str) -> list[tuple[State, bool]]:
+    return SyncDir(sync_dir).list_states_with_end()
 
 
 def _load_state(sync_dir: str, external_id: str) -> Optional[State]:
-    try:
-        return SyncDir(sync_dir).load_state(external_id)
-    except CorruptRecord:
-        return None
-
-
-def _read_inbox(sync_dir: str, external_id: str) -> list[InboxRecord]:
-    return SyncDir(sync_dir).read_inbox(external_id)
+    return SyncDir(sync_dir).load_state(external_id)
 
 
 def _delete_session(sync_dir: str, external_id: str) -> None:
@@ -257,27 +257,20 @@ def _delete_session(sync_dir: str, external_id: str) -> None:
 class UserSyncDir:
     """A user's sync dir seen from the root master: every access is a helper running as the user.
 
-    The subset of `confabd.store.SyncDir` the master uses.
+    The subset of `confabd.store.SyncDir` the master uses, with the same
+    meaning; an error (a corrupt State, say) comes back as PrivilegeError
+    carrying its message, and nothing is touched.
     """
 
     def __init__(self, user: User):
         self.user = user
         self.path = user.sync_dir
 
-    def inbox_path(self, external_id: str) -> str:
-        return paths.inbox_path(self.path, external_id)
-
     def list_states_with_end(self) -> list[tuple[State, bool]]:
-        return run_as(self.user, _list_states, self.path, result_type=list[tuple[State, bool]])
-
-    def list_states(self) -> list[State]:
-        return [state for state, _ in self.list_states_with_end()]
+        return run_as(self.user, _list_states_with_end, self.path, result_type=list[tuple[State, bool]])
 
     def load_state(self, external_id: str) -> Optional[State]:
         return run_as(self.user, _load_state, self.path, external_id, result_type=State)
-
-    def read_inbox(self, external_id: str) -> list[InboxRecord]:
-        return run_as(self.user, _read_inbox, self.path, external_id, result_type=list[InboxRecord])
 
     def delete_session(self, external_id: str) -> None:
         run_as(self.user, _delete_session, self.path, external_id)

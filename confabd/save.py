@@ -17,13 +17,12 @@ from typing import Optional, TextIO
 
 import backoff
 
-from .config import ConfigError, Settings, check_backend_url, choose_sink, load_backend_config
+from .config import ConfigError, Settings, load_backend_config
 from .engine import SessionSync, TrackedFile
 from .errors import ConfabdError
-from .paths import default_archive_path
 from .records import validate_external_id
+from .sinks import open_sink, retry_wait
 from .sinks.base import SinkError, Unavailable
-from .worker import retry_wait
 
 SAVE_RETRY_SECONDS = 120
 
@@ -48,7 +47,7 @@ def run_save(target: str, home: str, settings: Settings, progress: Optional[bool
         external_id = validate_external_id(os.path.basename(path)[: -len(".jsonl")])
         with open(path, "rb") as lock:
             _refuse_if_live(lock, path)
-            return _upload(path, external_id, home, settings, _progress_bar(err) if _wants_bar(progress, err) else None, out)
+            return _upload(path, external_id, home, settings, _ProgressBar(err) if _wants_bar(progress, err) else None, out)
     except (ConfabdError, ConfigError, SinkError, ValueError, OSError) as exc:
         print(f"confabctl save: {exc}", file=err)
         return 1
@@ -65,8 +64,7 @@ def _refuse_if_live(lock, path: str) -> None:
 
 def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out: TextIO) -> int:
     backend = load_backend_config(home)
-    sink_kind = choose_sink(settings, backend)
-    sink = _make_sink(sink_kind, backend, settings, home)
+    sink = open_sink(settings, backend, home)
     from .redact import Redactor
 
     redactor = Redactor.from_config(backend.redaction)
@@ -85,7 +83,7 @@ def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out
         if bar:
             bar.done()
     lines = engine.server_lines()
-    where = "the local archive" if sink_kind == "archive" else backend.backend_url
+    where = "the local archive" if sink.kind == "archive" else backend.backend_url
     print(
         f"saved {external_id}: {sent} new line(s) sent, {sum(lines.values())} line(s) in "
         f"{len(lines)} file(s) held by {where} (session {engine.session_id}) in {time.monotonic() - started:.1f} s",
@@ -96,23 +94,11 @@ def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out
     return 1 if engine.errors() else 0
 
 
-def _make_sink(kind: str, backend, settings: Settings, home: str):
-    if kind == "archive":
-        from .sinks.archive import ArchiveSink
-
-        return ArchiveSink(settings.archive_path or default_archive_path(home))
-    from .sinks.http import HttpSink
-
-    if not backend.api_key:
-        raise ConfigError("no api_key configured (~/.confab/config.json or CONFAB_API_KEY)")
-    return HttpSink(check_backend_url(backend.backend_url), backend.api_key, timeout=settings.http_timeout_s)
-
-
 def _wants_bar(progress: Optional[bool], err: TextIO) -> bool:
     return progress if progress is not None else err.isatty()
 
 
-class _progress_bar:
+class _ProgressBar:
     """A one-line progress bar on a terminal: how far into the current file, lines sent."""
 
     WIDTH = 30

@@ -92,6 +92,11 @@ class SyncDir:
                 states.append(state)
         return states
 
+    def list_states_with_end(self) -> list[tuple[State, bool]]:
+        """Every readable State, with whether its inbox holds a session_end (what adoption needs)."""
+        return [(state, any(r.type == "session_end" for r in self.read_inbox(state.external_id)))
+                for state in self.list_states()]
+
     def external_ids(self) -> Iterator[str]:
         try:
             names = sorted(os.listdir(self.path))

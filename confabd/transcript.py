@@ -206,11 +206,3 @@ def _line_length(f, offset: int) -> Optional[int]:
             return length + index
         length += len(block)
 
-
-def count_complete_lines(path: str) -> int:
-    """How many newline-terminated lines the file has now (0 if missing)."""
-    try:
-        with open(path, "rb") as f:
-            return sum(block.count(b"\n") for block in iter(lambda: f.read(READ_BLOCK), b""))
-    except FileNotFoundError:
-        return 0

@@ -28,11 +28,13 @@ from typing import Optional
 import backoff
 import msgspec
 
-from . import worker_api as api
-from .config import BackendConfig, ConfigError, check_backend_url, choose_sink, load_backend_config
+from . import privileges, worker_api as api
+from .worker_api import Phase
+from .config import ConfigError, load_backend_config
 from .engine import SessionSync
 from .errors import CorruptRecord
 from .records import HookInput, InboxRecord, State
+from .sinks import open_sink, retry_wait
 from .sinks.base import AuthFailed, SessionGone, SinkError, Unavailable
 from .store import SyncDir, utc_now
 
@@ -57,34 +59,41 @@ class MasterGone(Exception):
     """The pipe to the master hit EOF: the master died."""
 
 
+MASTER_ONLY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")  # systemd talks to the master
+
+
+def worker_main(spec: api.WorkerSpec, conn, inherited: list[int]) -> None:
+    """The master's Process target: the first code in a freshly forked worker.
+
+    Everything a worker must shed or become, in one place: the master's signal
+    setup, its systemd variables, its fds, then (system mode) root itself.
+    """
+    privileges.reset_child_signals()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which sends Finish
+    for name in MASTER_ONLY_VARIABLES:
+        os.environ.pop(name, None)
+    _shed_fds(inherited, keep=conn.fileno())
+    privileges.preload_worker_modules()  # the master did it; a no-op unless started some other way
+    privileges.become(spec.run_as)
+    run_worker(spec, conn)
+
+
+def _shed_fds(inherited: list[int], keep: int) -> None:
+    """dup2 /dev/null over the master's fds (rather than close them) so no stale object
+    of the master can ever close a file the worker opens later under the same number."""
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    for fd in inherited:
+        if fd != devnull and fd != keep:
+            try:
+                os.dup2(devnull, fd, inheritable=False)
+            except OSError:
+                pass
+    os.close(devnull)
+
+
 def run_worker(spec: api.WorkerSpec, conn) -> None:
-    """Process target. Exits with a worker_api exit code."""
-    _become_user(spec)
-    os.environ.pop("NOTIFY_SOCKET", None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which decides
+    """Sync one session to its end; exits with a worker_api exit code."""
     sys.exit(SessionWorker(spec, conn).run())
-
-
-def _become_user(spec: api.WorkerSpec) -> None:
-    """System mode: drop to the session's user before touching any of its files. No way back."""
-    if spec.uid < 0 or os.geteuid() != 0:
-        return
-    os.initgroups(spec.username, spec.gid)
-    os.setgid(spec.gid)
-    os.setuid(spec.uid)
-    os.environ.update(HOME=spec.home, USER=spec.username, LOGNAME=spec.username)
-    os.umask(0o077)
-
-
-def retry_wait(max_value: float = 60.0):
-    """backoff wait generator: the server's Retry-After when given, else 1 s doubling to 60 s, full jitter."""
-    expo = backoff.expo(max_value=max_value)
-    expo.send(None)
-    exc = yield
-    while True:
-        delay = next(expo)
-        retry_after = getattr(exc, "retry_after", None)
-        exc = yield retry_after if retry_after is not None else backoff.full_jitter(delay)
 
 
 class SessionWorker:
@@ -96,13 +105,12 @@ class SessionWorker:
         self.state: State = State(external_id=spec.external_id, transcript_path=spec.transcript_path)
         self.engine: Optional[SessionSync] = None
         self.lock_fd: Optional[int] = None
-        self.finish_reason = "" if not spec.finish else "adopted after its Claude Code exited"
+        self.finish_reason = spec.finish_reason  # the master's word: it knows why
         self.end_hook_input = spec.end_hook_input  # SessionEnd input that reached us without the inbox
         self.suspend = False  # SIGTERM: final flush, keep State, exit (a master will adopt it)
         self.reload = False
         self.gone_count = 0
         self.last_error = ""
-        self.sink_kind = ""
         self.master_pid = os.getppid()
         self._saved_state = b""
         self.last_sync_at = ""
@@ -129,11 +137,11 @@ class SessionWorker:
             return api.EXIT_MASTER_GONE
 
     def _sync_loop(self) -> None:
-        self._set_phase("connecting")
+        self._set_phase(Phase.CONNECTING)
         while not self._stopping():
             self._cycle()
             if self.gone_count >= SESSION_GONE_LIMIT:
-                self.finish_reason = "session deleted from backend"
+                self.finish_reason = api.SESSION_DELETED
                 return
             self._wait_commands(self._next_interval())
             self._check_inbox()
@@ -141,7 +149,7 @@ class SessionWorker:
     def _check_inbox(self) -> None:
         """A SessionEnd hook that could not reach the master still left its record here."""
         if os.path.exists(self.state.inbox_path) and self._inbox_has_session_end():
-            self.finish_reason = self.finish_reason or "SessionEnd recorded in the inbox"
+            self.finish_reason = self.finish_reason or api.SESSION_END_IN_INBOX
 
     def _cycle(self) -> None:
         """One sync pass, with backoff while the sink is unavailable (bounded by the interval)."""
@@ -176,9 +184,9 @@ class SessionWorker:
     def _finish(self) -> int:
         """Final sync, linger, session_end, cleanup. Bounded by the shutdown timeout."""
         eid = self.spec.external_id
-        log.info("%s: finishing (%s)", eid, self.finish_reason or "requested")
+        log.info("%s: finishing (%s)", eid, self.finish_reason)
         self.state.finishing = True
-        self._set_phase("finishing")
+        self._set_phase(Phase.FINISHING)
         deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
         if self.gone_count >= SESSION_GONE_LIMIT:
             return self._cleanup()
@@ -241,7 +249,7 @@ class SessionWorker:
             "cwd": self.state.cwd,
             "hook_event_name": "SessionEnd",
             "reason": "other",
-            "confabd_reason": self.finish_reason or "stopped",
+            "confabd_reason": self.finish_reason,
         }
 
     def _finish_without_transcript(self) -> int:
@@ -263,7 +271,7 @@ class SessionWorker:
     def _cleanup(self) -> int:
         self.sync_dir.claim_inbox(self.spec.external_id)  # this run's records, if none were used
         self.sync_dir.close_session(self.spec.external_id)
-        self._set_phase("done", save=False)
+        self._set_phase(Phase.DONE, save=False)
         if self.engine is not None:
             self.engine.sink.close()
         log.info("%s: finished", self.spec.external_id)
@@ -290,7 +298,7 @@ class SessionWorker:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self.lock_fd = fd
+                self.lock_fd = fd  # never read: held open so the flock lasts as long as the worker
                 return True
             except BlockingIOError:
                 if not announced:
@@ -317,10 +325,11 @@ class SessionWorker:
             while self.conn.poll(0):
                 command = api.decode_command(self.conn.recv_bytes())
                 if isinstance(command, api.Finish):
-                    self.finish_reason = self.finish_reason or command.reason or "requested"
+                    self.finish_reason = self.finish_reason or command.reason or api.STOP_REQUESTED
                     self.end_hook_input = self.end_hook_input or command.hook_input
                 elif isinstance(command, api.Reload):
-                    self.reload = True
+                    self.settings = command.settings
+                    self.reload = True  # the sink and its credentials are rebuilt next cycle
         except (EOFError, OSError):
             raise MasterGone() from None
 
@@ -332,10 +341,13 @@ class SessionWorker:
             pass
 
     def _interrupted(self) -> bool:
-        """backoff's giveup: stop retrying when a Finish or SIGTERM arrived meanwhile."""
+        """backoff's giveup: stop retrying when a Finish or SIGTERM arrived meanwhile.
+
+        Not a pure predicate: it reads the pipe (so a Finish is seen mid-backoff)
+        and so may raise MasterGone, which ends the retries as it should."""
         if not self.finish_reason and not self.suspend:
             self._wait_commands(0)
-        return self._stopping() and self.state.phase != "finishing"
+        return self._stopping() and self.state.phase != Phase.FINISHING
 
     def _stopping(self) -> bool:
         return bool(self.finish_reason) or self.suspend
@@ -369,9 +381,10 @@ class SessionWorker:
         from .redact import Redactor
 
         backend = load_backend_config(self.spec.home)
-        sink = self._make_sink(backend)
+        sink = open_sink(self.settings, backend, self.spec.home)
+        self.state.sink = sink.kind
         redactor = Redactor.from_config(backend.redaction)
-        self._set_phase("connecting")
+        self._set_phase(Phase.CONNECTING)
         return SessionSync(
             self.spec.external_id, self.spec.transcript_path, sink,
             cwd=self.state.cwd,
@@ -379,20 +392,6 @@ class SessionWorker:
             oversized_lines=self.settings.oversized_lines,
             progress=self.state.files,
         )
-
-    def _make_sink(self, backend: BackendConfig):
-        kind = choose_sink(self.settings, backend)
-        self.sink_kind = self.state.sink = kind
-        if kind == "archive":
-            from .paths import default_archive_path
-            from .sinks.archive import ArchiveSink
-
-            return ArchiveSink(self.settings.archive_path or default_archive_path(self.spec.home))
-        from .sinks.http import HttpSink
-
-        if not backend.api_key:
-            raise AuthFailed("no api_key configured (~/.confab/config.json or CONFAB_API_KEY)", 401)
-        return HttpSink(check_backend_url(backend.backend_url), backend.api_key, timeout=self.settings.http_timeout_s)
 
     def _drop_engine(self, error: str) -> None:
         if self.engine is not None:
@@ -422,13 +421,15 @@ class SessionWorker:
             confab_session_id=old.confab_session_id if old else "",
             parent_create_time=spec.parent_create_time,
             worker_restarts=spec.restarts,
-            finishing=spec.finish or bool(old and old.finishing),
+            finishing=bool(spec.finish_reason) or bool(old and old.finishing),
             files=old.files if old and old.transcript_path == spec.transcript_path else {},
         )
         if self.state.finishing and not self.finish_reason:
-            self.finish_reason = "finishing was already under way"
+            self.finish_reason = api.FINISH_RESUMED
         if self._inbox_has_session_end():
-            self.finish_reason = self.finish_reason or "SessionEnd"
+            self.finish_reason = self.finish_reason or api.SESSION_END_IN_INBOX
+        if self.finish_reason:
+            self.state.phase = Phase.FINISHING
         self._save_state()  # first thing: a record to adopt, whatever happens next
         self._report()
 
@@ -476,8 +477,10 @@ class SessionWorker:
                 log.error("%s: %s", self.spec.external_id, message)
             self.last_error = self.state.last_error = message
 
-    def _set_phase(self, phase: str, save: bool = True) -> None:
-        if self.state.phase == phase:
+    def _set_phase(self, phase: Phase, save: bool = True) -> None:
+        """Phases move forward: once finishing, only done follows (a sink rebuilt for the
+        final sync is not "connecting" again; `status` must keep saying finishing)."""
+        if self.state.phase == phase or (self.state.phase == Phase.FINISHING and phase != Phase.DONE):
             return
         self.state.phase = phase
         if save:
@@ -493,8 +496,8 @@ class SessionWorker:
         if replaced:
             errors.append(f"{replaced} line(s) were not valid UTF-8 and went out with U+FFFD replacements")
         self.last_error = self.state.last_error = "; ".join(errors)
-        if self.state.phase in ("connecting", "waiting"):
-            self._set_phase("syncing")
+        if self.state.phase in (Phase.CONNECTING, Phase.WAITING):
+            self._set_phase(Phase.SYNCING)
 
     def _note_error(self, message: str) -> None:
         if message != self.last_error:
@@ -509,10 +512,9 @@ class SessionWorker:
             files=engine.server_lines() if engine else {n: p.last_synced_line for n, p in self.state.files.items()},
             last_sync_at=self.last_sync_at or self.state.last_sync_at,
             last_error=self.last_error,
-            sink=self.sink_kind,
         )
         try:
             self.conn.send_bytes(api.encode(report))
         except (OSError, EOFError):
-            if self.state.phase != "done":
+            if self.state.phase != Phase.DONE:
                 raise MasterGone() from None

@@ -1,12 +1,16 @@
 """The contract between the master and a session worker.
 
-The master starts one process per session with `confabd.worker.run_worker(spec, conn)`
-as its target, where `conn` is the worker's end of a `multiprocessing.Pipe()`.
+The master forks one process per session with `confabd.worker.worker_main(spec, conn,
+inherited_fds)` as its target, where `conn` is the worker's end of a
+`multiprocessing.Pipe()`; `run_worker(spec, conn)` is the same without the
+post-fork clean-up (what the tests start).
 
 Master -> worker (bytes of `encode(...)` via conn.send_bytes):
     Finish()   final sync (bounded by the shutdown timeout), the `session_end`
                event if the inbox has one, then delete State and inbox, exit 0.
-    Reload()   re-read credentials and settings files before the next cycle.
+    Reload(settings)  the master's settings after a SIGHUP (as this worker's
+               tenancy gives them): used from the next cycle, with the sink
+               rebuilt and ~/.confab/config.json read again.
 
 Worker -> master:
     Report     sent on every phase change and after each sync cycle, so
@@ -24,11 +28,45 @@ The worker never exits because the backend is down.
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Optional, Union
 
 import msgspec
 
 from .config import Settings
+from .privileges import User
+
+class Phase(str, enum.Enum):
+    """Where a session is in its life: `status` shows it, State records the worker's."""
+
+    WAITING = "waiting"  # for the transcript to appear
+    CONNECTING = "connecting"  # building the sink, first sync not done yet
+    SYNCING = "syncing"
+    FINISHING = "finishing"  # final sync, session_end, cleanup
+    DONE = "done"  # the worker's last report
+    BACKOFF = "backoff"  # the master's: the worker is gone, a restart is due
+    FAILED = "failed"  # the master's: crash loop, no more restarts
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Why a session finishes: the master's reasons travel to the worker (WorkerSpec.finish_reason,
+# Finish.reason), which writes them into a synthetic session_end's `confabd_reason`.
+STOP_REQUESTED = "stop requested"  # confabctl stop, or a Finish request without a reason
+SESSION_END_IN_INBOX = "SessionEnd recorded in the inbox"  # the hook could not reach the master
+SESSION_DELETED = "session deleted from backend"
+FINISH_RESUMED = "finishing was already under way"  # State says finishing, nobody said why
+
+
+def parent_exited(pid: int) -> str:
+    return f"Claude Code (pid {pid}) exited"
+
+
+def parent_gone(pid: int = 0) -> str:
+    """Found gone when a master adopted the session (it exited while no master watched)."""
+    return f"Claude Code (pid {pid}) is gone" if pid else "Claude Code is gone"
+
 
 EXIT_DONE = 0
 EXIT_MASTER_GONE = 75  # EX_TEMPFAIL: nothing wrong with the session itself
@@ -47,12 +85,10 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     parent_pid: int = 0
     parent_create_time: float = 0.0
     restarts: int = 0
-    finish: bool = False  # start straight in finishing mode (e.g. parent already gone)
+    finish_reason: str = ""  # not "": start straight in finishing mode, for this reason
     end_hook_input: Optional[dict[str, Any]] = None  # see Finish.hook_input
-    # System mode: the user the worker runs as (dropped before any user file is opened).
-    uid: int = -1
-    gid: int = -1
-    username: str = ""
+    # The user the worker becomes before it opens any file (system mode); None: stay as forked.
+    run_as: Optional[User] = None
 
 
 class Finish(msgspec.Struct, tag="finish", frozen=True):
@@ -61,16 +97,15 @@ class Finish(msgspec.Struct, tag="finish", frozen=True):
 
 
 class Reload(msgspec.Struct, tag="reload", frozen=True):
-    pass
+    settings: Settings
 
 
 class Report(msgspec.Struct, tag="report", frozen=True, kw_only=True):
-    phase: str  # waiting | connecting | syncing | finishing | done
+    phase: Phase  # never BACKOFF or FAILED: those are the master's
     confab_session_id: str = ""
     files: dict[str, int] = {}  # file name -> last_synced_line
     last_sync_at: str = ""
     last_error: str = ""
-    sink: str = ""
 
 
 MasterToWorker = Union[Finish, Reload]

@@ -232,3 +232,63 @@ def test_client_socket_candidates_order(tmp_path):
     with pytest.raises(client.NoMaster) as info:
         client.request_any({"type": "ping"}, env=env)
     assert user in str(info.value) and "sys.sock" in str(info.value)
+
+
+def write_unrun_state(cfd, eid):
+    """A session the running master does not know: its State file appears after the master started
+    (a hook's fallback while no master answered, or a master that died before it could adopt it)."""
+    path = cfd.transcript(eid)
+    path.write_bytes(b"".join(fixture_lines()))
+    cfd.sync_dir.mkdir(parents=True, exist_ok=True)
+    cfd.state_file(eid).write_text(json.dumps({"external_id": eid, "transcript_path": str(path)}))
+    assert cfd.session(eid) is None
+    return path
+
+
+def test_stop_wait_on_a_state_the_master_does_not_run_returns_once_it_is_finished(cfd):
+    """Bug: `stop --wait` printed "finished" at once while the final sync was still to come."""
+    eid = "stop-wait-unrun"
+    cfd.master()
+    path = write_unrun_state(cfd, eid)
+    cfd.backend.delay_next(1000, 0.3, path="chunk")  # a final sync that takes a while
+    r = cfd.ctl("stop", eid, "--wait")
+    assert r.returncode == 0 and "finished" in r.stdout, r.stderr
+    assert not cfd.state_file(eid).exists()  # finished means finished: State and inbox gone
+    assert [e["event_type"] for e in cfd.backend.events(eid)] == ["session_end"]
+    assert backend_has_file(cfd.backend, eid, path)
+    assert cfd.session(eid) is None
+
+
+def test_stop_without_wait_says_finishing_not_finished(cfd):
+    eid = "stop-nowait"
+    cfd.master()
+    write_unrun_state(cfd, eid)
+    cfd.backend.delay_next(1000, 0.3, path="chunk")
+    r = cfd.ctl("stop", eid)
+    assert r.returncode == 0 and "finishing" in r.stdout and "finished" not in r.stdout, r.stderr
+    cfd.backend.wait_for(lambda: cfd.backend.events(eid), timeout=30)
+
+
+def test_session_end_after_stop_says_stop_requested(cfd):
+    """Bug: the master sent the worker only `finish: bool`, so the reason read
+    "adopted after its Claude Code exited" whatever it was."""
+    eid = "stop-reason"
+    cfd.master()
+    write_unrun_state(cfd, eid)
+    assert cfd.ctl("stop", eid).returncode == 0
+    cfd.backend.wait_for(lambda: cfd.backend.events(eid), timeout=30)
+    (event,) = cfd.backend.events(eid)
+    assert event["event_type"] == "session_end"
+    assert event["payload"]["confabd_reason"] == "stop requested"
+    assert event["payload"]["session_id"] == eid
+
+
+def test_stop_on_a_corrupt_state_is_an_error_and_keeps_its_files(cfd):
+    eid = "corrupt-state"
+    cfd.master()
+    cfd.sync_dir.mkdir(parents=True, exist_ok=True)
+    cfd.state_file(eid).write_text("{not json")
+    cfd.inbox_file(eid).write_text('{"type":"session_end"}\n')
+    r = cfd.ctl("stop", eid, "--wait")
+    assert r.returncode == 1 and f"no session '{eid}'" in r.stderr and "corrupt" in r.stderr, r.stderr
+    assert cfd.state_file(eid).read_text() == "{not json" and cfd.inbox_file(eid).exists()

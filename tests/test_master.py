@@ -371,3 +371,24 @@ def test_daemon_that_cannot_start_makes_the_launcher_fail_clearly(cfd):
                              env=cfd.env, capture_output=True, text=True, timeout=60)
     assert started.returncode == 1
     assert "exited before it was ready" in started.stderr and str(log) in started.stderr
+
+
+def test_sighup_reaches_running_workers(cfd):
+    """The reloaded settings go to every running worker (they used to reach new workers only)."""
+    backend, eid = cfd.backend, "sighup-worker"
+    master = cfd.master()
+    path = cfd.transcript(eid)
+    append(path, fixture_lines()[:5])
+    assert cfd.ctl("start", "--session-id", eid, "--transcript", str(path)).returncode == 0
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
+    worker = cfd.session(eid)["worker_pid"]
+    archive = cfd.root / "after-sighup.sqlite3"
+    config = cfd.home / ".config" / "confabd" / "confabd.toml"
+    config.write_text(config.read_text() + f'sink = "archive"\narchive_path = "{archive}"\n')
+    master.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "settings reloaded" in master.log_text())
+    append(path, fixture_lines()[5:])
+    wait_until(lambda: archive.exists() and cfd.session(eid)["files"].get(path.name, {}).get(
+        "last_synced_line") == len(fixture_lines()), timeout=20, what="the worker to sync into the new archive")
+    assert cfd.session(eid)["worker_pid"] == worker  # the same worker, new settings
+    assert len(backend.lines(eid, path.name)) == 5  # nothing more went to the old sink

@@ -24,7 +24,6 @@ import pytest
 from tests.data import TRANSCRIPTS
 
 from confabd.archive_cli import cmd_export, cmd_list
-from confabd.paths import default_archive_path
 from confabd.records import ChunkMetadata, GitInfo, InitMetadata, InitRequest
 from confabd.sinks.archive import ArchiveError, ArchiveSink, export_session, list_sessions
 from confabd.sinks.base import Chunk, PositionMismatch, RequestRejected, SessionGone
@@ -166,10 +165,6 @@ def test_a_newer_schema_is_refused(db, sink):
     conn.close()
     with pytest.raises(ArchiveError, match="newer"):
         ArchiveSink(db)
-
-
-def test_default_path(tmp_path):
-    assert ArchiveSink.default_path(str(tmp_path)) == default_archive_path(str(tmp_path))
 
 
 def test_export_is_byte_for_byte(tmp_path, db, sink):

@@ -504,3 +504,21 @@ def test_parent_watch_in_system_mode_finishes_when_the_users_claude_dies(system,
     finally:
         claude.kill()
         claude.wait(10)
+
+
+def test_stop_on_a_corrupt_state_keeps_its_files_as_in_user_mode(system, users, backend):
+    """A corrupt State is an error in both modes and nothing is deleted (the system
+    master's helper used to answer "no State", and the master then removed State and inbox)."""
+    a, _b = users
+    system.start()
+    eid = "corrupt-state"
+    a.sync_dir.mkdir(mode=0o700, exist_ok=True)
+    state, inbox = a.sync_dir / f"{eid}.json", a.sync_dir / f"{eid}.inbox.jsonl"
+    state.write_text("{not json")
+    inbox.write_text('{"type":"session_end"}\n')
+    for f in (a.sync_dir, state, inbox):
+        os.chown(f, a.uid, a.gid)
+        f.chmod(0o700 if f.is_dir() else 0o600)
+    r = system.ctl(a, "stop", eid)
+    assert r.returncode == 1 and f"no session '{eid}'" in r.stderr and "corrupt" in r.stderr, r.stderr
+    assert state.read_text() == "{not json" and inbox.exists()

@@ -466,3 +466,55 @@ def test_long_non_ascii_summary_is_cut_in_bytes_and_the_file_flows(backend, home
     assert w.wait_exit() == api.EXIT_DONE
     sent = backend.metadata(eid)["summary"]
     assert sent == "é" * 1024 and len(sent.encode()) == 2048
+
+
+def test_reload_carries_the_masters_new_settings_to_a_running_worker(home, workers, tmp_path):
+    """SIGHUP reaches running workers: Reload carries the settings, used from the next cycle
+    (here a new archive path, so the sink is rebuilt on it and the session goes there whole)."""
+    eid = "reloaded"
+    path = home.copy_fixture("hello-world-script.jsonl", eid)
+    w = workers(home, eid, path)
+    lines = len(file_lines(path))
+    wait_until(lambda: w.last_report() and w.last_report().files.get(path.name) == lines,
+               what="every line in the first archive")
+    moved = tmp_path / "moved.sqlite3"
+    w.conn.send_bytes(api.encode(api.Reload(home.settings(archive_path=str(moved)))))
+    with open(path, "ab") as f:
+        f.write(b'{"type":"user","message":"after the reload"}\n')
+    wait_until(lambda: moved.exists() and w.last_report().files.get(path.name) == lines + 1,
+               what="the whole session in the archive the new settings name")
+    w.finish()
+    assert w.wait_exit() == api.EXIT_DONE
+    export_session(str(moved), eid, str(tmp_path / "out"))
+    assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
+
+
+def phases_from_finishing(w) -> list:
+    phases = [r.phase for r in w.reports]
+    return phases[phases.index(api.Phase.FINISHING):]
+
+
+def test_a_worker_started_finishing_reports_finishing_from_its_first_report(backend, home, workers):
+    """`status` showed "waiting" and "connecting" for a session the master had said was finishing."""
+    home.configure_backend(backend.url, backend.api_key)
+    eid = "born-finishing"
+    path = home.copy_fixture("hello-world-script.jsonl", eid)
+    w = workers(home, eid, path, finish_reason=api.STOP_REQUESTED)
+    assert w.wait_exit() == api.EXIT_DONE
+    assert [r.phase for r in w.reports] == [api.Phase.FINISHING, api.Phase.DONE]
+    assert backend.events(eid)[0]["payload"]["confabd_reason"] == api.STOP_REQUESTED
+
+
+def test_a_finishing_worker_never_goes_back_to_connecting(backend, home, workers):
+    """Finish while the sink is being rebuilt (here: after a 401): the final sync builds a new one,
+    and that used to report "connecting" for the rest of the finish."""
+    eid = "finish-after-401"
+    path = home.copy_fixture("hello-world-script.jsonl", eid)
+    home.configure_backend(backend.url, "cfb_" + "x" * 40)  # wrong key: the engine is dropped each cycle
+    w = workers(home, eid, path)
+    wait_until(lambda: (r := w.last_report()) and "401" in r.last_error, what="401 reported")
+    home.configure_backend(backend.url, backend.api_key)
+    w.finish()
+    assert w.wait_exit() == api.EXIT_DONE
+    assert backend.file_bytes(eid, path.name) == path.read_bytes()
+    assert set(phases_from_finishing(w)) == {api.Phase.FINISHING, api.Phase.DONE}

@@ -32,7 +32,6 @@ from typing import Any, Optional
 
 import msgspec
 
-from .. import paths
 from ..errors import ConfabdError
 from ..records import ChunkMetadata, InitRequest, InitResponse, ServerFile
 from .base import Chunk, PositionMismatch, RequestRejected, SessionGone
@@ -207,10 +206,6 @@ class ArchiveSink:
     def __init__(self, path: str):
         self.path = path
         self._conn = _connect(path, create=True)
-
-    @staticmethod
-    def default_path(home: str) -> str:
-        return paths.default_archive_path(home)
 
     def init(self, request: InitRequest) -> InitResponse:
         """Create the session for `external_id`, or resume it (same session_id)."""

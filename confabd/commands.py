@@ -1,0 +1,154 @@
+"""The control requests: one handler per request type, each returning its reply.
+
+Every request acts for an owner, whom the tenancy names from the peer's
+credentials (tenancy.py), and may first be throttled. A handler validates
+its input, asks the tenancy what this owner may do, and leaves the session's
+life to confabd.sessions. It returns the reply dict, or None when the reply
+comes later (`stop --wait`): the session then calls back, and the reply is
+resumed on the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Optional
+
+from . import __version__, control, worker_api
+from .control_server import Connection, ControlServer
+from .parents import find_claude, process_identity
+from .records import InvalidExternalId, validate_external_id
+from .sessions import Registration, Sessions
+
+log = logging.getLogger("confabd.master")
+
+HANDLERS = {
+    control.Ping: "ping",
+    control.Status: "status",
+    control.Register: "register",
+    control.Finish: "finish",
+    control.Shutdown: "shutdown",
+}
+
+
+class Commands:
+    def __init__(self, sessions: Sessions, tenancy, server: ControlServer, *,
+                 describe_master: Callable[[], dict], shutdown: Callable[[], None]):
+        self.sessions = sessions
+        self.tenancy = tenancy
+        self.server = server
+        self.describe_master = describe_master  # status's `master` object
+        self.request_shutdown = shutdown
+
+    def handle(self, conn: Connection, request) -> Optional[dict]:
+        """The reply to one request; None when the reply comes later (stop --wait)."""
+        owner = self.tenancy.owner(conn.peer)
+        refusal = self.tenancy.throttle(owner)
+        if refusal is not None:
+            return control.error(refusal.message, retry_after=round(refusal.retry_after, 3))
+        name = HANDLERS.get(type(request))
+        if name is None:
+            return control.error(f"unsupported request {type(request).__name__}")
+        return getattr(self, name)(conn, owner, request)
+
+    def ping(self, conn: Connection, owner: int, request: control.Ping) -> dict:
+        return control.reply(pid=os.getpid(), version=__version__)
+
+    def status(self, conn: Connection, owner: int, request: control.Status) -> dict:
+        if request.external_id is None:
+            sessions = self.sessions.visible_to(owner)
+        else:
+            session = self.sessions.find(owner, request.external_id)
+            if session is None:
+                return control.error(f"no session {request.external_id!r}")
+            sessions = [session]
+        return control.reply(master=self.describe_master(),
+                             sessions=[self.sessions.status_row(s) for s in sessions])
+
+    def register(self, conn: Connection, owner: int, request: control.Register) -> dict:
+        if self.sessions.stopping:
+            return control.error("the master is shutting down")
+        try:
+            external_id = validate_external_id(request.external_id)
+        except InvalidExternalId as exc:
+            return control.error(str(exc))
+        if not request.transcript_path:
+            return control.error("a transcript path is required")
+        transcript = os.path.abspath(request.transcript_path)
+        session = self.sessions.get(owner, external_id)
+        if session is not None and session.transcript_path != transcript:
+            return control.error(
+                f"session {external_id} is already registered with transcript "
+                f"{session.transcript_path}; refusing a second registration from {transcript}")
+        if session is not None and session.running:
+            return control.reply(registered=False, worker_pid=session.proc.pid if session.proc else None)
+        refusal = self.tenancy.admit(owner, transcript, self.sessions.live_count(owner))
+        if refusal:
+            log.warning("session %s of uid %d refused: %s", external_id, owner, refusal)
+            return control.error(refusal)
+        parent = self.find_parent(conn, owner, external_id, request)
+        if isinstance(parent, str):
+            return control.error(parent)
+        parent_pid, create_time = parent
+        session = self.sessions.register(
+            Registration(owner, external_id, transcript, request.cwd, parent_pid, create_time))
+        if session is None:
+            return control.reply(registered=False,
+                                 note="the session is finishing; it starts again once that is done")
+        return control.reply(registered=True, worker_pid=session.proc.pid if session.proc else None,
+                             parent_pid=parent_pid or None)
+
+    def find_parent(self, conn: Connection, owner: int, external_id: str,
+                    request: control.Register):
+        """The session's Claude Code as (pid, create time), (0, 0.0) for none; a str refuses the request.
+
+        A hook names itself (`hook_pid`): Claude Code is found among its
+        ancestors. `confabctl start --parent-pid` names it directly, and it must exist.
+        """
+        if request.hook_pid:
+            hook_pid = self.tenancy.hook_pid(conn.peer, request.hook_pid)
+            parent_pid, create_time = find_claude(hook_pid, request.parent_pid, request.claude_pid_hint)
+            if parent_pid and not self.tenancy.owns_process(owner, parent_pid):
+                parent_pid, create_time = 0, 0.0
+            if not parent_pid:
+                log.warning("session %s: no Claude Code process among the hook's ancestors; "
+                            "parent monitoring is off", external_id)
+            return parent_pid, create_time
+        if request.parent_pid:
+            found = process_identity(request.parent_pid)
+            if not found or not self.tenancy.owns_process(owner, request.parent_pid):
+                return f"parent process {request.parent_pid} does not exist"
+            return found[0], found[1]
+        return 0, 0.0
+
+    def finish(self, conn: Connection, owner: int, request: control.Finish) -> Optional[dict]:
+        """One path for every session, run here or only on disk, and both honour `wait`."""
+        try:
+            external_id = validate_external_id(request.external_id)
+        except InvalidExternalId as exc:
+            return control.error(str(exc))
+        reason = request.reason or worker_api.STOP_REQUESTED
+        session = self.sessions.find(owner, external_id)
+        if session is None:  # not running here: its State may still be on disk
+            try:
+                session = self.sessions.adopt_to_finish(owner, external_id, reason, request.hook_input)
+            except Exception as exc:
+                return control.error(f"no session {external_id!r} ({exc})")
+            if session is None:
+                return control.error(f"no session {external_id!r}")
+        if session.phase == worker_api.Phase.FAILED:
+            return control.error(f"session {external_id} has failed ({session.last_error}); "
+                                 "its State file is kept")
+        self.sessions.finish(session, reason, request.hook_input)
+        if not request.wait:
+            return control.reply(finishing=True)
+        session.waiters.append(lambda error: self.server.resume(
+            conn, control.error(error) if error else control.reply(finished=True)))
+        return None
+
+    def shutdown(self, conn: Connection, owner: int, request: control.Shutdown) -> dict:
+        refusal = self.tenancy.shutdown_refusal(owner)
+        if refusal:
+            return control.error(refusal)
+        self.request_shutdown()
+        return control.reply()

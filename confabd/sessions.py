@@ -1,0 +1,503 @@
+"""The life of every session, from registration or adoption to its end: the one owner of it.
+
+A session is registered (a hook, `confabctl start`) or adopted (a State left
+on disk by an earlier master or a hook's fallback). Each gets a worker, a
+forked process running `confabd.worker.worker_main` (worker_api.py is the
+contract), and, when its Claude Code is known, a watch on that process
+(pidfd, else a 1 s poll).
+
+Phases (worker_api.Phase): the worker reports waiting, connecting, syncing
+and finishing; BACKOFF and FAILED are written here alone. A session ends in
+one way, `finish(session, reason)`, whoever asks first (a hook, `stop`, its
+Claude Code exiting, adoption of an orphan), and its reason travels to the
+worker. Then, by the worker's exit code:
+- EXIT_DONE: finished, files removed; `stop --wait` callers hear "finished";
+- during shutdown: suspended, State kept for the next master;
+- EXIT_UNFINISHED: the final sync hit the shutdown timeout; retried later;
+- anything else: a crash; restarted after min(0.5 s * 2^(n-1), 60 s), the
+  count reset by a stable minute; CRASH_LOOP_LIMIT crashes: FAILED.
+
+This module knows nothing of the control socket: a caller that waits for
+the end leaves a callback in `Session.waiters`, called with "" (finished) or
+the error. Whose session it is and as whom its worker runs is tenancy.py's.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+import multiprocessing
+import os
+import selectors
+import signal
+import time
+from typing import Callable, Iterator, Optional
+
+import msgspec
+
+from . import worker_api
+from .config import Settings
+from .parents import CLAUDE_RE, process_identity, same_process
+from .privileges import PrivilegeError
+from .records import State
+from .tenancy import USER_OWNER
+from .worker_api import Phase
+
+log = logging.getLogger("confabd.master")
+
+START_METHOD = "fork"
+WORKER_MODULE = "confabd.worker"  # its worker_main; the master imports it only when preloading
+
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 60.0
+STABLE_AFTER_S = 60.0  # a worker that ran this long resets the crash count
+CRASH_LOOP_LIMIT = 5  # this many crashes without a stable minute: failed
+UNFINISHED_RETRY_S = 60.0  # a final sync that hit the shutdown timeout is tried again after this
+# The phases a worker reports; BACKOFF and FAILED are the master's alone, DONE is followed by its exit.
+REPORTED_PHASES = (Phase.WAITING, Phase.CONNECTING, Phase.SYNCING, Phase.FINISHING)
+
+Waiter = Callable[[str], None]  # called once when the session ends: "" finished, else why not
+
+
+def describe_exit(code: Optional[int]) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exited with code {code}"
+
+
+class Registration(msgspec.Struct, frozen=True):
+    """A session as a register request (or a State) describes it, checked and resolved."""
+
+    owner: int
+    external_id: str
+    transcript_path: str
+    cwd: str = ""
+    parent_pid: int = 0  # its Claude Code, 0: not watched
+    parent_create_time: float = 0.0
+
+
+class Session:
+    """What the master knows of one session: its worker, its parent, its reports."""
+
+    def __init__(self, registration: Registration):
+        self.external_id = registration.external_id
+        self.owner = registration.owner  # who it belongs to (tenancy.py): its worker runs as them
+        self.transcript_path = registration.transcript_path
+        self.cwd = registration.cwd
+        self.parent_pid = registration.parent_pid
+        self.parent_create_time = registration.parent_create_time
+        self.parent_fd: Optional[int] = None  # a pidfd: readable when the parent exits
+        self.proc: Optional[multiprocessing.process.BaseProcess] = None
+        self.pipe = None  # the master's end of the worker's Pipe
+        self.started = 0.0  # monotonic start of the current worker
+        self.phase = Phase.WAITING
+        self.restarts = 0
+        self.crashes = 0  # since the last stable minute
+        self.restart_timer: Optional[list] = None
+        self.finish_reason = ""  # set once: the session is being finished
+        self.end_hook_input: Optional[dict] = None  # SessionEnd input that only the master holds
+        self.report: Optional[worker_api.Report] = None
+        self.confab_session_id = ""
+        self.last_error = ""
+        self.waiters: list[Waiter] = []  # `stop --wait` callers
+        self.then_register: Optional[Registration] = None  # registered again while finishing
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.owner, self.external_id
+
+    @property
+    def running(self) -> bool:
+        """Neither ending nor given up on: a registration again is a no-op."""
+        return self.phase != Phase.FAILED and not self.finish_reason
+
+
+class Sessions:
+    """Every session of this master, by (owner, external_id), and everything that happens to them."""
+
+    def __init__(self, settings: Settings, tenancy, selector: selectors.BaseSelector, timers,
+                 inherited_fds: Callable[[], list[int]]):
+        self.settings = settings
+        self.tenancy = tenancy
+        self.selector = selector
+        self.timers = timers  # call_later(delay, fn) -> entry; cancel(entry)
+        self.inherited_fds = inherited_fds  # the master's fds a new worker must shed
+        self.ctx = multiprocessing.get_context(START_METHOD)
+        self.table: dict[tuple[int, str], Session] = {}
+        self.stopping = False  # shutdown: no new sessions, no restarts
+
+    # -- looking up ----------------------------------------------------------------
+
+    def get(self, owner: int, external_id: str) -> Optional[Session]:
+        return self.table.get((owner, external_id))
+
+    def find(self, owner: int, external_id: str) -> Optional[Session]:
+        """`owner`'s session `external_id`; one who sees all (root in system mode) finds anybody's."""
+        session = self.table.get((owner, external_id))
+        if session is None and self.tenancy.sees_all(owner):
+            session = next((s for s in self.table.values() if s.external_id == external_id), None)
+        return session
+
+    def visible_to(self, viewer: int) -> list[Session]:
+        return [s for s in self.table.values() if self.tenancy.may_see(viewer, s.owner)]
+
+    def live_count(self, owner: int) -> int:
+        return sum(1 for s in self.table.values() if s.owner == owner and s.phase != Phase.FAILED)
+
+    def workers(self) -> Iterator[Session]:
+        return (s for s in self.table.values() if s.alive)
+
+    def worker_count(self) -> int:
+        return sum(1 for _ in self.workers())
+
+    def any_alive(self) -> bool:
+        return self.worker_count() > 0
+
+    def status_row(self, session: Session) -> dict:
+        """One session as `confabctl status` shows it (docs/CONTROL.md)."""
+        report = session.report
+        files = {name: {"last_synced_line": n} for name, n in (report.files if report else {}).items()}
+        return {
+            "external_id": session.external_id,
+            "state": session.phase,
+            "worker_pid": session.proc.pid if session.proc else None,
+            "parent_pid": session.parent_pid or None,
+            "transcript_path": session.transcript_path,
+            "confab_session_id": (report and report.confab_session_id) or session.confab_session_id or None,
+            "restarts": session.restarts,
+            "files": files,
+            "last_sync_at": (report and report.last_sync_at) or None,
+            "last_error": session.last_error or (report and report.last_error) or None,
+        } | self.tenancy.describe_owner(session.owner)
+
+    # -- beginnings ----------------------------------------------------------------
+
+    def register(self, registration: Registration) -> Optional[Session]:
+        """Start the session; None when it is finishing and will start again once that is done."""
+        session = self.get(registration.owner, registration.external_id)
+        if session is not None and session.finish_reason and session.phase != Phase.FAILED:
+            session.then_register = registration  # e.g. --continue right after SessionEnd
+            return None
+        if session is not None:  # failed before: start over
+            self.forget(session)
+        return self.start(registration)
+
+    def start(self, registration: Registration) -> Session:
+        session = Session(registration)
+        self.tenancy.remember(session.owner)
+        self.add(session)
+        return session
+
+    def adopt_all(self) -> None:
+        """Every session a previous master (or a hook with no master) left on disk."""
+        for owner, state, ended in self.tenancy.states_to_adopt():
+            if (owner, state.external_id) not in self.table:
+                try:
+                    self.adopt(state, owner, worker_api.SESSION_END_IN_INBOX if ended else "")
+                except Exception:
+                    log.exception("session %s (owner %d): cannot adopt it", state.external_id, owner)
+
+    def adopt_to_finish(self, owner: int, external_id: str, reason: str,
+                        hook_input: Optional[dict]) -> Optional[Session]:
+        """A session this master does not run, adopted from its State to be finished; None without one."""
+        files = self.tenancy.sync_dir(owner)
+        state = files.load_state(external_id)  # corrupt: raises, and its files are kept
+        if state is None:
+            files.delete_session(external_id)  # an orphan inbox: nobody will read it
+            return None
+        self.tenancy.remember(owner)
+        return self.adopt(state, owner, reason, hook_input)
+
+    def adopt(self, state: State, owner: int = USER_OWNER, finish_reason: str = "",
+              hook_input: Optional[dict] = None) -> Session:
+        parent_pid, create_time = state.parent_pid, state.parent_create_time
+        if parent_pid and not create_time:  # e.g. written by the original Go client: check by name
+            found = process_identity(parent_pid)
+            if found and CLAUDE_RE.search(found[2]):
+                create_time = found[1]
+            else:
+                finish_reason = finish_reason or worker_api.parent_gone()
+        elif parent_pid and not same_process(parent_pid, create_time):
+            finish_reason = finish_reason or worker_api.parent_gone(parent_pid)
+        session = Session(Registration(owner, state.external_id, state.transcript_path, state.cwd,
+                                       parent_pid, create_time))
+        session.restarts = state.worker_restarts
+        session.confab_session_id = state.confab_session_id
+        session.end_hook_input = hook_input
+        log.info("session %s: adopted from its State file%s", state.external_id,
+                 f", finishing: {finish_reason}" if finish_reason else "")
+        self.add(session, finish_reason)
+        return session
+
+    def add(self, session: Session, finish_reason: str = "") -> None:
+        self.table[session.key] = session
+        if finish_reason:
+            session.finish_reason = finish_reason
+        else:
+            self.watch_parent(session)
+        self.spawn(session)
+
+    def forget(self, session: Session) -> None:
+        self.unwatch_parent(session)
+        self.timers.cancel(session.restart_timer)
+        self.table.pop(session.key, None)
+
+    # -- workers -------------------------------------------------------------------------
+
+    def spawn(self, session: Session) -> None:
+        try:
+            where = self.tenancy.worker_home(session.owner, self.settings)
+        except PrivilegeError as exc:
+            self.crashed(session, str(exc))
+            return
+        spec = worker_api.WorkerSpec(
+            external_id=session.external_id, transcript_path=session.transcript_path,
+            sync_dir=where.sync_dir, home=where.home, settings=where.settings, run_as=where.run_as,
+            cwd=session.cwd, parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
+            restarts=session.restarts, finish_reason=session.finish_reason,
+            end_hook_input=session.end_hook_input)
+        master_end, worker_end = self.ctx.Pipe(duplex=True)
+        inherited = self.inherited_fds() + [master_end.fileno()]
+        worker_main = importlib.import_module(WORKER_MODULE).worker_main  # preloaded: no import here
+        proc = self.ctx.Process(target=worker_main, name=f"confabd-worker {session.external_id}",
+                                args=(spec, worker_end, inherited))
+        try:
+            # Collect garbage, then freeze what is left, so the child's collector never
+            # writes to (and so copies) the pages it shares with the master.
+            gc.collect()
+            gc.freeze()
+            proc.start()
+        except OSError as exc:
+            master_end.close()
+            worker_end.close()
+            log.error("session %s: cannot start a worker: %s", session.external_id, exc)
+            self.tenancy.record_unstarted(session)
+            self.crashed(session, f"cannot start a worker: {exc}")
+            return
+        worker_end.close()
+        session.proc, session.pipe, session.started = proc, master_end, time.monotonic()
+        session.phase = Phase.FINISHING if session.finish_reason else Phase.WAITING
+        self.selector.register(proc.sentinel, selectors.EVENT_READ,
+                               lambda _m, s=session: self.worker_exited(s))
+        self.selector.register(master_end, selectors.EVENT_READ,
+                               lambda _m, s=session: self.on_report(s))
+        log.info("session %s: worker %d started%s", session.external_id, proc.pid,
+                 " (finishing)" if session.finish_reason else "")
+
+    def on_report(self, session: Session) -> None:
+        try:
+            while session.pipe.poll():
+                report = worker_api.decode_report(session.pipe.recv_bytes())
+                session.report = report
+                if report.confab_session_id:
+                    session.confab_session_id = report.confab_session_id
+                if report.phase in REPORTED_PHASES:
+                    session.phase = report.phase
+                if report.phase == Phase.SYNCING and not report.last_error:
+                    session.last_error = ""  # a restarted worker is healthy again (`restarts` keeps count)
+        except (EOFError, OSError):
+            self.unregister(session.pipe)  # the sentinel tells the rest
+        except msgspec.DecodeError as exc:
+            log.warning("session %s: unreadable report from the worker: %s", session.external_id, exc)
+
+    def unregister(self, fileobj) -> None:
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def send(self, session: Session, message) -> bool:
+        if session.pipe is None or session.pipe.closed:
+            return False
+        try:
+            session.pipe.send_bytes(worker_api.encode(message))
+            return True
+        except OSError:
+            return False  # the worker is going; its sentinel says how
+
+    def collect_exited(self) -> None:
+        """SIGCHLD: handle every worker that exited (sentinels usually get there first)."""
+        for session in list(self.table.values()):
+            if session.proc is not None and session.proc.exitcode is not None:
+                self.worker_exited(session)
+        multiprocessing.active_children()  # joins any other finished child
+
+    def worker_exited(self, session: Session) -> None:
+        proc = session.proc
+        if proc is None:
+            return
+        proc.join(1.0)  # the sentinel fires as the child exits: reaping is immediate
+        if proc.exitcode is None:
+            return
+        self.selector.unregister(proc.sentinel)
+        if session.pipe.fileno() in self.selector.get_map():
+            self.on_report(session)  # a last report may be waiting; EOF unregisters it
+            self.unregister(session.pipe)
+        code = proc.exitcode
+        session.pipe.close()
+        proc.close()
+        session.proc = session.pipe = None
+        ran = time.monotonic() - session.started
+        how = describe_exit(code)
+        if code == worker_api.EXIT_DONE:
+            log.info("session %s: finished (worker %s)", session.external_id, how)
+            self.done(session)
+        elif self.stopping:
+            log.info("session %s: worker %s during shutdown; State kept", session.external_id, how)
+            self.forget(session)
+            self.release_waiters(session, f"the master shut down; worker {how}")
+        elif code == worker_api.EXIT_UNFINISHED:  # backend unreachable while finishing: not a crash
+            self.retry_later(session)
+        else:
+            if ran >= STABLE_AFTER_S:
+                session.crashes = 0
+            self.crashed(session, f"worker {how}")
+
+    def retry_later(self, session: Session) -> None:
+        last = (session.report and session.report.last_error) or "the final sync could not complete"
+        session.last_error = f"final sync incomplete ({last}); retrying in {UNFINISHED_RETRY_S:.0f} s"
+        session.phase = Phase.BACKOFF
+        log.warning("session %s: %s", session.external_id, session.last_error)
+        self.release_waiters(session, session.last_error)
+        session.restart_timer = self.timers.call_later(UNFINISHED_RETRY_S, lambda: self.restart(session))
+
+    def crashed(self, session: Session, why: str) -> None:
+        session.crashes += 1
+        last = session.report.last_error if session.report and session.report.last_error else ""
+        session.last_error = why + (f"; last error: {last}" if last else "")
+        if session.crashes >= CRASH_LOOP_LIMIT:
+            session.phase = Phase.FAILED
+            session.last_error = f"crash loop: {session.crashes} crashes within a minute each; " + session.last_error
+            log.error("session %s: giving up: %s", session.external_id, session.last_error)
+            self.unwatch_parent(session)
+            self.release_waiters(session, session.last_error)
+            return
+        delay = min(BACKOFF_FIRST_S * 2 ** (session.crashes - 1), BACKOFF_MAX_S)
+        session.phase = Phase.BACKOFF
+        log.warning("session %s: %s; restarting in %.1f s", session.external_id, session.last_error, delay)
+        session.restart_timer = self.timers.call_later(delay, lambda: self.restart(session))
+
+    def restart(self, session: Session) -> None:
+        session.restart_timer = None
+        if self.stopping or self.table.get(session.key) is not session:
+            return
+        session.restarts += 1
+        self.spawn(session)
+
+    # -- endings ----------------------------------------------------------------------
+
+    def finish(self, session: Session, reason: str, hook_input: Optional[dict] = None) -> None:
+        """Ask for the session's end, once, whoever asks first; the reason goes to the worker."""
+        if session.finish_reason or session.phase == Phase.FAILED:
+            return
+        session.finish_reason = reason
+        session.end_hook_input = hook_input
+        self.unwatch_parent(session)
+        log.info("session %s: finishing (%s)", session.external_id, reason)
+        if session.alive:
+            session.phase = Phase.FINISHING
+            self.send(session, worker_api.Finish(reason, hook_input))
+        elif session.restart_timer is not None:  # in backoff: restart now, in finishing mode
+            self.timers.cancel(session.restart_timer)
+            self.restart(session)
+
+    def done(self, session: Session) -> None:
+        self.forget(session)
+        self.release_waiters(session, "")
+        if session.then_register is not None and not self.stopping:
+            log.info("session %s: registered again while finishing: starting it anew", session.external_id)
+            self.start(session.then_register)
+
+    @staticmethod
+    def release_waiters(session: Session, error: str) -> None:
+        waiters, session.waiters = session.waiters, []
+        for waiter in waiters:
+            waiter(error)
+
+    # -- parents ---------------------------------------------------------------------------
+
+    def watch_parent(self, session: Session) -> None:
+        if not session.parent_pid:
+            return
+        try:
+            fd = os.pidfd_open(session.parent_pid)
+        except ProcessLookupError:
+            self.parent_exited(session)
+            return
+        except (AttributeError, OSError):
+            return  # no pidfd here: poll_parents checks it once a second
+        session.parent_fd = fd
+        self.selector.register(fd, selectors.EVENT_READ, lambda _m, s=session: self.parent_exited(s))
+        if not same_process(session.parent_pid, session.parent_create_time):  # recycled before we looked
+            self.parent_exited(session)
+
+    def unwatch_parent(self, session: Session) -> None:
+        if session.parent_fd is not None:
+            self.selector.unregister(session.parent_fd)
+            os.close(session.parent_fd)
+            session.parent_fd = None
+
+    def parent_exited(self, session: Session) -> None:
+        self.unwatch_parent(session)
+        if self.table.get(session.key) is session:
+            self.finish(session, worker_api.parent_exited(session.parent_pid))
+
+    def poll_parents(self) -> None:
+        """Where pidfd is missing: is each parent still the process it was?"""
+        for session in list(self.table.values()):
+            if (session.parent_pid and session.parent_fd is None and not session.finish_reason
+                    and session.phase != Phase.FAILED
+                    and not same_process(session.parent_pid, session.parent_create_time)):
+                self.parent_exited(session)
+
+    # -- the master's own life -------------------------------------------------------------
+
+    def reload(self, settings: Settings) -> None:
+        """SIGHUP: new workers start with `settings`, running ones get them (their own flavour)."""
+        self.settings = settings
+        for session in list(self.workers()):
+            try:
+                where = self.tenancy.worker_home(session.owner, settings)
+            except PrivilegeError as exc:
+                log.warning("session %s: settings not reloaded: %s", session.external_id, exc)
+                continue
+            self.send(session, worker_api.Reload(where.settings))
+
+    def stop_all(self) -> None:
+        """Shutdown: sessions already finishing finish; live ones are suspended (State kept)."""
+        self.stopping = True
+        for session in list(self.table.values()):
+            self.timers.cancel(session.restart_timer)
+            self.unwatch_parent(session)
+            if not session.alive:
+                self.forget(session)  # its State stays for the next master
+            elif not session.finish_reason:
+                # A live Claude Code session is suspended, not ended: final flush,
+                # State kept, and the next master re-adopts it (worker: SIGTERM).
+                session.proc.terminate()
+
+    def kill_leftovers(self) -> None:
+        for session in list(self.workers()):
+            if session.proc.exitcode is None:
+                log.warning("session %s: worker %d did not finish within the shutdown timeout; killing it",
+                            session.external_id, session.proc.pid)
+                session.proc.kill()
+
+    def close_all(self) -> None:
+        """The master is exiting: workers left see EOF on their pipe and exit (EXIT_MASTER_GONE)."""
+        for session in self.table.values():
+            if session.pipe is not None:
+                session.pipe.close()
+            if session.parent_fd is not None:
+                os.close(session.parent_fd)

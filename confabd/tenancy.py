@@ -1,0 +1,433 @@
+"""Whose master this is: the one place where user mode and system mode differ.
+
+A master serves one tenancy, chosen once at start (`kind`):
+- `UserTenancy`: the master runs as a user, for that user. Every caller is
+  that user (the socket is 0600 in a 0700 dir), every session is theirs, the
+  sync dir is the master's own, workers run as the master.
+- `SystemTenancy`: one root master for the host. Requests act for the uid of
+  the socket's peer (SO_PEERCRED, read on accept). A user sees, finishes and
+  registers only their own sessions; root (uid 0) sees and finishes all and is
+  the only one who may shut the master down. Each user (not root) has a token
+  bucket of `max_requests_per_second` requests (burst: 2 s worth, at least
+  20), at most `max_sessions_per_user` live sessions and
+  MAX_CONNECTIONS_PER_USER open connections. Their files are touched only by
+  processes that became them (privileges.py): their sync dir through
+  helpers, their sessions by workers running as them with their own
+  ~/.confab/config.json.
+
+Both implement the same methods with the same meaning (a corrupt State, say,
+is an error in both and its files are kept), so the rest of the master never
+asks which mode it is in. Owners are uids in system mode; in user mode every
+session has the one owner USER_OWNER.
+
+`Registry` (system mode): a root-owned directory with one empty file per uid
+that has (or had) sessions, so a restarted master knows whose sync dirs to
+list (as that user) without reading anybody's home as root. It lives in
+/var/lib/confabd/users by default: it must survive a master crash and a
+reboot alike, since a State left in a home dir by a crash or a power cut
+still has lines to upload (its parent is gone: the next master finishes it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from typing import Iterator, NamedTuple, Optional, Protocol, Union
+
+import msgspec
+import psutil
+
+from . import fileio, paths
+from .config import Settings
+from .privileges import PrivilegeError, User, UserSyncDir, lookup_user
+from .records import State
+from .store import SyncDir, utc_now
+
+log = logging.getLogger("confabd.tenancy")
+
+ROOT_UID = 0
+USER_OWNER = -1  # user mode: the owner of every session (the master's own user)
+MAX_CONNECTIONS_PER_USER = 32
+MIN_BURST = 20
+
+Peer = tuple  # (pid, uid, gid) from SO_PEERCRED
+
+
+class Refusal(NamedTuple):
+    message: str
+    retry_after: float
+
+
+class WorkerHome(NamedTuple):
+    """Where a session's worker lives: whose home, which sync dir, which settings, as whom."""
+
+    home: str
+    sync_dir: str
+    settings: Settings
+    run_as: Optional[User]
+
+
+class DefaultPaths(NamedTuple):
+    settings: str
+    socket: str
+    pidfile: str  # "": beside the socket
+
+
+class Tenancy(Protocol):
+    """The interface both tenancies implement; the master knows nothing else of its mode."""
+
+    mode: str  # "user" | "system": for `status` and the logs
+    dir_mode: int  # of the socket's and the pidfile's dir, when the master creates them
+    socket_mode: Optional[int]  # None: the socket stays 0600
+    log_file_mode: Optional[int]  # None: the log file keeps its mode
+
+    # starting (master_cli)
+    @staticmethod
+    def default_paths(home: str, env) -> DefaultPaths: ...
+    @staticmethod
+    def startup_problem() -> str: ...  # why this master cannot run here; "" when it can
+    def describe(self) -> str: ...  # where the sessions' files are, for the log
+    def configure(self, settings: Settings) -> None: ...  # SIGHUP
+
+    # callers
+    def owner(self, peer: Peer) -> int: ...  # whom a connection's requests act for
+    def accepts(self, uid: int, open_connections: int) -> bool: ...
+    def throttle(self, owner: int) -> Optional[Refusal]: ...
+    def sees_all(self, owner: int) -> bool: ...  # finds anybody's session by its ID
+    def may_see(self, viewer: int, owner: int) -> bool: ...
+    def shutdown_refusal(self, owner: int) -> str: ...  # "" when they may shut the master down
+    def hook_pid(self, peer: Peer, claimed: int) -> int: ...  # whose ancestors to search for Claude Code
+    def owns_process(self, owner: int, pid: int) -> bool: ...
+    def admit(self, owner: int, transcript: str, live: int) -> str: ...  # "" or why not
+    def describe_owner(self, owner: int) -> dict: ...  # extra fields of a status row
+
+    # files and workers
+    def sync_dir(self, owner: int) -> Union[SyncDir, UserSyncDir]: ...  # same meaning, either way
+    def worker_home(self, owner: int, settings: Settings) -> WorkerHome: ...  # PrivilegeError: no such user
+    def record_unstarted(self, session) -> None: ...  # a State for a worker that could not be forked
+    def states_to_adopt(self) -> Iterator[tuple[int, State, bool]]: ...
+    def remember(self, owner: int) -> None: ...  # this owner has sessions (for the next master)
+
+
+def kind(system: bool) -> type:
+    """The tenancy class for `confabd` (False) or `confabd --system` (True)."""
+    return SystemTenancy if system else UserTenancy
+
+
+def by_mode(mode: str) -> type:
+    return {UserTenancy.mode: UserTenancy, SystemTenancy.mode: SystemTenancy}[mode]
+
+
+# ---------------------------------------------------------------------------
+
+
+class UserTenancy:
+    """A user's own master: one owner, no limits, its own sync dir."""
+
+    mode = "user"
+    dir_mode = 0o700  # of the socket's and the pidfile's dir, when the master creates them
+    socket_mode: Optional[int] = None  # the socket stays 0600 as bound
+    log_file_mode: Optional[int] = 0o600
+
+    def __init__(self, settings: Settings, *, sync_dir: str, home: str, registry_dir: str = ""):
+        self.files = SyncDir(sync_dir)
+        self.home = home
+
+    # -- starting -------------------------------------------------------------
+
+    @staticmethod
+    def default_paths(home: str, env) -> DefaultPaths:
+        return DefaultPaths(paths.user_settings_path(home), paths.user_socket_path(home, env), "")
+
+    @staticmethod
+    def startup_problem() -> str:
+        return ""
+
+    def describe(self) -> str:
+        return f"sync dir {self.files.path}"
+
+    def configure(self, settings: Settings) -> None:
+        pass
+
+    # -- callers: who they are, what they may do --------------------------------
+
+    def owner(self, peer: Peer) -> int:
+        return USER_OWNER
+
+    def accepts(self, uid: int, open_connections: int) -> bool:
+        return True
+
+    def throttle(self, owner: int) -> Optional[Refusal]:
+        return None
+
+    def sees_all(self, owner: int) -> bool:
+        return False  # there is nobody else's session to see
+
+    def may_see(self, viewer: int, owner: int) -> bool:
+        return True
+
+    def shutdown_refusal(self, owner: int) -> str:
+        return ""
+
+    def hook_pid(self, peer: Peer, claimed: int) -> int:
+        return claimed
+
+    def owns_process(self, owner: int, pid: int) -> bool:
+        return True
+
+    def admit(self, owner: int, transcript: str, live: int) -> str:
+        return ""
+
+    def describe_owner(self, owner: int) -> dict:
+        return {}
+
+    # -- files and workers ---------------------------------------------------------
+
+    def sync_dir(self, owner: int) -> SyncDir:
+        return self.files
+
+    def worker_home(self, owner: int, settings: Settings) -> WorkerHome:
+        return WorkerHome(self.home, self.files.path, settings, None)
+
+    def record_unstarted(self, session) -> None:
+        """A State for a session whose worker could not even start.
+
+        Normally the worker writes it first thing, and it does so even if the
+        master dies right after the fork; only a failed fork leaves no record
+        for the next master should this one die during the restart backoff.
+        """
+        state = State(external_id=session.external_id, transcript_path=session.transcript_path,
+                      cwd=session.cwd, pid=os.getpid(), parent_pid=session.parent_pid,
+                      inbox_path=self.files.inbox_path(session.external_id), started_at=utc_now(),
+                      parent_create_time=session.parent_create_time)
+        try:
+            if self.files.load_state(session.external_id) is None:
+                self.files.save_state(state)
+        except Exception as exc:  # corrupt: replace it; unwritable: the worker reports it
+            try:
+                self.files.save_state(state)
+            except OSError:
+                log.error("session %s: cannot write its State file: %s", session.external_id, exc)
+
+    # -- whose sessions exist ----------------------------------------------------
+
+    def states_to_adopt(self) -> Iterator[tuple[int, State, bool]]:
+        """(owner, State, its inbox holds a session_end) for every State left on disk."""
+        for state, ended in self.files.list_states_with_end():
+            yield USER_OWNER, state, ended
+
+    def remember(self, owner: int) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------
+
+
+class SystemTenancy:
+    """One root master for every user of the host (see the module docstring)."""
+
+    mode = "system"
+    dir_mode = 0o755  # the socket inside must be reachable by everybody
+    socket_mode: Optional[int] = 0o666  # anyone may connect; SO_PEERCRED says who they are
+    log_file_mode: Optional[int] = None
+
+    def __init__(self, settings: Settings, *, sync_dir: str = "", home: str = "", registry_dir: str = ""):
+        self.policy = Policy(settings.max_sessions_per_user, settings.max_requests_per_second)
+        self.registry = Registry(registry_dir or paths.SYSTEM_REGISTRY_DIR)
+
+    # -- starting -------------------------------------------------------------
+
+    @staticmethod
+    def default_paths(home: str, env) -> DefaultPaths:
+        return DefaultPaths(paths.SYSTEM_SETTINGS, paths.SYSTEM_SOCKET, paths.SYSTEM_PIDFILE)
+
+    @staticmethod
+    def startup_problem() -> str:
+        return "" if os.geteuid() == ROOT_UID else "--system must run as root"
+
+    def describe(self) -> str:
+        return f"each user's sync dir, users listed in {self.registry.path}"
+
+    def configure(self, settings: Settings) -> None:
+        self.policy.configure(settings.max_sessions_per_user, settings.max_requests_per_second)
+
+    # -- callers: who they are, what they may do --------------------------------
+
+    def owner(self, peer: Peer) -> int:
+        return peer[1]
+
+    def accepts(self, uid: int, open_connections: int) -> bool:
+        """One user's idle connections must not use up the master's fds."""
+        return uid == ROOT_UID or open_connections < MAX_CONNECTIONS_PER_USER
+
+    def throttle(self, owner: int) -> Optional[Refusal]:
+        retry = self.policy.throttle(owner)
+        if not retry:
+            return None
+        return Refusal(f"too many requests from uid {owner} (limit {self.policy.rate:g} per second); "
+                       f"retry in {retry:.2f} s", retry)
+
+    def sees_all(self, owner: int) -> bool:
+        return owner == ROOT_UID
+
+    def may_see(self, viewer: int, owner: int) -> bool:
+        return viewer == ROOT_UID or viewer == owner
+
+    def shutdown_refusal(self, owner: int) -> str:
+        return "" if owner == ROOT_UID else "only root may shut down the system-mode master"
+
+    def hook_pid(self, peer: Peer, claimed: int) -> int:
+        return peer[0]  # the kernel's word, not the client's
+
+    def owns_process(self, owner: int, pid: int) -> bool:
+        """Is `pid` a process of `owner` (root: of anybody)?"""
+        if owner == ROOT_UID:
+            return True
+        try:
+            return psutil.Process(pid).uids().real == owner
+        except psutil.Error:
+            return False
+
+    def admit(self, owner: int, transcript: str, live: int) -> str:
+        """Why `owner`, who has `live` sessions, may not register one on `transcript` ("" if they may)."""
+        if self.policy.over_session_cap(owner, live):
+            return (f"too many sessions: uid {owner} already has {live} (max_sessions_per_user is "
+                    f"{self.policy.max_sessions}); not syncing this one")
+        try:  # as the user, in a helper: root must not look at the path for them
+            return self.sync_dir(owner).check_transcript(transcript)
+        except PrivilegeError as exc:
+            return f"cannot check the transcript path as uid {owner}: {exc}"
+
+    def describe_owner(self, owner: int) -> dict:
+        return {"uid": owner}
+
+    # -- files and workers ---------------------------------------------------------
+
+    def user(self, owner: int) -> User:
+        user = lookup_user(owner)
+        if user is None:
+            raise PrivilegeError(f"uid {owner} has no passwd entry")
+        return user
+
+    def sync_dir(self, owner: int) -> UserSyncDir:
+        """The owner's sync dir, seen through helpers running as them."""
+        return UserSyncDir(self.user(owner))
+
+    def worker_home(self, owner: int, settings: Settings) -> WorkerHome:
+        """The worker becomes the owner and uses the owner's own files and settings."""
+        user = self.user(owner)
+        own = msgspec.structs.replace(settings, state_dir="", archive_path="", socket="")
+        return WorkerHome(user.home, user.sync_dir, own, user)
+
+    def record_unstarted(self, session) -> None:
+        """Nothing: only a process running as the user may write their State, and the
+        fork that would start it has just failed. The session's worker writes it."""
+
+    # -- whose sessions exist ----------------------------------------------------
+
+    def states_to_adopt(self) -> Iterator[tuple[int, State, bool]]:
+        """The States in each registered user's sync dir, listed by a helper running as them."""
+        for uid in self.registry.uids():
+            try:
+                found = self.sync_dir(uid).list_states_with_end()
+            except PrivilegeError as exc:
+                log.error("uid %d: cannot list its sessions: %s", uid, exc)
+                if lookup_user(uid) is None:
+                    self.registry.remove(uid)
+                continue
+            if not found:  # nothing left to adopt: forget the user until they register again
+                self.registry.remove(uid)
+            for state, ended in found:
+                yield uid, state, ended
+
+    def remember(self, owner: int) -> None:
+        """For re-adoption after a restart; the worker writes the State, as the user."""
+        self.registry.add(owner)
+
+
+# ---------------------------------------------------------------------------
+
+
+class TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.stamp = burst, time.monotonic()
+
+    def take(self) -> float:
+        """0.0 when a request may go now, else the seconds until one may."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate if self.rate > 0 else 1.0
+
+
+class Policy:
+    """System mode's limits per uid: requests per second and live sessions; root has none."""
+
+    def __init__(self, max_sessions_per_user: int, max_requests_per_second: float):
+        self.buckets: dict[int, TokenBucket] = {}
+        self.configure(max_sessions_per_user, max_requests_per_second)
+
+    def configure(self, max_sessions_per_user: int, max_requests_per_second: float) -> None:
+        self.max_sessions = max_sessions_per_user
+        self.rate = max_requests_per_second
+        self.buckets.clear()
+
+    def throttle(self, uid: int) -> float:
+        """0.0 if this request of `uid` may be served now, else when to retry (seconds)."""
+        if uid == ROOT_UID or self.rate <= 0:
+            return 0.0
+        bucket = self.buckets.get(uid)
+        if bucket is None:
+            bucket = self.buckets[uid] = TokenBucket(self.rate, max(MIN_BURST, 2 * self.rate))
+        return bucket.take()
+
+    def over_session_cap(self, uid: int, live: int) -> bool:
+        return uid != ROOT_UID and 0 < self.max_sessions <= live
+
+
+class Registry:
+    """`<dir>/<uid>`: empty root-owned files naming the users who have sessions."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def ensure(self) -> None:
+        fileio.make_dirs(self.path, 0o700)
+        st = os.lstat(self.path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise PermissionError(f"{self.path} must be a directory owned by uid {os.geteuid()} "
+                                  "and writable by it alone")
+
+    def add(self, uid: int) -> None:
+        entry = os.path.join(self.path, str(uid))
+        if os.path.exists(entry):
+            return
+        try:
+            self.ensure()
+            fd = os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            os.fsync(fd)
+            os.close(fd)
+        except OSError as exc:
+            log.error("cannot record uid %d in %s (its sessions will not be re-adopted "
+                      "after a restart): %s", uid, self.path, exc)
+
+    def remove(self, uid: int) -> None:
+        try:
+            os.unlink(os.path.join(self.path, str(uid)))
+        except FileNotFoundError:
+            pass
+
+    def uids(self) -> list[int]:
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        return sorted(int(name) for name in names if name.isdigit())
