@@ -16,9 +16,10 @@ import _socket
 from . import paths
 
 PROTOCOL_VERSION = 1
+MAX_FRAME = 1 << 20  # a request to the master
 # Replies may be large (a status of a user with thousands of agent files is
-# several MB); requests to the master stay capped at control.MAX_FRAME.
-MAX_REPLY_FRAME = 64 << 20  # a status with thousands of agent files is over 1 MiB
+# several MB); requests to the master stay capped at MAX_FRAME.
+MAX_REPLY_FRAME = 64 << 20
 
 
 # ---------------------------------------------------------------------------
