@@ -1,0 +1,176 @@
+"""A local user against the master: nobody can hang it, bloat it, freeze it or get past its limits.
+
+Each test is an attack from docs/SECURITY.md, run for real: a connection that
+never reads, a user's own worker or helper stopped with SIGSTOP while the
+master talks to it, a FIFO planted where a State file should be, State files
+planted to get past `max_sessions_per_user`. The system-mode ones use the real
+throwaway users of tests/test_system_mode.py (they need root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import REPO, fixture_lines, wait_until
+from tests.test_system_mode import System, backend, users  # noqa: F401 - fixtures
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="system mode tests need root (they create users)")
+
+
+@pytest.fixture
+def system(users, backend):  # noqa: F811
+    s = System(users, backend)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def frame(message: dict) -> bytes:
+    body = json.dumps(dict(message, v=1)).encode()
+    return len(body).to_bytes(4, "big") + body
+
+
+def rss_mib(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / (1 << 20)
+
+
+def test_a_client_that_never_reads_is_dropped_and_the_master_stays_small(cfd):
+    """Requests written without reading the replies: the master stops reading, then drops the peer."""
+    master = cfd.master()
+    for i in range(3):  # sessions make every status reply a few hundred bytes
+        path = cfd.transcript(f"bloat-{i}")
+        path.write_bytes(b"".join(fixture_lines()[:2]))
+        assert cfd.ctl("start", "--session-id", f"bloat-{i}", "--transcript", str(path)).returncode == 0
+    before = rss_mib(master.pid)
+    request = frame({"type": "status"}) * 256
+    sent, dropped = 0, False
+    flood = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    flood.connect(str(cfd.socket))
+    flood.settimeout(5.0)  # a send blocked this long: the master is pushing back, as it should
+    try:
+        while sent < 200 << 20:
+            try:
+                flood.sendall(request)
+            except (BrokenPipeError, ConnectionResetError):
+                dropped = True
+                break
+            except socket.timeout:
+                break
+            sent += len(request)
+    finally:
+        grown = rss_mib(master.pid) - before
+        flood.close()
+    print(f"\nsent {sent >> 20} MiB of requests; master RSS grew {grown:.1f} MiB; dropped: {dropped}")
+    assert grown < 48, f"the master grew {grown:.0f} MiB for one connection that never reads"
+    assert sent < 200 << 20, "the master took 200 MiB of requests without pushing back"
+    assert cfd.status()["master"]["pid"] == master.pid  # and it still serves everyone else
+
+
+@needs_root
+def test_a_stopped_worker_and_a_huge_finish_do_not_hang_the_master(system, users, backend):  # noqa: F811
+    """A SIGSTOPs their own worker, then sends it a finish with a 900 KB hook input: B is still served."""
+    a, b = users
+    system.start()
+    eid = "stuck-worker"
+    path = a.transcript(eid, fixture_lines()[:3])
+    assert system.hook_start(a, eid, path).returncode == 0
+    worker = wait_until(lambda: system.status(a)[eid]["worker_pid"], 20, what="A's worker")
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        finish = frame({"type": "finish", "external_id": eid, "wait": False, "reason": "attack",
+                        "hook_input": {"session_id": eid, "junk": "x" * 900_000}})
+        attacker = system.run_as(a, textwrap.dedent(f"""
+            import socket, sys
+            s = socket.socket(socket.AF_UNIX); s.connect({str(system.socket)!r})
+            s.sendall(bytes.fromhex(sys.stdin.readline().strip()))
+            print("sent", flush=True); sys.stdin.readline()
+            """), stdin=subprocess.PIPE)
+        attacker.stdin.write(finish.hex() + "\n")
+        attacker.stdin.flush()
+        assert attacker.stdout.readline().strip() == "sent"
+        started = time.monotonic()
+        r = system.ctl(b, "status", "--json", timeout=60)
+        assert r.returncode == 0, r.stderr
+        print(f"\nB's status answered in {time.monotonic() - started:.2f} s while A's worker is stopped")
+        assert system.proc.poll() is None
+        attacker.stdin.write("\n")
+        attacker.stdin.close()
+        attacker.wait(30)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+
+
+@needs_root
+def test_a_fifo_planted_as_a_state_file_does_not_freeze_the_master(system, users, backend):  # noqa: F811
+    """`confabctl stop x` with a FIFO as x.json: the helper that reads it blocks, the master does not."""
+    a, b = users
+    system.start()
+    a.sync_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(a.sync_dir, a.uid, a.gid)
+    fifo = a.sync_dir / "trap.json"
+    os.mkfifo(fifo, 0o600)
+    os.chown(fifo, a.uid, a.gid)
+    stopper = subprocess.Popen(
+        ["setpriv", f"--reuid={a.uid}", f"--regid={a.gid}", "--init-groups", system.python[a.name],
+         "-m", "confabd.ctl", "stop", "trap"],
+        env={"HOME": str(a.home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+             "CONFABD_SYSTEM_SOCKET": str(system.socket)},
+        cwd=str(a.home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    master = psutil.Process(system.proc.pid)
+
+    def blocked_helper():
+        return [p for p in master.children() if p.uids().real == a.uid and p.status() != psutil.STATUS_ZOMBIE]
+
+    helpers = wait_until(blocked_helper, 30, what="a helper of A's blocked on the FIFO")
+    try:
+        r = system.ctl(b, "status", "--json", timeout=60)
+        assert r.returncode == 0, r.stderr
+        still_blocked = [h for h in helpers if h.is_running() and h.status() != psutil.STATUS_ZOMBIE]
+        assert still_blocked, "B's status was answered only after A's helper had given up"
+    finally:
+        out, err = stopper.communicate(timeout=60)
+    assert stopper.returncode != 0 and "trap" in err, (out, err)
+    assert system.proc.poll() is None
+
+
+@needs_root
+def test_stop_of_planted_states_cannot_pass_the_session_cap(system, users, backend):  # noqa: F811
+    """max_sessions_per_user is 3: A runs 3, then asks to stop 5 sessions it planted as State files."""
+    a, _b = users
+    system.start()
+    for i in range(3):
+        path = a.transcript(f"live-{i}", fixture_lines()[:2])
+        assert system.ctl(a, "start", "--session-id", f"live-{i}", "--transcript", str(path)).returncode == 0
+    a.sync_dir.mkdir(mode=0o700, exist_ok=True)
+    for i in range(5):
+        eid = f"planted-{i}"
+        path = a.transcript(eid, fixture_lines()[:2])
+        state = a.sync_dir / f"{eid}.json"
+        state.write_text(json.dumps({"external_id": eid, "transcript_path": str(path), "cwd": "/",
+                                     "pid": 0, "inbox_path": "", "started_at": "2026-12-01T00:00:00Z"}))
+        os.chown(state, a.uid, a.gid)
+        state.chmod(0o600)
+    refused = 0
+    held = backend.gate("event")  # a finishing session stays live until its session_end is answered
+    try:
+        for i in range(5):
+            r = system.ctl(a, "stop", f"planted-{i}")
+            refused += r.returncode != 0 and "too many sessions" in r.stderr
+            live = [s for s in system.status().values()
+                    if s["worker_pid"] and s["external_id"].startswith(("live-", "planted-"))]
+            assert len(live) <= 3, f"A runs {len(live)} workers with max_sessions_per_user = 3"
+    finally:
+        held.release()
+    assert refused == 5
+    for i in range(5):  # refused, not lost: the State stays for later
+        assert (a.sync_dir / f"planted-{i}.json").exists() or backend.events(f"planted-{i}")
