@@ -118,6 +118,13 @@ class FrameBuffer:
     def feed(self, chunk: bytes) -> None:
         self.data += chunk
 
+    def has_frame(self) -> bool:
+        """A complete frame (or a header that is refused) waits to be taken."""
+        if len(self.data) < HEADER_SIZE:
+            return False
+        size = int.from_bytes(self.data[:HEADER_SIZE], "big")
+        return size > MAX_FRAME or len(self.data) >= HEADER_SIZE + size
+
     def next_frame(self) -> Optional[bytes]:
         """The next complete body, None if incomplete; FrameTooLarge if the header is too big."""
         if len(self.data) < HEADER_SIZE:

@@ -10,6 +10,12 @@ master's selector, so a slow or hostile peer costs a buffer, never the loop.
   word; `accepts(uid, open_connections)` may refuse a connection outright.
 - fairness: at most MAX_REQUESTS_PER_TURN requests per connection per loop
   turn; the rest wait in the backlog for the next turns.
+- bounds: a connection is read from only while it has nothing left to
+  answer (no complete frame waiting, no deferred reply) and its unsent
+  replies are under OUTPUT_HIGH_WATER; otherwise its EVENT_READ is off and
+  the kernel's socket buffer pushes back on the peer. So its input is at
+  most one frame plus one read, its output at most the mark plus one reply;
+  a connection whose output would pass MAX_OUTPUT is dropped.
 - the socket is born 0600 (umask) and then given `socket_mode` if any; it is
   removed on close only if it is still ours (same inode).
 
@@ -33,6 +39,11 @@ log = logging.getLogger("confabd.master")
 
 MAX_REQUESTS_PER_TURN = 16  # per connection, per loop turn: fairness under a flood
 ACCEPTS_PER_TURN = 64
+READ_SIZE = 65536
+# Replies not yet taken by the peer: over the mark, its requests wait (and are not read);
+# past MAX_OUTPUT (one largest reply over the mark) the peer is dropped.
+OUTPUT_HIGH_WATER = 1 << 20
+MAX_OUTPUT = OUTPUT_HIGH_WATER + control.MAX_REPLY_FRAME + 4
 Handler = Callable[["Connection", control.AnyRequest], Optional[dict]]
 
 
@@ -47,6 +58,11 @@ class Connection:
         self.deferred = False  # a reply is pending (stop --wait): hold further requests
         self.close_after_flush = False
         self.closed = False
+        self.events = selectors.EVENT_READ  # what the selector watches for it now (0: nothing)
+
+    @property
+    def output_full(self) -> bool:
+        return len(self.outbuf) > OUTPUT_HIGH_WATER
 
 
 class ControlServer:
@@ -129,10 +145,13 @@ class ControlServer:
 
     def on_ready(self, conn: Connection, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
+            was_full = conn.output_full
             self.flush(conn)
-        if mask & selectors.EVENT_READ and not conn.closed:
+            if was_full and not conn.closed and not conn.output_full:
+                self.serve(conn)  # the peer reads again: its waiting requests go on
+        if mask & selectors.EVENT_READ and not conn.closed and conn.events & selectors.EVENT_READ:
             try:
-                data = conn.sock.recv(65536)
+                data = conn.sock.recv(READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -146,30 +165,34 @@ class ControlServer:
     def serve(self, conn: Connection) -> None:
         """Answer the complete requests in the buffer, in order: at most
         MAX_REQUESTS_PER_TURN, so one connection's flood cannot hold the loop
-        while others wait; the rest is served on the next turns."""
-        for _ in range(MAX_REQUESTS_PER_TURN):
-            if conn.deferred or conn.close_after_flush or conn.closed:
-                return
-            try:
-                body = conn.inbuf.next_frame()
-            except control.FrameTooLarge as exc:
-                conn.close_after_flush = True
-                self.respond(conn, control.error(str(exc)))
-                return
-            if body is None:
-                return
-            try:
-                answer = self.handle(conn, control.decode_request(body))
-            except ValueError as exc:
-                answer = control.error(str(exc))
-            except Exception as exc:  # a bug must cost one request, not the master
-                log.exception("error handling a control request")
-                answer = control.error(f"internal error: {exc}")
-            if answer is None:
-                conn.deferred = True
-            else:
-                self.respond(conn, answer)
-        self.backlog[conn] = None
+        while others wait; the rest is served on the next turns. A peer that
+        does not read its replies is served no further until it does."""
+        try:
+            for _ in range(MAX_REQUESTS_PER_TURN):
+                if conn.deferred or conn.close_after_flush or conn.closed or conn.output_full:
+                    return
+                try:
+                    body = conn.inbuf.next_frame()
+                except control.FrameTooLarge as exc:
+                    conn.close_after_flush = True
+                    self.respond(conn, control.error(str(exc)))
+                    return
+                if body is None:
+                    return
+                try:
+                    answer = self.handle(conn, control.decode_request(body))
+                except ValueError as exc:
+                    answer = control.error(str(exc))
+                except Exception as exc:  # a bug must cost one request, not the master
+                    log.exception("error handling a control request")
+                    answer = control.error(f"internal error: {exc}")
+                if answer is None:
+                    conn.deferred = True
+                else:
+                    self.respond(conn, answer)
+            self.backlog[conn] = None
+        finally:
+            self.watch(conn)
 
     def has_backlog(self) -> bool:
         return bool(self.backlog)
@@ -187,12 +210,18 @@ class ControlServer:
             return
         conn.deferred = False
         self.respond(conn, answer)
-        self.serve(conn)
+        self.serve(conn)  # also watches it for reading again
 
     def respond(self, conn: Connection, answer: dict) -> None:
         if conn.closed:
             return
-        conn.outbuf += control.encode_frame(answer)
+        frame = control.encode_frame(answer)
+        if len(conn.outbuf) + len(frame) > MAX_OUTPUT:
+            log.warning("dropping the connection of pid %d (uid %d): it does not read its replies",
+                        conn.peer[0], conn.peer[1])
+            self.close_connection(conn)
+            return
+        conn.outbuf += frame
         self.flush(conn)
 
     def flush(self, conn: Connection) -> None:
@@ -208,8 +237,28 @@ class ControlServer:
         if not conn.outbuf and conn.close_after_flush:
             self.close_connection(conn)
             return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
-        self.selector.modify(conn.sock, events, self.selector.get_key(conn.sock).data)
+        self.watch(conn)
+
+    def wanted_events(self, conn: Connection) -> int:
+        """Read only what can be answered now: nothing waiting, no reply owed, output under the mark."""
+        reading = not (conn.deferred or conn.close_after_flush or conn.output_full
+                       or conn in self.backlog or conn.inbuf.has_frame())
+        return (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if conn.outbuf else 0)
+
+    def watch(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        events = self.wanted_events(conn)
+        if events == conn.events:
+            return
+        callback = lambda mask, c=conn: self.on_ready(c, mask)  # noqa: E731
+        if conn.events and events:
+            self.selector.modify(conn.sock, events, callback)
+        elif events:
+            self.selector.register(conn.sock, events, callback)
+        else:
+            self.selector.unregister(conn.sock)
+        conn.events = events
 
     def close_connection(self, conn: Connection) -> None:
         if conn.closed:
@@ -217,7 +266,10 @@ class ControlServer:
         conn.closed = True
         self.connections.discard(conn)
         self.per_uid[conn.peer[1]] -= 1
-        self.selector.unregister(conn.sock)
+        self.backlog.pop(conn, None)
+        if conn.events:
+            self.selector.unregister(conn.sock)
+            conn.events = 0
         conn.sock.close()
 
 
