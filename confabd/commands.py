@@ -130,6 +130,10 @@ class Commands:
         reason = request.reason or worker_api.STOP_REQUESTED
         session = self.sessions.find(owner, external_id)
         if session is None:  # not running here: its State may still be on disk
+            refusal = self.tenancy.session_cap_refusal(owner, self.sessions.live_count(owner))
+            if refusal:  # adopting it would make one more live session: the cap holds here too
+                log.warning("finish of %s by uid %d refused: %s", external_id, owner, refusal)
+                return control.error(refusal)
             try:
                 session = self.sessions.adopt_to_finish(owner, external_id, reason, request.hook_input)
             except Exception as exc:

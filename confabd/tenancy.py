@@ -101,6 +101,7 @@ class Tenancy(Protocol):
     def hook_pid(self, peer: Peer, claimed: int) -> int: ...  # whose ancestors to search for Claude Code
     def owns_process(self, owner: int, pid: int) -> bool: ...
     def admit(self, owner: int, transcript: str, live: int) -> str: ...  # "" or why not
+    def session_cap_refusal(self, owner: int, live: int) -> str: ...  # "" or "too many sessions ..."
     def describe_owner(self, owner: int) -> dict: ...  # extra fields of a status row
 
     # files and workers
@@ -178,6 +179,9 @@ class UserTenancy:
         return True
 
     def admit(self, owner: int, transcript: str, live: int) -> str:
+        return ""
+
+    def session_cap_refusal(self, owner: int, live: int) -> str:
         return ""
 
     def describe_owner(self, owner: int) -> dict:
@@ -292,13 +296,20 @@ class SystemTenancy:
 
     def admit(self, owner: int, transcript: str, live: int) -> str:
         """Why `owner`, who has `live` sessions, may not register one on `transcript` ("" if they may)."""
-        if self.policy.over_session_cap(owner, live):
-            return (f"too many sessions: uid {owner} already has {live} (max_sessions_per_user is "
-                    f"{self.policy.max_sessions}); not syncing this one")
+        refusal = self.session_cap_refusal(owner, live)
+        if refusal:
+            return refusal
         try:  # as the user, in a helper: root must not look at the path for them
             return self.sync_dir(owner).check_transcript(transcript)
         except PrivilegeError as exc:
             return f"cannot check the transcript path as uid {owner}: {exc}"
+
+    def session_cap_refusal(self, owner: int, live: int) -> str:
+        """Every path that makes a session live asks this: register, finish of an unknown ID, adoption."""
+        if self.policy.over_session_cap(owner, live):
+            return (f"too many sessions: uid {owner} already has {live} (max_sessions_per_user is "
+                    f"{self.policy.max_sessions}); not syncing this one, its State (if any) is kept")
+        return ""
 
     def describe_owner(self, owner: int) -> dict:
         return {"uid": owner}
