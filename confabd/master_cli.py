@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import logging
 import logging.handlers
 import os
 import signal
+import stat
 import sys
 from typing import Callable, Optional
 
@@ -160,14 +162,42 @@ class PidFile:
         self.release()
 
 
+class LogFileHandler(logging.handlers.WatchedFileHandler):
+    """A WatchedFileHandler (reopened when logrotate moves the file away) that never follows a
+    symlink or opens anything but a regular file, and sets the mode on what it opened: the
+    log file's path may be in a directory others can write, and root must not chmod (or append
+    to) whatever a planted link names."""
+
+    def __init__(self, filename: str, file_mode: Optional[int]):
+        self.file_mode = file_mode
+        super().__init__(filename)
+
+    def _open(self):
+        path = self.baseFilename
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o600 if self.file_mode is None else self.file_mode)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OSError(exc.errno, f"{path} is a symbolic link; refusing to follow it") from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{path} is not a regular file")
+            os.set_blocking(fd, True)
+            if self.file_mode is not None:
+                os.fchmod(fd, self.file_mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
+
+
 def setup_logging(opts: Options, file_mode: Optional[int]) -> logging.Handler:
     if opts.log_file:
         directory = os.path.dirname(os.path.abspath(opts.log_file))
         fileio.make_dirs(directory, 0o700)
-        # Reopened when logrotate moves the file away.
-        handler: logging.Handler = logging.handlers.WatchedFileHandler(opts.log_file)
-        if file_mode is not None:
-            os.chmod(opts.log_file, file_mode)
+        handler: logging.Handler = LogFileHandler(opts.log_file, file_mode)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(SafeFormatter(LOG_FORMAT))  # one record, one printable line

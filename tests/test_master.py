@@ -392,3 +392,21 @@ def test_sighup_reaches_running_workers(cfd):
         "last_synced_line") == len(fixture_lines()), timeout=20, what="the worker to sync into the new archive")
     assert cfd.session(eid)["worker_pid"] == worker  # the same worker, new settings
     assert len(backend.lines(eid, path.name)) == 5  # nothing more went to the old sink
+
+
+def test_a_symlink_as_the_log_file_is_refused_and_its_target_untouched(cfd):
+    """`--log-file` naming a symlink: the master refuses to start, the link's target keeps its mode and bytes."""
+    import subprocess
+    from tests.conftest import PYTHON
+    target = cfd.root / "precious"
+    target.write_bytes(b"not a log\n")
+    target.chmod(0o644)
+    link = cfd.root / "daemon.log"
+    link.symlink_to(target)
+    for how in ("--foreground", "--daemon"):
+        started = subprocess.run([PYTHON, "-m", "confabd.master_cli", how, "--log-file", str(link)],
+                                 env=cfd.env, capture_output=True, text=True, timeout=60)
+        assert started.returncode == 1, started.stderr
+        assert "symbolic link" in started.stderr and str(link) in started.stderr, started.stderr
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644 and target.read_bytes() == b"not a log\n"
+    assert not cfd.ping()
