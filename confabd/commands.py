@@ -14,6 +14,8 @@ import logging
 import os
 from typing import Callable, Optional
 
+import msgspec
+
 from . import __version__, control, worker_api
 from .control_server import Connection, ControlServer
 from .parents import find_claude, process_identity
@@ -21,6 +23,11 @@ from .records import InvalidExternalId, validate_external_id
 from .sessions import Registration, Sessions
 
 log = logging.getLogger("confabd.master")
+
+# A SessionEnd hook input travels in `finish` only when the hook could not write it to the inbox;
+# real ones are a few hundred bytes. A larger one is dropped (the worker then sends a synthetic
+# session_end) so that what the master holds and sends a worker stays small.
+MAX_HOOK_INPUT = 64 << 10
 
 HANDLERS = {
     control.Ping: "ping",
@@ -128,6 +135,13 @@ class Commands:
         except InvalidExternalId as exc:
             return control.error(str(exc))
         reason = request.reason or worker_api.STOP_REQUESTED
+        hook_input, note = request.hook_input, {}
+        if hook_input is not None and len(msgspec.json.encode(hook_input)) > MAX_HOOK_INPUT:
+            log.warning("finish of %s by uid %d: dropping a hook input over %d bytes",
+                        external_id, owner, MAX_HOOK_INPUT)
+            hook_input = None
+            note = {"note": f"hook_input over {MAX_HOOK_INPUT} bytes was dropped; "
+                            "the session_end is made by the worker"}
         session = self.sessions.find(owner, external_id)
         if session is None:  # not running here: its State may still be on disk
             refusal = self.tenancy.session_cap_refusal(owner, self.sessions.live_count(owner))
@@ -135,7 +149,7 @@ class Commands:
                 log.warning("finish of %s by uid %d refused: %s", external_id, owner, refusal)
                 return control.error(refusal)
             try:
-                session = self.sessions.adopt_to_finish(owner, external_id, reason, request.hook_input)
+                session = self.sessions.adopt_to_finish(owner, external_id, reason, hook_input)
             except Exception as exc:
                 return control.error(f"no session {external_id!r} ({exc})")
             if session is None:
@@ -143,9 +157,9 @@ class Commands:
         if session.phase == worker_api.Phase.FAILED:
             return control.error(f"session {external_id} has failed ({session.last_error}); "
                                  "its State file is kept")
-        self.sessions.finish(session, reason, request.hook_input)
+        self.sessions.finish(session, reason, hook_input)
         if not request.wait:
-            return control.reply(finishing=True)
+            return control.reply(finishing=True, **note)
         session.waiters.append(lambda error: self.server.resume(
             conn, control.error(error) if error else control.reply(finished=True)))
         return None

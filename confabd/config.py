@@ -44,15 +44,19 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_sessions_per_user: int = 64
     max_requests_per_second: float = 50.0
     oversized_lines: str = "block"  # block | truncate: a line over the chunk limit
+    worker_timeout_s: float = 120.0  # a worker silent this long is hung: killed, restarted (0: never)
+    failed_retry_s: float = 300.0  # a session in `failed` (crash loop) is tried again this often
 
     def __post_init__(self):
         if self.sink not in ("auto", "http", "archive"):
             raise ValueError(f"sink must be auto, http or archive, not {self.sink!r}")
         if self.oversized_lines not in ("block", "truncate"):
             raise ValueError(f"oversized_lines must be block or truncate, not {self.oversized_lines!r}")
-        for name in ("sync_interval_ms", "shutdown_timeout_ms", "finish_linger_ms"):
+        for name in ("sync_interval_ms", "shutdown_timeout_ms", "finish_linger_ms", "worker_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.failed_retry_s <= 0:
+            raise ValueError("failed_retry_s must be positive")
 
     @property
     def jitter_ms(self) -> int:

@@ -42,6 +42,7 @@ from .sessions import Sessions
 log = logging.getLogger("confabd.master")
 
 PARENT_POLL_S = 1.0  # fallback parent check when pidfd is unavailable
+HEARTBEAT_CHECK_S = 1.0  # how often workers are checked against worker_timeout_s
 KILL_GRACE_S = 2.0  # after the shutdown timeout, before SIGKILL
 
 
@@ -158,6 +159,7 @@ class Arbiter:
         if interval:
             self.timers.every(interval, lambda: self.notify("WATCHDOG=1"))
         self.timers.every(PARENT_POLL_S, self.sessions.poll_parents)
+        self.timers.every(HEARTBEAT_CHECK_S, self.sessions.check_heartbeats)
 
     def preload_worker_code(self) -> None:
         """Import what workers run once, here, so forked workers share those pages.

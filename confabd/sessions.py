@@ -43,6 +43,7 @@ from .privileges import PrivilegeError
 from .records import State
 from .tenancy import USER_OWNER
 from .worker_api import Phase
+from .worker_channel import Unreadable, WorkerChannel
 
 log = logging.getLogger("confabd.master")
 
@@ -95,8 +96,10 @@ class Session:
         self.parent_create_time = registration.parent_create_time
         self.parent_fd: Optional[int] = None  # a pidfd: readable when the parent exits
         self.proc: Optional[multiprocessing.process.BaseProcess] = None
-        self.pipe = None  # the master's end of the worker's Pipe
+        self.pipe: Optional[WorkerChannel] = None  # the master's end of the worker's Pipe, non-blocking
         self.started = 0.0  # monotonic start of the current worker
+        self.last_heard = 0.0  # monotonic: the worker's last message (or its start)
+        self.kill_reason = ""  # why the master killed the current worker (hung): its crash says so
         self.phase = Phase.WAITING
         self.restarts = 0
         self.crashes = 0  # since the last stable minute
@@ -286,30 +289,54 @@ class Sessions:
             self.crashed(session, f"cannot start a worker: {exc}")
             return
         worker_end.close()
-        session.proc, session.pipe, session.started = proc, master_end, time.monotonic()
+        session.proc, session.pipe = proc, WorkerChannel(master_end)
+        session.started = session.last_heard = time.monotonic()
+        session.kill_reason = ""
         session.phase = Phase.FINISHING if session.finish_reason else Phase.WAITING
         self.selector.register(proc.sentinel, selectors.EVENT_READ,
                                lambda _m, s=session: self.worker_exited(s))
-        self.selector.register(master_end, selectors.EVENT_READ,
-                               lambda _m, s=session: self.on_report(s))
+        self.selector.register(session.pipe, selectors.EVENT_READ,
+                               lambda mask, s=session: self.on_worker_io(s, mask))
         log.info("session %s: worker %d started%s", session.external_id, proc.pid,
                  " (finishing)" if session.finish_reason else "")
 
+    def on_worker_io(self, session: Session, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.flush(session)
+        if mask & selectors.EVENT_READ and session.pipe is not None:
+            self.on_report(session)
+
     def on_report(self, session: Session) -> None:
+        """Whatever the worker wrote, without waiting for more: Reports and Heartbeats."""
         try:
-            while session.pipe.poll():
-                report = worker_api.decode_report(session.pipe.recv_bytes())
-                session.report = report
-                if report.confab_session_id:
-                    session.confab_session_id = report.confab_session_id
-                if report.phase in REPORTED_PHASES:
-                    session.phase = report.phase
-                if report.phase == Phase.SYNCING and not report.last_error:
-                    session.last_error = ""  # a restarted worker is healthy again (`restarts` keeps count)
-        except (EOFError, OSError):
+            messages, eof = session.pipe.receive()
+        except Unreadable as exc:
+            self.hung(session, f"unreadable message from the worker: {exc}")
+            return
+        except OSError:
+            messages, eof = [], True
+        if messages:
+            session.last_heard = time.monotonic()
+        for data in messages:
+            try:
+                message = worker_api.decode_report(data)
+            except msgspec.DecodeError as exc:
+                log.warning("session %s: unreadable report from the worker: %s", session.external_id, exc)
+                continue
+            if isinstance(message, worker_api.Report):
+                self.take_report(session, message)
+        if eof:
             self.unregister(session.pipe)  # the sentinel tells the rest
-        except msgspec.DecodeError as exc:
-            log.warning("session %s: unreadable report from the worker: %s", session.external_id, exc)
+
+    @staticmethod
+    def take_report(session: Session, report: worker_api.Report) -> None:
+        session.report = report
+        if report.confab_session_id:
+            session.confab_session_id = report.confab_session_id
+        if report.phase in REPORTED_PHASES:
+            session.phase = report.phase
+        if report.phase == Phase.SYNCING and not report.last_error:
+            session.last_error = ""  # a restarted worker is healthy again (`restarts` keeps count)
 
     def unregister(self, fileobj) -> None:
         try:
@@ -318,13 +345,44 @@ class Sessions:
             pass
 
     def send(self, session: Session, message) -> bool:
+        """Queue `message` for the worker; never waits for it. A worker that does not read is hung."""
         if session.pipe is None or session.pipe.closed:
             return False
+        if not session.pipe.queue(worker_api.encode(message)):
+            self.hung(session, f"it does not read the master's messages ({len(session.pipe.outbox)} "
+                               "bytes waiting)")
+            return False
+        self.flush(session)
+        return True
+
+    def flush(self, session: Session) -> None:
         try:
-            session.pipe.send_bytes(worker_api.encode(message))
-            return True
+            session.pipe.flush()
         except OSError:
-            return False  # the worker is going; its sentinel says how
+            session.pipe.outbox.clear()  # the worker is going; its sentinel says how
+        if session.pipe.fileno() in self.selector.get_map():
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if session.pipe.outbox else 0)
+            if self.selector.get_key(session.pipe).events != events:
+                self.selector.modify(session.pipe, events, self.selector.get_key(session.pipe).data)
+
+    def hung(self, session: Session, why: str) -> None:
+        """A worker that neither reads nor speaks is as bad as a dead one: kill it; its exit restarts it."""
+        if session.proc is None or session.kill_reason:
+            return
+        session.kill_reason = f"hung ({why}) and was killed"
+        log.error("session %s: worker %d %s", session.external_id, session.proc.pid, session.kill_reason)
+        session.proc.kill()
+
+    def check_heartbeats(self) -> None:
+        """Every worker must be heard from within worker_timeout_s (it speaks at least every third of it)."""
+        timeout = self.settings.worker_timeout_s
+        if timeout <= 0:
+            return
+        now = time.monotonic()
+        for session in list(self.workers()):
+            silent = now - session.last_heard
+            if silent > timeout and session.proc.exitcode is None:
+                self.hung(session, f"silent for {silent:.0f} s, worker_timeout_s is {timeout:g}")
 
     def collect_exited(self) -> None:
         """SIGCHLD: handle every worker that exited (sentinels usually get there first)."""
@@ -349,7 +407,8 @@ class Sessions:
         proc.close()
         session.proc = session.pipe = None
         ran = time.monotonic() - session.started
-        how = describe_exit(code)
+        how = session.kill_reason or describe_exit(code)
+        session.kill_reason = ""
         if code == worker_api.EXIT_DONE:
             log.info("session %s: finished (worker %s)", session.external_id, how)
             self.done(session)

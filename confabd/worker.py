@@ -114,6 +114,7 @@ class SessionWorker:
         self.master_pid = os.getppid()
         self._saved_state = b""
         self.last_sync_at = ""
+        self._last_word = 0.0  # monotonic: the last message to the master (heartbeats)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -311,8 +312,16 @@ class SessionWorker:
             self._wait_commands(LOCK_POLL_S)
 
     def _wait_commands(self, timeout: float) -> None:
-        """Sleep until a command or signal arrives, or `timeout` passes."""
-        ready = wait_for_ready([self.conn, self._wake_r], timeout=max(0.0, timeout))
+        """Sleep until a command or signal arrives, or `timeout` passes; heard by the master
+        at least every heartbeat interval meanwhile (worker_api.Heartbeat)."""
+        end = time.monotonic() + max(0.0, timeout)
+        while True:
+            self._heartbeat_if_due()
+            left = end - time.monotonic()
+            beat = api.heartbeat_interval(self.settings)
+            ready = wait_for_ready([self.conn, self._wake_r], timeout=max(0.0, min(left, beat) if beat else left))
+            if ready or time.monotonic() >= end:
+                break
         if self._wake_r in ready:
             self._drain_wakeups()
         if self.conn in ready:
@@ -332,6 +341,11 @@ class SessionWorker:
                     self.reload = True  # the sink and its credentials are rebuilt next cycle
         except (EOFError, OSError):
             raise MasterGone() from None
+
+    def _heartbeat_if_due(self) -> None:
+        beat = api.heartbeat_interval(self.settings)
+        if beat and time.monotonic() - self._last_word >= beat:
+            self._say(api.Heartbeat())
 
     def _drain_wakeups(self) -> None:
         try:
@@ -513,8 +527,12 @@ class SessionWorker:
             last_sync_at=self.last_sync_at or self.state.last_sync_at,
             last_error=self.last_error,
         )
+        self._say(report)
+
+    def _say(self, message) -> None:
         try:
-            self.conn.send_bytes(api.encode(report))
+            self.conn.send_bytes(api.encode(message))
+            self._last_word = time.monotonic()
         except (OSError, EOFError):
             if self.state.phase != Phase.DONE:
                 raise MasterGone() from None

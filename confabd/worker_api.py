@@ -15,6 +15,13 @@ Master -> worker (bytes of `encode(...)` via conn.send_bytes):
 Worker -> master:
     Report     sent on every phase change and after each sync cycle, so
                `confabctl status` can answer without touching user files.
+    Heartbeat  sent while the worker waits, so that the master hears from it at
+               least every `worker_timeout_s / 3` (`heartbeat_interval`); a
+               worker silent for `worker_timeout_s` is hung: the master kills
+               it and restarts it like a crashed one.
+
+The master never blocks on a worker (confabd.worker_channel): its messages
+wait in a bounded outbox, and a worker that does not read them is hung too.
 
 Exit codes: EXIT_DONE (0) the session is finished and its files removed;
 EXIT_MASTER_GONE the pipe hit EOF (the master died; State saved, session
@@ -108,8 +115,17 @@ class Report(msgspec.Struct, tag="report", frozen=True, kw_only=True):
     last_error: str = ""
 
 
+class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
+    """Still here (nothing else to say): see `heartbeat_interval`."""
+
+
+def heartbeat_interval(settings: Settings) -> float:
+    """How often a worker must be heard from, in seconds; 0: never (no hung-worker detection)."""
+    return settings.worker_timeout_s / 3 if settings.worker_timeout_s > 0 else 0.0
+
+
 MasterToWorker = Union[Finish, Reload]
-WorkerToMaster = Report
+WorkerToMaster = Union[Report, Heartbeat]
 
 encode = msgspec.msgpack.encode
 decode_command = msgspec.msgpack.Decoder(MasterToWorker).decode

@@ -174,3 +174,34 @@ def test_stop_of_planted_states_cannot_pass_the_session_cap(system, users, backe
     assert refused == 5
     for i in range(5):  # refused, not lost: the State stays for later
         assert (a.sync_dir / f"planted-{i}.json").exists() or backend.events(f"planted-{i}")
+
+
+def test_the_masters_end_of_a_worker_pipe_never_blocks():
+    """A worker that does not read: the master's sends neither block nor grow without bound.
+
+    Real Pipe (a socketpair), nobody reading the worker's end: queue() says "full" past the
+    bound instead of waiting, and a message announced larger than the limit is refused
+    instead of awaited."""
+    import multiprocessing
+
+    from confabd.worker_channel import MAX_OUTBOX, Unreadable, WorkerChannel
+
+    master_end, worker_end = multiprocessing.get_context("fork").Pipe(duplex=True)
+    channel = WorkerChannel(master_end)
+    started, queued = time.monotonic(), 0
+    while channel.queue(b"x" * 60_000):
+        queued += 1
+        assert queued < 10_000
+    assert time.monotonic() - started < 5.0
+    assert len(channel.outbox) <= MAX_OUTBOX
+    worker_end.send_bytes(b"report")
+    worker_end._send(b"\x7f\xff\xff\xff")  # a "message" of 2 GiB: the master must not wait for it
+    messages, eof = [], False
+    with pytest.raises(Unreadable):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            got, eof = channel.receive()
+            messages += got
+    assert messages == [b"report"] and not eof
+    channel.close()
+    worker_end.close()

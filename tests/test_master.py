@@ -410,3 +410,27 @@ def test_a_symlink_as_the_log_file_is_refused_and_its_target_untouched(cfd):
         assert "symbolic link" in started.stderr and str(link) in started.stderr, started.stderr
         assert stat.S_IMODE(target.stat().st_mode) == 0o644 and target.read_bytes() == b"not a log\n"
     assert not cfd.ping()
+
+
+def test_a_hung_worker_is_killed_and_restarted(cfd):
+    """A worker stopped (SIGSTOP: as good as stuck in a syscall or a loop) stays silent past
+    worker_timeout_s: the master kills it and starts another, which delivers what came meanwhile."""
+    backend, eid = cfd.backend, "hung-worker"
+    config = cfd.home / ".config" / "confabd" / "confabd.toml"
+    config.write_text(config.read_text() + "worker_timeout_s = 2.0\n")
+    cfd.master()
+    path = cfd.transcript(eid)
+    lines = fixture_lines()
+    append(path, lines[:3])
+    assert cfd.ctl("start", "--session-id", eid, "--transcript", str(path)).returncode == 0
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
+    stuck = cfd.session(eid)["worker_pid"]
+    os.kill(stuck, signal.SIGSTOP)
+    append(path, lines[3:])
+    restarted = wait_until(lambda: (cfd.session(eid)["worker_pid"] or stuck) != stuck and cfd.session(eid),
+                           timeout=30, what="a new worker after the hung one")
+    assert not pid_alive(stuck)
+    assert restarted["restarts"] >= 1
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
+    assert_exactly_once(backend, eid, path)
+    assert "hung (silent for" in cfd.masters[0].log_text()
