@@ -19,8 +19,9 @@ import msgspec
 from . import __version__, control, worker_api
 from .control_server import Connection, ControlServer
 from .parents import find_claude, process_identity
+from .privileges import PrivilegeError
 from .records import InvalidExternalId, validate_external_id
-from .sessions import Registration, Sessions
+from .sessions import Registration, Session, Sessions
 
 log = logging.getLogger("confabd.master")
 
@@ -72,9 +73,7 @@ class Commands:
         return control.reply(master=self.describe_master(),
                              sessions=[self.sessions.status_row(s) for s in sessions])
 
-    def register(self, conn: Connection, owner: int, request: control.Register) -> dict:
-        if self.sessions.stopping:
-            return control.error("the master is shutting down")
+    def register(self, conn: Connection, owner: int, request: control.Register) -> Optional[dict]:
         try:
             external_id = validate_external_id(request.external_id)
         except InvalidExternalId as exc:
@@ -82,6 +81,26 @@ class Commands:
         if not request.transcript_path:
             return control.error("a transcript path is required")
         transcript = os.path.abspath(request.transcript_path)
+        answer = self.registration_answer(owner, external_id, transcript)
+        if answer is not None:
+            return answer
+
+        def checked(reply, problem: str) -> None:
+            if problem:
+                log.warning("session %s of uid %d refused: %s", external_id, owner, problem)
+                reply(control.error(problem))
+                return
+            # The world may have moved while the helper ran: look again.
+            reply(self.registration_answer(owner, external_id, transcript)
+                  or self.start_session(conn, owner, external_id, transcript, request))
+
+        return self.answer_later(conn, lambda reply: self.tenancy.check_transcript(
+            owner, transcript, lambda problem: checked(reply, problem)))
+
+    def registration_answer(self, owner: int, external_id: str, transcript: str) -> Optional[dict]:
+        """The answer to a registration that needs no new session (or is refused); None: go on."""
+        if self.sessions.stopping:
+            return control.error("the master is shutting down")
         session = self.sessions.get(owner, external_id)
         if session is not None and session.transcript_path != transcript:
             return control.error(
@@ -89,10 +108,15 @@ class Commands:
                 f"{session.transcript_path}; refusing a second registration from {transcript}")
         if session is not None and session.running:
             return control.reply(registered=False, worker_pid=session.proc.pid if session.proc else None)
-        refusal = self.tenancy.admit(owner, transcript, self.sessions.live_count(owner))
-        if refusal:
-            log.warning("session %s of uid %d refused: %s", external_id, owner, refusal)
-            return control.error(refusal)
+        if session is None or session.phase == worker_api.Phase.FAILED:
+            refusal = self.tenancy.session_cap_refusal(owner, self.sessions.live_count(owner))
+            if refusal:
+                log.warning("session %s of uid %d refused: %s", external_id, owner, refusal)
+                return control.error(refusal)
+        return None
+
+    def start_session(self, conn: Connection, owner: int, external_id: str, transcript: str,
+                      request: control.Register) -> dict:
         parent = self.find_parent(conn, owner, external_id, request)
         if isinstance(parent, str):
             return control.error(parent)
@@ -104,6 +128,25 @@ class Commands:
                                  note="the session is finishing; it starts again once that is done")
         return control.reply(registered=True, worker_pid=session.proc.pid if session.proc else None,
                              parent_pid=parent_pid or None)
+
+    def answer_later(self, conn: Connection, start: Callable[[Callable[[dict], None]], None]) -> Optional[dict]:
+        """Run `start(reply)`: the answer if it replied at once, else None (the reply resumes
+        the connection when it comes: a helper answered, a session ended). PrivilegeError: no
+        helper could run; that is the answer."""
+        returned = False
+        answered: list[dict] = []
+
+        def reply(answer: dict) -> None:
+            if returned:
+                self.server.resume(conn, answer)
+            else:
+                answered.append(answer)
+        try:
+            start(reply)
+        except PrivilegeError as exc:
+            reply(control.error(str(exc)))
+        returned = True
+        return answered[0] if answered else None
 
     def find_parent(self, conn: Connection, owner: int, external_id: str,
                     request: control.Register):
@@ -142,27 +185,49 @@ class Commands:
             hook_input = None
             note = {"note": f"hook_input over {MAX_HOOK_INPUT} bytes was dropped; "
                             "the session_end is made by the worker"}
-        session = self.sessions.find(owner, external_id)
-        if session is None:  # not running here: its State may still be on disk
-            refusal = self.tenancy.session_cap_refusal(owner, self.sessions.live_count(owner))
-            if refusal:  # adopting it would make one more live session: the cap holds here too
-                log.warning("finish of %s by uid %d refused: %s", external_id, owner, refusal)
-                return control.error(refusal)
-            try:
-                session = self.sessions.adopt_to_finish(owner, external_id, reason, hook_input)
-            except Exception as exc:
-                return control.error(f"no session {external_id!r} ({exc})")
+
+        def finish_it(reply, session: Session) -> None:
+            self.sessions.finish(session, reason, hook_input)
+            if not request.wait:
+                reply(control.reply(finishing=True, **note))
+                return
+            session.waiters.append(lambda error: reply(control.error(error) if error
+                                                       else control.reply(finished=True)))
+
+        def loaded(reply, record, error: str) -> None:
+            session = self.sessions.find(owner, external_id)  # adopted meanwhile?
             if session is None:
-                return control.error(f"no session {external_id!r}")
-        if session.phase == worker_api.Phase.FAILED:
-            return control.error(f"session {external_id} has failed ({session.last_error}); "
-                                 "its State file is kept")
-        self.sessions.finish(session, reason, hook_input)
-        if not request.wait:
-            return control.reply(finishing=True, **note)
-        session.waiters.append(lambda error: self.server.resume(
-            conn, control.error(error) if error else control.reply(finished=True)))
-        return None
+                if error:
+                    reply(control.error(f"no session {external_id!r} ({error})"))
+                    return
+                if record is None:
+                    self.tenancy.delete_session(owner, external_id)  # an orphan inbox: nobody will read it
+                    reply(control.error(f"no session {external_id!r}"))
+                    return
+                refusal = self.adoption_refusal(owner)
+                if refusal:
+                    reply(control.error(refusal))
+                    return
+                self.tenancy.remember(owner)
+                session = self.sessions.adopt(record[0], owner, reason, hook_input)
+            finish_it(reply, session)
+
+        session = self.sessions.find(owner, external_id)
+        if session is not None:
+            return self.answer_later(conn, lambda reply: finish_it(reply, session))
+        # Not running here: its State may still be on disk. Adopting it makes one more live
+        # session, so the cap holds here too (checked again once the State is read).
+        refusal = self.adoption_refusal(owner)
+        if refusal:
+            log.warning("finish of %s by uid %d refused: %s", external_id, owner, refusal)
+            return control.error(refusal)
+        return self.answer_later(conn, lambda reply: self.tenancy.session_record(
+            owner, external_id, lambda record, error: loaded(reply, record, error)))
+
+    def adoption_refusal(self, owner: int) -> str:
+        if self.sessions.stopping:
+            return "the master is shutting down"
+        return self.tenancy.session_cap_refusal(owner, self.sessions.live_count(owner))
 
     def shutdown(self, conn: Connection, owner: int, request: control.Shutdown) -> dict:
         refusal = self.tenancy.shutdown_refusal(owner)

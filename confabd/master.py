@@ -33,10 +33,12 @@ import time
 from typing import Callable, Optional
 
 from . import __version__, notify, privileges
+from .adoption import Adoption
 from .commands import Commands
 from .config import Settings
 from .control_server import ControlServer
 from .errors import ConfigError
+from .helpers import Helpers
 from .sessions import Sessions
 
 log = logging.getLogger("confabd.master")
@@ -108,7 +110,10 @@ class Arbiter:
         self.selector = selectors.DefaultSelector()
         self.timers = Timers()
         self.wake_r = self.wake_w = None
+        self.helpers = Helpers(self.selector, self.timers, guarded)  # system mode: as-a-user jobs
+        tenancy.use_helpers(self.helpers)
         self.sessions = Sessions(settings, tenancy, self.selector, self.timers, self.inherited_fds)
+        self.adoption = Adoption(self.sessions, tenancy, self.timers)
         self.control = ControlServer(socket_path, self.selector,
                                      handle=lambda conn, request: self.commands.handle(conn, request),
                                      accepts=tenancy.accepts, guard=guarded,
@@ -124,7 +129,7 @@ class Arbiter:
         self.control.listen()
         log.info("confabd %s master %d (%s mode) listening on %s, %s",
                  __version__, self.pid, self.tenancy.mode, self.control.path, self.tenancy.describe())
-        self.sessions.adopt_all()
+        self.adoption.start()  # from the loop, a State at a time: requests are served meanwhile
         self.notify("READY=1\nSTATUS=listening on " + self.control.path)
         if self.on_ready is not None:
             self.on_ready()
@@ -219,6 +224,7 @@ class Arbiter:
 
     def handle_chld(self) -> None:
         self.sessions.collect_exited()
+        self.helpers.reap()
 
     # -- reload and shutdown ---------------------------------------------------------
 
@@ -245,6 +251,7 @@ class Arbiter:
         self.timers.call_later(timeout + KILL_GRACE_S, self.sessions.kill_leftovers)
 
     def cleanup(self) -> None:
+        self.helpers.close_all()
         self.sessions.close_all()
         self.control.close_all()
         signal.set_wakeup_fd(-1)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional
 import msgspec
 
 from . import paths
+from .errors import CorruptRecord
 from .records import State
 from .store import SyncDir
 
@@ -134,8 +135,28 @@ def run_as(user: User, fn: Callable[..., Any], *args, result_type: Any = Any,
            timeout: float = HELPER_TIMEOUT_S):
     """`fn(*args)` in a child that became `user`; its return value (msgpack), or raise.
 
+    Synchronous: for tools and tests. The master never waits like this; it runs
+    the same helpers through confabd.helpers, from its loop.
     An exception in `fn` comes back as PrivilegeError with its message. A child
     that does not answer within `timeout` is killed.
+    """
+    pid, r = fork_helper(user, fn, *args)
+    try:
+        data = _read_until_eof(r, time.monotonic() + timeout)
+    except TimeoutError:
+        os.kill(pid, signal.SIGKILL)
+        raise PrivilegeError(f"a helper running as {user.name} did not answer within {timeout:.0f} s") from None
+    finally:
+        os.close(r)
+        _reap(pid)
+    return decode_helper_reply(user, data, result_type)
+
+
+def fork_helper(user: User, fn: Callable[..., Any], *args) -> tuple[int, int]:
+    """Fork a child that becomes `user`, runs `fn(*args)`, writes the outcome and exits.
+
+    Returns (pid, the read end of its pipe); the answer is complete at EOF
+    (decode_helper_reply). The child keeps no fd of the master but its pipe.
     """
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -144,6 +165,8 @@ def run_as(user: User, fn: Callable[..., Any], *args, result_type: Any = Any,
         try:
             os.close(r)
             reset_child_signals()
+            os.closerange(3, w)  # the master's sockets and pipes are none of a helper's business
+            os.closerange(w + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
             try:
                 drop_to(user)
                 outcome = (True, "", fn(*args))
@@ -156,14 +179,11 @@ def run_as(user: User, fn: Callable[..., Any], *args, result_type: Any = Any,
         finally:
             os._exit(code)
     os.close(w)
-    try:
-        data = _read_until_eof(r, time.monotonic() + timeout)
-    except TimeoutError:
-        os.kill(pid, signal.SIGKILL)
-        raise PrivilegeError(f"a helper running as {user.name} did not answer within {timeout:.0f} s") from None
-    finally:
-        os.close(r)
-        _reap(pid)
+    return pid, r
+
+
+def decode_helper_reply(user: User, data: bytes, result_type: Any = Any):
+    """A helper's whole answer: its value, or PrivilegeError with why there is none."""
     if not data:
         raise PrivilegeError(f"a helper running as {user.name} died without answering")
     try:
@@ -240,6 +260,52 @@ def transcript_problem(path: str) -> str:
     if not stat.S_ISDIR(st.st_mode) or not os.access(parent, os.W_OK | os.X_OK):
         return f"you cannot create the transcript {path} ({os.strerror(errno.EACCES)} in {parent})"
     return ""
+
+
+MAX_STATE_BYTES = 8 << 20  # a State of a session with tens of thousands of agent files is ~1 MB
+
+
+def session_ids(sync_dir: str) -> list[str]:
+    """The IDs of the State files in `sync_dir` (names only: each is read on its own)."""
+    return list(SyncDir(sync_dir).external_ids())
+
+
+def adoption_record(sync_dir: str, external_id: str) -> Optional[tuple[State, bool]]:
+    """(State, its inbox holds a session_end) of one session, None when it has no State.
+
+    Only a regular file of at most MAX_STATE_BYTES that names this session is a
+    State: a FIFO (opened without blocking), a device, a huge file or one whose
+    `external_id` is another's is an error naming the file, and nothing is touched.
+    """
+    files = SyncDir(sync_dir)
+    path = files.state_path(external_id)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CorruptRecord(path, exc.strerror or str(exc)) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptRecord(path, "not a regular file")
+        if st.st_size > MAX_STATE_BYTES:
+            raise CorruptRecord(path, f"{st.st_size} bytes, over the {MAX_STATE_BYTES}-byte limit")
+        data = f.read(MAX_STATE_BYTES + 1)
+    if len(data) > MAX_STATE_BYTES:
+        raise CorruptRecord(path, f"over the {MAX_STATE_BYTES}-byte limit")
+    try:
+        state = msgspec.json.decode(data, type=State)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptRecord(path, str(exc)) from None
+    if state.external_id != external_id:
+        raise CorruptRecord(path, f"it names session {state.external_id!r}, not {external_id!r}")
+    ended = any(r.type == "session_end" for r in files.read_inbox(external_id))
+    return state, ended
+
+
+def delete_session(sync_dir: str, external_id: str) -> None:
+    SyncDir(sync_dir).delete_session(external_id)
 
 
 def _list_states_with_end(sync_dir: str) -> list[tuple[State, bool]]:

@@ -15,7 +15,10 @@ worker. Then, by the worker's exit code:
 - during shutdown: suspended, State kept for the next master;
 - EXIT_UNFINISHED: the final sync hit the shutdown timeout; retried later;
 - anything else: a crash; restarted after min(0.5 s * 2^(n-1), 60 s), the
-  count reset by a stable minute; CRASH_LOOP_LIMIT crashes: FAILED.
+  count reset by a stable minute; CRASH_LOOP_LIMIT crashes: FAILED, which is
+  retried every `failed_retry_s` (and at once when it is finished);
+- a worker that does not read its messages or is silent past
+  `worker_timeout_s` is hung: killed, and its exit counts as a crash.
 
 This module knows nothing of the control socket: a caller that waits for
 the end leaves a callback in `Session.waiters`, called with "" (finished) or
@@ -139,6 +142,7 @@ class Sessions:
         self.ctx = multiprocessing.get_context(START_METHOD)
         self.table: dict[tuple[int, str], Session] = {}
         self.stopping = False  # shutdown: no new sessions, no restarts
+        self.on_slot_freed: Callable[[int], None] = lambda owner: None  # adoption.py: a session ended
 
     # -- looking up ----------------------------------------------------------------
 
@@ -157,6 +161,9 @@ class Sessions:
 
     def live_count(self, owner: int) -> int:
         return sum(1 for s in self.table.values() if s.owner == owner and s.phase != Phase.FAILED)
+
+    def owned_by(self, owner: int) -> bool:
+        return any(s.owner == owner for s in self.table.values())
 
     def workers(self) -> Iterator[Session]:
         return (s for s in self.table.values() if s.alive)
@@ -202,26 +209,6 @@ class Sessions:
         self.add(session)
         return session
 
-    def adopt_all(self) -> None:
-        """Every session a previous master (or a hook with no master) left on disk."""
-        for owner, state, ended in self.tenancy.states_to_adopt():
-            if (owner, state.external_id) not in self.table:
-                try:
-                    self.adopt(state, owner, worker_api.SESSION_END_IN_INBOX if ended else "")
-                except Exception:
-                    log.exception("session %s (owner %d): cannot adopt it", state.external_id, owner)
-
-    def adopt_to_finish(self, owner: int, external_id: str, reason: str,
-                        hook_input: Optional[dict]) -> Optional[Session]:
-        """A session this master does not run, adopted from its State to be finished; None without one."""
-        files = self.tenancy.sync_dir(owner)
-        state = files.load_state(external_id)  # corrupt: raises, and its files are kept
-        if state is None:
-            files.delete_session(external_id)  # an orphan inbox: nobody will read it
-            return None
-        self.tenancy.remember(owner)
-        return self.adopt(state, owner, reason, hook_input)
-
     def adopt(self, state: State, owner: int = USER_OWNER, finish_reason: str = "",
               hook_input: Optional[dict] = None) -> Session:
         parent_pid, create_time = state.parent_pid, state.parent_create_time
@@ -254,7 +241,8 @@ class Sessions:
     def forget(self, session: Session) -> None:
         self.unwatch_parent(session)
         self.timers.cancel(session.restart_timer)
-        self.table.pop(session.key, None)
+        if self.table.pop(session.key, None) is session:
+            self.on_slot_freed(session.owner)
 
     # -- workers -------------------------------------------------------------------------
 
@@ -436,11 +424,16 @@ class Sessions:
         last = session.report.last_error if session.report and session.report.last_error else ""
         session.last_error = why + (f"; last error: {last}" if last else "")
         if session.crashes >= CRASH_LOOP_LIMIT:
+            # Failed, not forgotten: its lines are still to deliver. Tried again at a slow pace
+            # (the cause may be gone: a full disk, a bad key, a bug fixed by an upgrade), and
+            # a finish is still accepted: it restarts the worker at once, in finishing mode.
+            retry = self.settings.failed_retry_s
             session.phase = Phase.FAILED
-            session.last_error = f"crash loop: {session.crashes} crashes within a minute each; " + session.last_error
-            log.error("session %s: giving up: %s", session.external_id, session.last_error)
-            self.unwatch_parent(session)
+            session.last_error = (f"crash loop: {session.crashes} crashes within a minute each; "
+                                  f"{session.last_error}; trying again every {retry:g} s (failed_retry_s)")
+            log.error("session %s: failed: %s", session.external_id, session.last_error)
             self.release_waiters(session, session.last_error)
+            session.restart_timer = self.timers.call_later(retry, lambda: self.restart(session))
             return
         delay = min(BACKOFF_FIRST_S * 2 ** (session.crashes - 1), BACKOFF_MAX_S)
         session.phase = Phase.BACKOFF
@@ -458,7 +451,7 @@ class Sessions:
 
     def finish(self, session: Session, reason: str, hook_input: Optional[dict] = None) -> None:
         """Ask for the session's end, once, whoever asks first; the reason goes to the worker."""
-        if session.finish_reason or session.phase == Phase.FAILED:
+        if session.finish_reason:
             return
         session.finish_reason = reason
         session.end_hook_input = hook_input
@@ -467,7 +460,7 @@ class Sessions:
         if session.alive:
             session.phase = Phase.FINISHING
             self.send(session, worker_api.Finish(reason, hook_input))
-        elif session.restart_timer is not None:  # in backoff: restart now, in finishing mode
+        elif session.restart_timer is not None:  # in backoff or failed: restart now, in finishing mode
             self.timers.cancel(session.restart_timer)
             self.restart(session)
 
@@ -516,7 +509,6 @@ class Sessions:
         """Where pidfd is missing: is each parent still the process it was?"""
         for session in list(self.table.values()):
             if (session.parent_pid and session.parent_fd is None and not session.finish_reason
-                    and session.phase != Phase.FAILED
                     and not same_process(session.parent_pid, session.parent_create_time)):
                 self.parent_exited(session)
 

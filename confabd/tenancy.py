@@ -34,14 +34,15 @@ import logging
 import os
 import stat
 import time
-from typing import Iterator, NamedTuple, Optional, Protocol, Union
+from typing import Callable, NamedTuple, Optional, Protocol
 
 import msgspec
 import psutil
 
 from . import fileio, paths
 from .config import Settings
-from .privileges import PrivilegeError, User, UserSyncDir, lookup_user
+from . import privileges
+from .privileges import PrivilegeError, User, lookup_user
 from .records import State
 from .store import SyncDir, utc_now
 
@@ -53,6 +54,8 @@ MAX_CONNECTIONS_PER_USER = 32
 MIN_BURST = 20
 
 Peer = tuple  # (pid, uid, gid) from SO_PEERCRED
+# session_record's answer: ((State, its inbox holds a session_end) or None when there is no State, error)
+RecordThen = Callable[[Optional[tuple[State, bool]], str], None]
 
 
 class Refusal(NamedTuple):
@@ -100,16 +103,22 @@ class Tenancy(Protocol):
     def shutdown_refusal(self, owner: int) -> str: ...  # "" when they may shut the master down
     def hook_pid(self, peer: Peer, claimed: int) -> int: ...  # whose ancestors to search for Claude Code
     def owns_process(self, owner: int, pid: int) -> bool: ...
-    def admit(self, owner: int, transcript: str, live: int) -> str: ...  # "" or why not
     def session_cap_refusal(self, owner: int, live: int) -> str: ...  # "" or "too many sessions ..."
     def describe_owner(self, owner: int) -> dict: ...  # extra fields of a status row
 
-    # files and workers
-    def sync_dir(self, owner: int) -> Union[SyncDir, UserSyncDir]: ...  # same meaning, either way
+    # files and workers. What touches an owner's files answers through `then`, at once in user
+    # mode (the master's own files), from a helper in system mode (confabd.helpers): the loop
+    # never waits for a user's process. PrivilegeError (raised at once): no helper could run.
+    def use_helpers(self, helpers) -> None: ...  # the master's confabd.helpers.Helpers
+    def check_transcript(self, owner: int, transcript: str, then: Callable[[str], None]) -> None: ...
+    def session_record(self, owner: int, external_id: str, then: RecordThen, counted: bool = True) -> None: ...
+    def delete_session(self, owner: int, external_id: str) -> None: ...  # an orphan inbox
+    def owners_to_adopt(self) -> list[int]: ...  # whose sync dirs may hold States (at start)
+    def session_ids(self, owner: int, then: Callable[[list[str], str], None]) -> None: ...
     def worker_home(self, owner: int, settings: Settings) -> WorkerHome: ...  # PrivilegeError: no such user
     def record_unstarted(self, session) -> None: ...  # a State for a worker that could not be forked
-    def states_to_adopt(self) -> Iterator[tuple[int, State, bool]]: ...
     def remember(self, owner: int) -> None: ...  # this owner has sessions (for the next master)
+    def forget(self, owner: int) -> None: ...  # ...and now has none left on disk
 
 
 def kind(system: bool) -> type:
@@ -178,9 +187,6 @@ class UserTenancy:
     def owns_process(self, owner: int, pid: int) -> bool:
         return True
 
-    def admit(self, owner: int, transcript: str, live: int) -> str:
-        return ""
-
     def session_cap_refusal(self, owner: int, live: int) -> str:
         return ""
 
@@ -189,8 +195,28 @@ class UserTenancy:
 
     # -- files and workers ---------------------------------------------------------
 
-    def sync_dir(self, owner: int) -> SyncDir:
-        return self.files
+    def use_helpers(self, helpers) -> None:
+        pass  # the master is the user: it reads its own files (without blocking on a FIFO)
+
+    def check_transcript(self, owner: int, transcript: str, then: Callable[[str], None]) -> None:
+        then("")  # whatever the master's user may read, the worker (the same user) may
+
+    def session_record(self, owner: int, external_id: str, then: RecordThen, counted: bool = True) -> None:
+        try:
+            record = privileges.adoption_record(self.files.path, external_id)
+        except Exception as exc:  # noqa: BLE001 - a corrupt or planted file: its files are kept
+            then(None, str(exc))
+            return
+        then(record, "")
+
+    def delete_session(self, owner: int, external_id: str) -> None:
+        self.files.delete_session(external_id)
+
+    def owners_to_adopt(self) -> list[int]:
+        return [USER_OWNER]
+
+    def session_ids(self, owner: int, then: Callable[[list[str], str], None]) -> None:
+        then(privileges.session_ids(self.files.path), "")
 
     def worker_home(self, owner: int, settings: Settings) -> WorkerHome:
         return WorkerHome(self.home, self.files.path, settings, None)
@@ -215,14 +241,10 @@ class UserTenancy:
             except OSError:
                 log.error("session %s: cannot write its State file: %s", session.external_id, exc)
 
-    # -- whose sessions exist ----------------------------------------------------
-
-    def states_to_adopt(self) -> Iterator[tuple[int, State, bool]]:
-        """(owner, State, its inbox holds a session_end) for every State left on disk."""
-        for state, ended in self.files.list_states_with_end():
-            yield USER_OWNER, state, ended
-
     def remember(self, owner: int) -> None:
+        pass
+
+    def forget(self, owner: int) -> None:
         pass
 
 
@@ -240,6 +262,7 @@ class SystemTenancy:
     def __init__(self, settings: Settings, *, sync_dir: str = "", home: str = "", registry_dir: str = ""):
         self.policy = Policy(settings.max_sessions_per_user, settings.max_requests_per_second)
         self.registry = Registry(registry_dir or paths.SYSTEM_REGISTRY_DIR)
+        self.helpers = None  # confabd.helpers.Helpers, given by the master (use_helpers)
 
     # -- starting -------------------------------------------------------------
 
@@ -294,16 +317,6 @@ class SystemTenancy:
         except psutil.Error:
             return False
 
-    def admit(self, owner: int, transcript: str, live: int) -> str:
-        """Why `owner`, who has `live` sessions, may not register one on `transcript` ("" if they may)."""
-        refusal = self.session_cap_refusal(owner, live)
-        if refusal:
-            return refusal
-        try:  # as the user, in a helper: root must not look at the path for them
-            return self.sync_dir(owner).check_transcript(transcript)
-        except PrivilegeError as exc:
-            return f"cannot check the transcript path as uid {owner}: {exc}"
-
     def session_cap_refusal(self, owner: int, live: int) -> str:
         """Every path that makes a session live asks this: register, finish of an unknown ID, adoption."""
         if self.policy.over_session_cap(owner, live):
@@ -322,9 +335,40 @@ class SystemTenancy:
             raise PrivilegeError(f"uid {owner} has no passwd entry")
         return user
 
-    def sync_dir(self, owner: int) -> UserSyncDir:
-        """The owner's sync dir, seen through helpers running as them."""
-        return UserSyncDir(self.user(owner))
+    def use_helpers(self, helpers) -> None:
+        self.helpers = helpers
+
+    def check_transcript(self, owner: int, transcript: str, then: Callable[[str], None]) -> None:
+        """As the user, in a helper: root must not look at the path for them."""
+        def done(problem, error):
+            then(f"cannot check the transcript path as uid {owner}: {error}" if error else problem)
+        self.helpers.run(self.user(owner), privileges.transcript_problem, transcript, result_type=str, done=done)
+
+    def session_record(self, owner: int, external_id: str, then: RecordThen, counted: bool = True) -> None:
+        user = self.user(owner)
+        self.helpers.run(user, privileges.adoption_record, user.sync_dir, external_id,
+                         result_type=tuple[State, bool], done=then, counted=counted)
+
+    def delete_session(self, owner: int, external_id: str) -> None:
+        user = self.user(owner)
+
+        def done(_value, error):
+            if error:
+                log.warning("uid %d: cannot remove the files of session %s: %s", owner, external_id, error)
+        self.helpers.run(user, privileges.delete_session, user.sync_dir, external_id, done=done, counted=False)
+
+    def owners_to_adopt(self) -> list[int]:
+        return self.registry.uids()
+
+    def session_ids(self, owner: int, then: Callable[[list[str], str], None]) -> None:
+        """The IDs of the States in the owner's sync dir, listed by a helper running as them."""
+        if lookup_user(owner) is None:
+            self.registry.remove(owner)
+            then([], f"uid {owner} has no passwd entry")
+            return
+        user = self.user(owner)
+        self.helpers.run(user, privileges.session_ids, user.sync_dir, result_type=list[str],
+                         done=lambda ids, error: then(ids or [], error), counted=False)
 
     def worker_home(self, owner: int, settings: Settings) -> WorkerHome:
         """The worker becomes the owner and uses the owner's own files and settings."""
@@ -336,26 +380,13 @@ class SystemTenancy:
         """Nothing: only a process running as the user may write their State, and the
         fork that would start it has just failed. The session's worker writes it."""
 
-    # -- whose sessions exist ----------------------------------------------------
-
-    def states_to_adopt(self) -> Iterator[tuple[int, State, bool]]:
-        """The States in each registered user's sync dir, listed by a helper running as them."""
-        for uid in self.registry.uids():
-            try:
-                found = self.sync_dir(uid).list_states_with_end()
-            except PrivilegeError as exc:
-                log.error("uid %d: cannot list its sessions: %s", uid, exc)
-                if lookup_user(uid) is None:
-                    self.registry.remove(uid)
-                continue
-            if not found:  # nothing left to adopt: forget the user until they register again
-                self.registry.remove(uid)
-            for state, ended in found:
-                yield uid, state, ended
-
     def remember(self, owner: int) -> None:
         """For re-adoption after a restart; the worker writes the State, as the user."""
         self.registry.add(owner)
+
+    def forget(self, owner: int) -> None:
+        """Nothing of theirs is left to adopt: not listed again until they register."""
+        self.registry.remove(owner)
 
 
 # ---------------------------------------------------------------------------

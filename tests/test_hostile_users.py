@@ -112,12 +112,25 @@ def test_a_stopped_worker_and_a_huge_finish_do_not_hang_the_master(system, users
 
 @needs_root
 def test_a_fifo_planted_as_a_state_file_does_not_freeze_the_master(system, users, backend):  # noqa: F811
-    """`confabctl stop x` with a FIFO as x.json: the helper that reads it blocks, the master does not."""
+    """`confabctl stop x` with a FIFO in x's files: the helper that reads it blocks, the master does not.
+
+    A FIFO as x.json itself is now refused at once (the State is opened O_NONBLOCK and must be a
+    regular file), so the FIFO that blocks the helper is x's inbox, which the same helper reads
+    next: what is shown is that the loop never waits for a helper, whatever blocks it."""
     a, b = users
     system.start()
     a.sync_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(a.sync_dir, a.uid, a.gid)
-    fifo = a.sync_dir / "trap.json"
+    fifo_state = a.sync_dir / "fifo.json"
+    os.mkfifo(fifo_state, 0o600)
+    os.chown(fifo_state, a.uid, a.gid)
+    r = system.ctl(a, "stop", "fifo")
+    assert r.returncode != 0 and "not a regular file" in r.stderr, r.stderr
+    state = a.sync_dir / "trap.json"
+    state.write_text(json.dumps({"external_id": "trap", "transcript_path": str(a.transcript("trap")),
+                                 "cwd": "/", "pid": 0, "inbox_path": "", "started_at": "2026-12-01T00:00:00Z"}))
+    os.chown(state, a.uid, a.gid)
+    fifo = a.sync_dir / "trap.inbox.jsonl"
     os.mkfifo(fifo, 0o600)
     os.chown(fifo, a.uid, a.gid)
     stopper = subprocess.Popen(

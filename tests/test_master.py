@@ -252,9 +252,49 @@ def test_crash_looping_worker_backs_off_then_fails(cfd):
     assert master.proc.poll() is None and cfd.ping()
     backend.wait_for(lambda: backend_has_file(backend, other, cfd.transcript(other)), timeout=20)
     assert cfd.session(other)["state"] == "syncing"
-    assert cfd.state_file(eid).exists()  # nothing lost: the next master adopts it again
-    r = cfd.ctl("stop", eid)
-    assert r.returncode == 1 and "failed" in r.stderr
+    assert cfd.state_file(eid).exists()  # nothing lost: it is retried, and adopted by the next master
+    assert "trying again every 300 s" in s["last_error"]
+    r = cfd.ctl("stop", "--wait", eid)  # a failed session's finish is accepted: it restarts, finishing
+    assert r.returncode == 0, r.stderr
+    assert backend_has_file(backend, eid, cfd.transcript(eid)) and len(backend.events(eid)) == 1
+    assert not cfd.state_file(eid).exists() and cfd.session(eid) is None
+
+
+def kill_workers(cfd, eid, count, killed):
+    """kill -9 `count` workers of `eid` in turn, each once it has started."""
+    for _ in range(count):
+        pid = wait_until(lambda: (cfd.session(eid) or {}).get("worker_pid") not in killed | {None}
+                         and cfd.session(eid)["worker_pid"], timeout=30, what="the next worker")
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+
+
+def test_a_failed_session_is_retried_slowly_and_its_session_end_is_accepted(cfd):
+    """Five crashes put it in failed; it is tried again every failed_retry_s; its SessionEnd
+    hook is accepted while failed and the session completes once the crashes stop."""
+    backend, eid = cfd.backend, "failed-then-fine"
+    config = cfd.home / ".config" / "confabd" / "confabd.toml"
+    config.write_text(config.read_text() + "failed_retry_s = 1.0\n")
+    cfd.master()
+    claude = cfd.claude()
+    path = cfd.transcript(eid)
+    append(path, fixture_lines()[:4])
+    code, _out, err = claude.hook("session-start", cfd.payload(eid))
+    assert code == 0, err
+    killed = set()
+    log = cfd.masters[0].log_text
+    kill_workers(cfd, eid, 5, killed)  # CRASH_LOOP_LIMIT: failed (the log says so, status may already retry)
+    wait_until(lambda: log().count("failed: crash loop") == 1, timeout=30, what="failed")
+    assert "trying again every 1 s (failed_retry_s)" in log()
+    kill_workers(cfd, eid, 1, killed)  # the slow retry came; still crashing: failed again at once
+    wait_until(lambda: log().count("failed: crash loop") == 2, timeout=30, what="failed again")
+    assert cfd.session(eid)["restarts"] >= 5
+    append(path, fixture_lines()[4:])
+    code, out, err = claude.hook("session-end", cfd.payload(eid, "SessionEnd", reason="exit"))
+    assert code == 0 and "error" not in err.lower(), (out, err)
+    backend.wait_for(lambda: len(backend.events(eid)) == 1, timeout=30)
+    assert backend_has_file(backend, eid, path)
+    wait_until(lambda: cfd.session(eid) is None and not cfd.state_file(eid).exists(), timeout=20)
 
 
 def test_modes_stale_socket_and_second_master(cfd):

@@ -455,7 +455,10 @@ def test_restart_readopts_both_users_sessions(system, users, backend):
     assert set(registry) == {str(a.uid), str(b.uid)}
     assert all(st.st_uid == 0 and st.st_mode & 0o777 == 0o600 for st in registry.values())
     system.start()
-    everyone = system.status()
+    # Adoption runs from the loop (a helper per State), so the master answers before it is done.
+    everyone = wait_until(lambda: (x := system.status()) and all(
+        eids[u.name][0] in x and x[eids[u.name][0]]["worker_pid"] for u in (a, b)) and x,
+        20, what="both sessions adopted")
     for user in (a, b):
         eid, path = eids[user.name]
         assert everyone[eid]["uid"] == user.uid

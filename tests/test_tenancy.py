@@ -44,7 +44,10 @@ def test_user_mode_has_one_owner_who_may_do_everything(tmp_path):
     assert t.accepts(ALICE, 10_000) and t.throttle(owner) is None
     assert t.may_see(owner, owner) and t.shutdown_refusal(owner) == ""
     assert t.hook_pid(PEER_OF_ALICE, 999) == 999  # the hook's own word: it is the same user
-    assert t.owns_process(owner, 1) and t.admit(owner, "/anywhere.jsonl", 10_000) == ""
+    assert t.owns_process(owner, 1) and t.session_cap_refusal(owner, 10_000) == ""
+    answers = []
+    t.check_transcript(owner, "/anywhere.jsonl", answers.append)  # answered at once: the master's own files
+    assert answers == [""]
     assert t.describe_owner(owner) == {}
     home = t.worker_home(owner, Settings(sync_interval_ms=7))
     assert (home.home, home.sync_dir, home.run_as, home.settings.sync_interval_ms) == \
@@ -79,11 +82,12 @@ def test_system_mode_throttles_a_burst_per_user_but_never_root(tmp_path):
     assert all(t.throttle(ALICE) is None for _ in range(10 * tenancy.MIN_BURST))
 
 
-def test_system_mode_session_cap_refuses_before_looking_at_the_path(tmp_path):
+def test_system_mode_session_cap_spares_root(tmp_path):
     t = system(tmp_path, max_sessions_per_user=2)
-    refusal = t.admit(ALICE, "/home/alice/x.jsonl", live=2)
+    refusal = t.session_cap_refusal(ALICE, live=2)
     assert refusal.startswith(f"too many sessions: uid {ALICE} already has 2")
-    assert "too many sessions" not in t.admit(ROOT, "/nonexistent/x.jsonl", live=100)  # root: no cap
+    assert t.session_cap_refusal(ALICE, live=1) == ""
+    assert t.session_cap_refusal(ROOT, live=100) == ""  # root: no cap
 
 
 def test_system_mode_process_ownership(tmp_path):
@@ -99,7 +103,10 @@ def test_system_mode_registry_remembers_users_and_forgets_those_with_nothing_lef
     gone = 2 ** 31 - 7  # no passwd entry
     t.remember(gone)
     assert t.registry.uids() == [gone]
-    assert list(t.states_to_adopt()) == []  # cannot list as a user that does not exist...
+    assert t.owners_to_adopt() == [gone]
+    answers = []
+    t.session_ids(gone, lambda ids, error: answers.append((ids, error)))  # cannot list as nobody...
+    assert answers == [([], f"uid {gone} has no passwd entry")]
     assert t.registry.uids() == []  # ...so it is forgotten
 
 
