@@ -525,3 +525,49 @@ def test_stop_on_a_corrupt_state_keeps_its_files_as_in_user_mode(system, users, 
     r = system.ctl(a, "stop", eid)
     assert r.returncode == 1 and f"no session '{eid}'" in r.stderr and "corrupt" in r.stderr, r.stderr
     assert state.read_text() == "{not json" and inbox.exists()
+
+
+def test_bad_state_files_do_not_stop_a_users_readoption(system, users, backend):
+    """After a crash, A's sync dir holds two real sessions and three bad State files (another
+    session's ID inside, one over the size limit, a FIFO): the bad ones are skipped, each with
+    its reason in the log and its file kept, and both real sessions are adopted and delivered."""
+    a, _b = users
+    system.start()
+    lines = fixture_lines()
+    half = len(lines) // 2
+    good = {}
+    for eid in ("good-1", "good-2"):
+        path = a.transcript(eid, lines[:half])
+        assert system.ctl(a, "start", "--session-id", eid, "--transcript", str(path)).returncode == 0
+        backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
+        good[eid] = path
+    workers = [s["worker_pid"] for s in system.status().values()]
+    os.kill(system.proc.pid, signal.SIGKILL)
+    system.proc.wait(10)
+    for pid in workers:
+        wait_until(lambda: not pid_alive(pid), what="the old workers to exit")
+    for path in good.values():
+        with open(path, "ab") as f:
+            f.writelines(lines[half:])
+
+    def plant(name: str, text: str) -> None:
+        p = a.sync_dir / name
+        p.write_text(text)
+        os.chown(p, a.uid, a.gid)
+        p.chmod(0o600)
+
+    state = {"transcript_path": str(a.transcript("x")), "cwd": "/", "pid": 0, "inbox_path": "",
+             "started_at": "2026-12-01T00:00:00Z"}
+    plant("a-other-id.json", json.dumps(dict(state, external_id="good-1")))  # sorted first: claims good-1
+    plant("huge.json", json.dumps(dict(state, external_id="huge", cwd="x" * (9 << 20))))
+    os.mkfifo(a.sync_dir / "fifo.json", 0o600)
+    os.chown(a.sync_dir / "fifo.json", a.uid, a.gid)
+    system.start()
+    for eid, path in good.items():
+        backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=30)
+    log = system.log_text()
+    assert "a-other-id.json" in log and "names session 'good-1', not 'a-other-id'" in log
+    assert "huge.json" in log and "byte limit" in log
+    assert "fifo.json" in log and "not a regular file" in log
+    assert set(system.status(a)) == set(good)
+    assert all((a.sync_dir / n).exists() for n in ("a-other-id.json", "huge.json", "fifo.json"))
