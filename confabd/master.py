@@ -124,17 +124,20 @@ class Arbiter:
     # -- running -----------------------------------------------------------------
 
     def run(self) -> int:
-        self.preload_worker_code()
-        self.init_signals()
-        self.control.listen()
-        log.info("confabd %s master %d (%s mode) listening on %s, %s",
-                 __version__, self.pid, self.tenancy.mode, self.control.path, self.tenancy.describe())
-        self.adoption.start()  # from the loop, a State at a time: requests are served meanwhile
-        self.notify("READY=1\nSTATUS=listening on " + self.control.path)
-        if self.on_ready is not None:
-            self.on_ready()
-        self.start_timers()
+        """Everything from the first fd on is inside the try: a master that cannot finish
+        starting (or whose loop fails) releases the socket and its workers and exits, rather
+        than hold the socket answering nobody (every new confabd would refuse to start)."""
         try:
+            self.preload_worker_code()
+            self.init_signals()
+            self.control.listen()
+            log.info("confabd %s master %d (%s mode) listening on %s, %s",
+                     __version__, self.pid, self.tenancy.mode, self.control.path, self.tenancy.describe())
+            self.adoption.start()  # from the loop, a State at a time: requests are served meanwhile
+            self.notify("READY=1\nSTATUS=listening on " + self.control.path)
+            if self.on_ready is not None:
+                self.on_ready()
+            self.start_timers()
             self.loop()
         finally:
             self.cleanup()
@@ -254,7 +257,11 @@ class Arbiter:
         self.helpers.close_all()
         self.sessions.close_all()
         self.control.close_all()
-        signal.set_wakeup_fd(-1)
+        # After a normal shutdown no worker is left. After an error, none may keep this process
+        # from exiting (multiprocessing joins its children at exit): their State is on disk.
+        self.sessions.kill_remaining()
+        if self.wake_w is not None:
+            signal.set_wakeup_fd(-1)
         self.selector.close()
 
 

@@ -268,10 +268,16 @@ def start_daemon(opts: Options, pidfile: PidFile, handler: logging.Handler,
     """Detach with python-daemon. The launcher returns only once the daemon listens (or says
     why it could not), so `confabd --daemon && confabctl status` works, as init scripts expect."""
     ready_r, ready_w = os.pipe()
+    # Started by a hook, the launcher is in Claude Code's process group: a terminal closing
+    # sends that group SIGHUP. The daemon must outlive its launcher, so SIGHUP is ignored from
+    # before the fork (no window in the child) until the master installs its own handler
+    # (reload), and the child leaves the group at once (DaemonContext then detaches it fully).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if os.fork():
         os.close(ready_w)
         return wait_until_ready(ready_r, opts)
     os.close(ready_r)
+    os.setsid()
 
     import daemon
 
@@ -290,8 +296,12 @@ def start_daemon(opts: Options, pidfile: PidFile, handler: logging.Handler,
 
 
 def _say_ready(fd: int) -> None:
+    """Tell the launcher; if it is gone (killed, or gave up waiting), run all the same."""
     try:
         os.write(fd, b"R")
+    except OSError as exc:  # EPIPE: nobody reads any more
+        log.warning("the launcher did not wait for the master to be ready (%s); running anyway",
+                    exc.strerror or exc)
     finally:
         os.close(fd)
 

@@ -545,6 +545,14 @@ class Sessions:
                             session.external_id, session.proc.pid)
                 session.proc.kill()
 
+    def kill_remaining(self) -> None:
+        """The master is exiting after an error: no worker may hold it (their State is on disk)."""
+        for session in list(self.workers()):
+            if session.proc.exitcode is None:
+                log.warning("session %s: the master is exiting; killing worker %d (State kept)",
+                            session.external_id, session.proc.pid)
+                session.proc.kill()
+
     def close_all(self) -> None:
         """The master is exiting: workers left see EOF on their pipe and exit (EXIT_MASTER_GONE)."""
         for session in self.table.values():

@@ -474,3 +474,45 @@ def test_a_hung_worker_is_killed_and_restarted(cfd):
     backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
     assert_exactly_once(backend, eid, path)
     assert "hung (silent for" in cfd.masters[0].log_text()
+
+
+LAUNCHER_THAT_DIES = """
+import os, sys
+from confabd import master_cli
+def die(fd, opts):  # the launcher is gone before the daemon is ready: SIGHUP, or its 30 s timeout
+    os.close(fd)
+    os._exit(9)
+master_cli.wait_until_ready = die
+sys.exit(master_cli.main(["--daemon", "--log-file", sys.argv[1]]))
+"""
+
+
+def test_a_daemon_whose_launcher_dies_before_it_is_ready_still_serves(cfd):
+    """The readiness pipe's reader is gone when the daemon says ready (EPIPE): it used to skip
+    its clean-up and hang in multiprocessing's exit-time join, holding the socket and answering
+    nothing, so that no new master could start. Now it runs on and answers."""
+    import subprocess
+    from tests.conftest import PYTHON
+    eid = "before-the-daemon"
+    path = cfd.transcript(eid)
+    append(path, fixture_lines())
+    first = cfd.master()  # leaves a session on disk for the daemon to adopt: it has a worker when ready
+    assert cfd.ctl("start", "--session-id", eid, "--transcript", str(path)).returncode == 0
+    wait_until(lambda: cfd.state_file(eid).exists(), what="its State")
+    first.kill9()
+    log = cfd.root / "daemon.log"
+    launcher = subprocess.run([PYTHON, "-c", LAUNCHER_THAT_DIES, str(log)], env=cfd.env,
+                              capture_output=True, text=True, timeout=60, start_new_session=True)
+    assert launcher.returncode == 9, launcher.stderr
+    pidfile = cfd.socket.parent / "confabd.pid"
+    wait_until(lambda: cfd.ping(), timeout=30, what="the daemon to answer")
+    pid = int(pidfile.read_text())
+    try:
+        cfd.backend.wait_for(lambda: backend_has_file(cfd.backend, eid, path), timeout=30)
+        assert "running anyway" in log.read_text()
+        os.kill(pid, signal.SIGHUP)  # its SIGHUP is a reload again, once it runs
+        wait_until(lambda: "settings reloaded" in log.read_text(), what="the reload")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not pid_alive(pid), timeout=30)
+    assert not cfd.socket.exists() and not pidfile.exists()
