@@ -73,9 +73,29 @@ def worker_main(spec: api.WorkerSpec, conn, inherited: list[int]) -> None:
     for name in MASTER_ONLY_VARIABLES:
         os.environ.pop(name, None)
     _shed_fds(inherited, keep=conn.fileno())
+    _log_to_inherited_streams()
     privileges.preload_worker_modules()  # the master did it; a no-op unless started some other way
     privileges.become(spec.run_as)
     run_worker(spec, conn)
+
+
+def _log_to_inherited_streams() -> None:
+    """Log through the master's open log file, not its path.
+
+    The master's WatchedFileHandler stats the path before every record (to reopen it after
+    logrotate); a system-mode worker, as its user, may not even reach that path (root's
+    /var/log/confabd), and crashed on its first record. The fd the master opened (O_APPEND,
+    so records of several processes never overwrite each other) works whoever we are; a
+    worker keeps writing to it after a rotation until it restarts. The master alone reopens.
+    """
+    root = logging.getLogger()
+    for i, handler in enumerate(root.handlers):
+        stream = getattr(handler, "stream", None)
+        if isinstance(handler, logging.FileHandler) and stream is not None:
+            plain = logging.StreamHandler(stream)
+            plain.setFormatter(handler.formatter)
+            plain.setLevel(handler.level)
+            root.handlers[i] = plain
 
 
 def _shed_fds(inherited: list[int], keep: int) -> None:

@@ -20,6 +20,7 @@ import pwd
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import textwrap
@@ -571,3 +572,35 @@ def test_bad_state_files_do_not_stop_a_users_readoption(system, users, backend):
     assert "fifo.json" in log and "not a regular file" in log
     assert set(system.status(a)) == set(good)
     assert all((a.sync_dir / n).exists() for n in ("a-other-id.json", "huge.json", "fifo.json"))
+
+
+def test_daemon_with_a_log_file_workers_log_as_their_users(system, users, backend):
+    """`confabd --system --daemon --log-file` (the SysV script): the log file is root's, in a dir
+    the users cannot enter; a user's worker used to crash on its first log record (it could not
+    stat the file). Now a session syncs and finishes, and its worker's lines are in the log."""
+    a, _b = users
+    log_dir = system.root / "log"
+    log = log_dir / "confabd.log"
+    started = subprocess.run(
+        [PYTHON, "-m", "confabd.master_cli", "--system", "--daemon", "--log-level", "debug",
+         "--log-file", str(log), "--socket", str(system.socket), "--pidfile", str(system.pidfile),
+         "--config", str(system.config), "--registry-dir", str(system.registry)],
+        env=system.env, cwd="/", capture_output=True, text=True, timeout=60)
+    system.logs.append(log)
+    assert started.returncode == 0, started.stderr
+    pid = int(system.pidfile.read_text())
+    try:
+        assert stat.S_IMODE(log_dir.stat().st_mode) == 0o700 and log.stat().st_uid == 0
+        eid = "daemon-logged"
+        path = a.transcript(eid, fixture_lines())
+        assert system.ctl(a, "start", "--session-id", eid, "--transcript", str(path)).returncode == 0
+        backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=30)
+        r = system.ctl(a, "stop", "--wait", eid, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert len(backend.events(eid)) == 1
+        text = log.read_text()
+        assert f"{eid}: finished" in text and "confabd.worker[" in text
+        assert "Traceback" not in text and "crash" not in text, text[-4000:]
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not pid_alive(pid), timeout=30, what="the daemon to exit")
