@@ -4,10 +4,12 @@ The system master never opens a user's file as root. Whatever touches a
 user's files runs in a process that first became that user for good:
 - a session worker (`become` in `confabd.worker.worker_main`, before the
   worker opens anything);
-- a short-lived helper (`run_as`): the master forks, the child becomes the
-  user, does one small job (may this user read that transcript? which States
-  are in their sync dir?), sends the answer back over a pipe (msgpack) and
-  exits. The master waits for it with a deadline.
+- a short-lived helper (`fork_helper`): the master forks, the child sheds
+  the master's fds, becomes the user, does one small job (may this user read
+  that transcript? which States are in their sync dir? what is in this one?),
+  sends the answer back over a pipe (msgpack) and exits. The master never
+  waits for it: confabd.helpers watches its pipe from the loop, with a
+  deadline. (`run_as` is the same, synchronous, for tools and tests.)
 
 Becoming a user is one way: initgroups + setresgid + setresuid (real,
 effective and saved ids all the user's; root's capabilities are gone with
