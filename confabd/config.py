@@ -44,7 +44,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_sessions_per_user: int = 64
     max_requests_per_second: float = 50.0
     oversized_lines: str = "block"  # block | truncate: a line over the chunk limit
-    worker_timeout_s: float = 120.0  # a worker silent this long is hung: killed, restarted (0: never)
+    worker_timeout_s: float = 300.0  # a worker silent this long is hung: killed, restarted (0: never)
     failed_retry_s: float = 300.0  # a session in `failed` (crash loop) is tried again this often
 
     def __post_init__(self):

@@ -55,6 +55,25 @@ def _sizes(engine: SessionSync) -> dict[str, int]:
     return sizes
 
 
+class _Heartbeating:
+    """A sink that lets the master hear from us before each request: a long sync (a big
+    backlog is many chunks in one cycle) must not look like a hung worker. Attributes and
+    calls are the sink's own."""
+
+    def __init__(self, sink, beat):
+        self._sink, self._beat = sink, beat
+
+    def __getattr__(self, name):
+        value = getattr(self._sink, name)
+        if not callable(value) or name == "close":
+            return value
+
+        def call(*args, **kwargs):
+            self._beat()
+            return value(*args, **kwargs)
+        return call
+
+
 class MasterGone(Exception):
     """The pipe to the master hit EOF: the master died."""
 
@@ -415,7 +434,7 @@ class SessionWorker:
         from .redact import Redactor
 
         backend = load_backend_config(self.spec.home)
-        sink = open_sink(self.settings, backend, self.spec.home)
+        sink = _Heartbeating(open_sink(self.settings, backend, self.spec.home), self._heartbeat_if_due)
         self.state.sink = sink.kind
         redactor = Redactor.from_config(backend.redaction)
         self._set_phase(Phase.CONNECTING)

@@ -516,3 +516,22 @@ def test_a_daemon_whose_launcher_dies_before_it_is_ready_still_serves(cfd):
         os.kill(pid, signal.SIGTERM)
         wait_until(lambda: not pid_alive(pid), timeout=30)
     assert not cfd.socket.exists() and not pidfile.exists()
+
+
+def test_a_worker_in_a_long_sync_is_not_taken_for_hung(cfd):
+    """A cycle of several slow requests, longer in all than worker_timeout_s (each shorter):
+    the worker is heard from before each request, so it is not killed."""
+    backend, eid = cfd.backend, "slow-but-alive"
+    config = cfd.home / ".config" / "confabd" / "confabd.toml"
+    config.write_text(config.read_text() + "worker_timeout_s = 4.0\n")
+    backend.delay_next(1, 2.5, "init")
+    backend.delay_next(1, 2.5, "chunk")
+    master = cfd.master()
+    path = cfd.transcript(eid)
+    append(path, fixture_lines())
+    assert cfd.ctl("start", "--session-id", eid, "--transcript", str(path)).returncode == 0
+    first = wait_until(lambda: cfd.session(eid)["worker_pid"], what="its worker")
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=30)
+    s = cfd.session(eid)
+    assert (s["worker_pid"], s["restarts"]) == (first, 0), master.log_text()
+    assert "hung" not in master.log_text()
