@@ -95,7 +95,7 @@ class Commands:
                   or self.start_session(conn, owner, external_id, transcript, request))
 
         return self.answer_later(conn, lambda reply: self.tenancy.check_transcript(
-            owner, transcript, lambda problem: checked(reply, problem)))
+            owner, transcript, lambda problem: self.safely(reply, checked, reply, problem)))
 
     def registration_answer(self, owner: int, external_id: str, transcript: str) -> Optional[dict]:
         """The answer to a registration that needs no new session (or is refused); None: go on."""
@@ -147,6 +147,15 @@ class Commands:
             reply(control.error(str(exc)))
         returned = True
         return answered[0] if answered else None
+
+    @staticmethod
+    def safely(reply: Callable[[dict], None], fn: Callable, *args) -> None:
+        """Run a continuation of a request; a bug in it still answers the request (as in serve)."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - the connection must not wait for a reply forever
+            log.exception("error handling a control request")
+            reply(control.error(f"internal error: {exc}"))
 
     def find_parent(self, conn: Connection, owner: int, external_id: str,
                     request: control.Register):
@@ -222,7 +231,7 @@ class Commands:
             log.warning("finish of %s by uid %d refused: %s", external_id, owner, refusal)
             return control.error(refusal)
         return self.answer_later(conn, lambda reply: self.tenancy.session_record(
-            owner, external_id, lambda record, error: loaded(reply, record, error)))
+            owner, external_id, lambda record, error: self.safely(reply, loaded, reply, record, error)))
 
     def adoption_refusal(self, owner: int) -> str:
         if self.sessions.stopping:
