@@ -299,6 +299,7 @@ class Sessions:
         try:
             messages, eof = session.pipe.receive()
         except Unreadable as exc:
+            self.unregister(session.pipe)  # nothing more is read from it; its sentinel tells the rest
             self.hung(session, f"unreadable message from the worker: {exc}")
             return
         except OSError:
