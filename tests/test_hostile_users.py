@@ -218,3 +218,45 @@ def test_the_masters_end_of_a_worker_pipe_never_blocks():
     assert messages == [b"report"] and not eof
     channel.close()
     worker_end.close()
+
+
+@needs_root
+def test_a_user_has_at_most_four_helpers_at_a_time(system, users, backend):  # noqa: F811
+    """Four requests of A each blocked in a helper (a FIFO as the inbox): a fifth is refused at once,
+    B is served, and the four are answered with an error once their helpers' deadline kills them."""
+    a, b = users
+    system.start()
+    a.sync_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(a.sync_dir, a.uid, a.gid)
+    for i in range(5):
+        eid = f"stuck-{i}"
+        state = a.sync_dir / f"{eid}.json"
+        state.write_text(json.dumps({"external_id": eid, "transcript_path": str(a.transcript(eid)),
+                                     "cwd": "/", "pid": 0, "inbox_path": "", "started_at": "2026-12-01T00:00:00Z"}))
+        os.chown(state, a.uid, a.gid)
+        os.mkfifo(a.sync_dir / f"{eid}.inbox.jsonl", 0o600)
+        os.chown(a.sync_dir / f"{eid}.inbox.jsonl", a.uid, a.gid)
+    env = {"HOME": str(a.home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+           "CONFABD_SYSTEM_SOCKET": str(system.socket)}
+
+    def stop(eid):
+        return subprocess.Popen(["setpriv", f"--reuid={a.uid}", f"--regid={a.gid}", "--init-groups",
+                                 system.python[a.name], "-m", "confabd.ctl", "stop", eid],
+                                env=env, cwd=str(a.home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    master = psutil.Process(system.proc.pid)
+
+    def helpers_of_a():
+        return [p for p in master.children() if p.uids().real == a.uid and p.status() != psutil.STATUS_ZOMBIE]
+
+    waiting = [stop(f"stuck-{i}") for i in range(4)]
+    wait_until(lambda: len(helpers_of_a()) == 4, 30, what="four helpers of A blocked")
+    fifth = system.ctl(a, "stop", "stuck-4")
+    assert fifth.returncode != 0 and "already has 4 requests in progress" in fifth.stderr, fifth.stderr
+    assert len(helpers_of_a()) == 4  # refused at once: no fifth helper, and the four still blocked
+    assert system.ctl(b, "status", "--json").returncode == 0
+    for p in waiting:
+        _out, err = p.communicate(timeout=60)
+        assert p.returncode != 0 and "did not answer within" in err, err
+    wait_until(lambda: not helpers_of_a(), 30, what="the helpers to be gone")
+    assert all((a.sync_dir / f"stuck-{i}.json").exists() for i in range(5))  # nothing touched
