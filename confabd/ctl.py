@@ -5,7 +5,8 @@ dispatched before argparse is imported and imports only `os`, `sys`, `json`,
 `_socket` and confabd.client/paths. Everything else is imported lazily inside
 the command that needs it.
 
-Exit codes: 0 success, 1 failure, 2 usage error, 3 no master reachable.
+Exit codes: 0 success, 1 failure, 2 usage error, 3 no master reachable,
+4 (`status` only) the master answered and at least one session is failed.
 Hooks always exit 0 and print HOOK_RESPONSE.
 """
 
@@ -14,7 +15,8 @@ import sys
 
 from . import client, fileio, paths
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_MASTER, EXIT_SESSION_FAILED = 0, 1, 2, 3, 4
+EXIT_CLOSED_PIPE = 128 + 13  # what a program killed by SIGPIPE reports, as coreutils' do
 HOOK_RESPONSE = '{"continue": true, "suppressOutput": true}'
 MAX_HOOK_INPUT = 1 << 20  # bytes of hook JSON read from stdin
 HOOK_REQUEST_TIMEOUT_S = 5.0
@@ -248,7 +250,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="confabctl",
         description="Control the confabd master, and the Claude Code hooks that feed it.",
-        epilog="Exit codes: 0 success, 1 failure, 2 usage error, 3 no master reachable. "
+        epilog="Exit codes: 0 success, 1 failure, 2 usage error, 3 no master reachable, "
+               "4 (status) a session is failed. "
                "The master's socket: $CONFABD_SOCKET, else the first that answers of "
                "$XDG_RUNTIME_DIR/confabd/control.sock (else ~/.confab/run/control.sock) and the system "
                "socket ($CONFABD_SYSTEM_SOCKET, else /run/confabd/control.sock).")
@@ -306,7 +309,15 @@ def command(argv):
     args = build_parser().parse_args(argv)
     handler = COMMANDS[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        if not stdout_closed():
+            raise  # not our reader: the master's socket (below, as any OSError)
+        # the reader went away (`confabctl status | head`): nothing to say, as coreutils
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
     except client.NoMaster as exc:
         err(str(exc))
         return EXIT_NO_MASTER
@@ -315,6 +326,15 @@ def command(argv):
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+
+
+def stdout_closed():
+    """True when nobody reads our stdout any more (a pipe whose reader exited)."""
+    import select
+
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
 
 
 def ask(message, timeout=10.0):
@@ -369,32 +389,98 @@ def cmd_status(args):
 
         print(json.dumps(result, indent=2))
     else:
-        print(format_status(result))
-    return EXIT_OK
+        print(format_status(result, terminal_width(), use_colour()))
+    failed = any(s.get("state") == "failed" for s in result["sessions"])
+    return EXIT_SESSION_FAILED if failed else EXIT_OK
 
 
-def format_status(status):
+def terminal_width():
+    """The width to fit: the terminal's (or $COLUMNS), None (no limit) when stdout is a file or a pipe."""
+    import shutil
+
+    if not (os.environ.get("COLUMNS") or sys.stdout.isatty()):
+        return None
+    return max(40, shutil.get_terminal_size().columns)
+
+
+def use_colour():
+    """Colour only on a terminal, never with NO_COLOR (https://no-color.org) or TERM=dumb."""
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+STATE_COLOURS = {"failed": "31", "backoff": "33", "unreachable": "33", "syncing": "32", "finishing": "36"}
+# Columns in the order they are dropped when the terminal is too narrow (first dropped first).
+DROPPABLE = ("PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER")
+ROOM_FOR_ERROR = 20  # columns kept for the start of LAST ERROR
+SHORT_ID = 8  # like a short git hash: enough to tell sessions apart, `status ID` shows the whole one
+
+
+def format_status(status, width=None, colour=False):
+    """The status as a table that fits `width` columns (None: no limit)."""
     from .text import printable
 
     m = status["master"]
-    lines = [f"confabd {m['version']} master {m['pid']} ({m['mode']} mode), up {format_duration(m['uptime_s'])}, "
-             f"socket {m['socket']}"]
+    lines = [fit(f"confabd {m['version']} master {m['pid']} ({m['mode']} mode), up "
+                 f"{format_duration(m['uptime_s'])}, socket {m['socket']}", width)]
     sessions = status["sessions"]
     if not sessions:
         lines.append("no sessions")
         return "\n".join(lines)
-    header = ("SESSION", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "LAST SYNC", "LAST ERROR")
-    rows = [header]
-    for s in sessions:
-        lines_synced = sum(f.get("last_synced_line", 0) for f in (s.get("files") or {}).values())
-        rows.append((s["external_id"], s["state"], str(s.get("worker_pid") or "-"),
-                     str(s.get("parent_pid") or "-"), str(s.get("restarts", 0)), str(lines_synced),
-                     s.get("last_sync_at") or "-", s.get("last_error") or ""))
-    rows = [tuple(printable(c) for c in r) for r in rows]  # outside text: no escape sequences on a terminal
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    wide = width is None or len(sessions) == 1
+    rows = [status_row(s, wide) for s in sessions]
+    columns = ["SESSION"] + (["USER"] if any("USER" in r for r in rows) else []) + [
+        "PROJECT", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "LAST SYNC", "LAST ERROR"]
+    table = [dict(zip(columns, columns))] + [{k: printable(v) for k, v in r.items()} for r in rows]
+    for name in DROPPABLE:  # drop what matters least until the fixed columns leave room for an error
+        if width is None or table_width(table, columns[:-1]) + 2 + ROOM_FOR_ERROR <= width:
+            break
+        if name in columns:
+            columns.remove(name)
+    fixed = columns[:-1]
+    widths = {c: max(len(r.get(c, "")) for r in table) for c in fixed}
+    for r in table:
+        cells = [r.get(c, "").ljust(widths[c]) for c in fixed]
+        if colour and r is not table[0] and r["STATE"] in STATE_COLOURS:
+            i = fixed.index("STATE")
+            cells[i] = f"\033[{STATE_COLOURS[r['STATE']]}m{cells[i]}\033[0m"
+        line = "  ".join(cells) + "  " + r.get("LAST ERROR", "")
+        lines.append(fit(line.rstrip(), width, len(line) - len(line.rstrip()) if colour else 0))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def status_row(s, wide):
+    files = (s.get("files") or {}).values()
+    row = {
+        "SESSION": s["external_id"] if wide or len(s["external_id"]) <= SHORT_ID + 1
+        else s["external_id"][:SHORT_ID] + "…",
+        "PROJECT": os.path.basename((s.get("cwd") or "").rstrip("/")) or "-",
+        "STATE": s["state"], "WORKER": str(s.get("worker_pid") or "-"), "PARENT": str(s.get("parent_pid") or "-"),
+        "RESTARTS": str(s.get("restarts", 0)), "LINES": str(sum(f.get("last_synced_line", 0) for f in files)),
+        "LAST SYNC": (s.get("last_sync_at") or "-").replace("T", " ")[:19], "LAST ERROR": s.get("last_error") or "",
+    }
+    if "uid" in s:
+        row["USER"] = user_name(s["uid"])
+    return row
+
+
+def user_name(uid):
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError, TypeError):
+        return str(uid)
+
+
+def table_width(table, columns):
+    return sum(max(len(r.get(c, "")) for r in table) for c in columns) + 2 * (len(columns) - 1)
+
+
+def fit(line, width, invisible=0):
+    """`line` cut to `width` visible characters with an ellipsis (`invisible`: bytes of colour codes)."""
+    if width is None or len(line) - invisible <= width:
+        return line
+    return line[: width + invisible - 1] + "…"
 
 
 def format_duration(seconds):

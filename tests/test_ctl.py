@@ -292,3 +292,60 @@ def test_stop_on_a_corrupt_state_is_an_error_and_keeps_its_files(cfd):
     r = cfd.ctl("stop", eid, "--wait")
     assert r.returncode == 1 and f"no session '{eid}'" in r.stderr and "corrupt" in r.stderr, r.stderr
     assert cfd.state_file(eid).read_text() == "{not json" and cfd.inbox_file(eid).exists()
+
+
+def status_on_a_terminal(cfd, env):
+    """`confabctl status` with its stdout on a pseudo-terminal: what a person sees."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([PYTHON, "-m", "confabd.ctl", "status"], env=env, stdout=follower,
+                            stderr=subprocess.PIPE, cwd=cfd.root)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(30) == 0, proc.stderr.read()
+    return b"".join(chunks).decode()
+
+
+def test_status_fits_the_terminal_and_colours_only_a_terminal(cfd):
+    cfd.master()
+    for i in range(3):
+        eid = f"c7d3d95c-57f0-4359-8f4b-926a9bef5a3{i}"
+        path = cfd.transcript(eid)
+        path.write_bytes(b"".join(fixture_lines()[:3]))
+        r = cfd.ctl("start", "--session-id", eid, "--transcript", str(path), "--cwd", "/home/dev/a-project")
+        assert r.returncode == 0, r.stderr
+    wait_until(lambda: all(s["state"] == "syncing" for s in cfd.status()["sessions"]), what="three sessions syncing")
+    narrow = cfd.ctl("status", env=dict(cfd.env, COLUMNS="80"))
+    assert narrow.returncode == 0, narrow.stderr
+    rows = narrow.stdout.splitlines()
+    assert len(rows) == 5 and all(len(row) <= 80 for row in rows), rows
+    assert "PROJECT" in rows[1] and rows[2].split()[1] == "a-project" and "c7d3d95c…" in rows[2]
+    piped = cfd.ctl("status")  # a pipe: every column and whole ids, no colour
+    assert "c7d3d95c-57f0-4359-8f4b-926a9bef5a30" in piped.stdout and "\033[" not in piped.stdout
+    shown = status_on_a_terminal(cfd, dict(cfd.env, TERM="xterm"))
+    assert "\033[32msyncing" in shown
+    plain = status_on_a_terminal(cfd, dict(cfd.env, TERM="xterm", NO_COLOR="1"))
+    assert "\033[" not in plain and "syncing" in plain
+
+
+def test_a_closed_pipe_is_not_an_error(cfd):
+    """`confabctl status --json | head -0`: the reader is gone; no message, no traceback, exit as SIGPIPE."""
+    cfd.master()
+    for args in (["status", "--json"], ["status"], ["archive", "list"], ["ping", "--json"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader exited before we wrote: every write is EPIPE
+        r = subprocess.run([PYTHON, "-m", "confabd.ctl", *args], env=cfd.env, cwd=cfd.root,
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=30)
+        os.close(write_end)
+        assert r.stderr == "", (args, r.stderr)
+        assert r.returncode == 141, (args, r.returncode)

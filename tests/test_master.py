@@ -45,7 +45,7 @@ def test_hook_lifecycle_end_to_end(cfd):
     s = status["sessions"][0]
     assert set(status["master"]) == {"pid", "mode", "version", "uptime_s", "socket"}
     assert status["master"]["pid"] == master.pid and status["master"]["mode"] == "user"
-    assert set(s) == {"external_id", "state", "worker_pid", "parent_pid", "transcript_path",
+    assert set(s) == {"external_id", "state", "worker_pid", "parent_pid", "transcript_path", "cwd",
                       "confab_session_id", "restarts", "files", "last_sync_at", "last_error"}
     wait_until(lambda: cfd.session(eid)["files"].get(path.name, {}).get("last_synced_line") == len(lines))
     assert cfd.session(eid)["confab_session_id"] == backend.session_id(eid)
@@ -253,6 +253,7 @@ def test_crash_looping_worker_backs_off_then_fails(cfd):
     backend.wait_for(lambda: backend_has_file(backend, other, cfd.transcript(other)), timeout=20)
     assert cfd.session(other)["state"] == "syncing"
     assert cfd.state_file(eid).exists()  # nothing lost: the next master adopts it again
+    assert cfd.ctl("status").returncode == 4  # a failed session: `status` says so in its exit code
     r = cfd.ctl("stop", eid)
     assert r.returncode == 1 and "failed" in r.stderr
 
