@@ -13,15 +13,11 @@ from typing import Callable, Optional
 
 import msgspec
 
-from . import __version__, fileio, paths, tenancy
+from . import __version__, fileio, logs, paths, tenancy
 from .config import Settings, load_settings
 from .errors import ConfabdError
-from .text import SafeFormatter
 
 log = logging.getLogger("confabd")
-
-LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
-
 
 DAEMON_READY_TIMEOUT_S = 30.0
 
@@ -170,7 +166,7 @@ def setup_logging(opts: Options, file_mode: Optional[int]) -> logging.Handler:
             os.chmod(opts.log_file, file_mode)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter(LOG_FORMAT))  # one record, one printable line
+    handler.setFormatter(logs.formatter_for(handler))  # the journal's priorities, or time and pid
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(opts.log_level)

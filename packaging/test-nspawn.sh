@@ -236,6 +236,14 @@ check "alice sees her session in confabctl status" sh -c "nsenter -t $CPID -a ru
 WPID=$(c /usr/bin/confabctl status --json | c /usr/lib/confabd/venv/bin/python3 -c "import json,sys; print([s['worker_pid'] for s in json.load(sys.stdin)['sessions'] if s['external_id']=='$S1'][0])" 2>/dev/null)
 check "worker runs as alice" test "$(c stat -c %U "/proc/${WPID:-0}" 2>/dev/null)" = alice
 
+# --- 4b. the journal gets each record's priority ----------------------------------------------------
+log "kill -9 alice's worker: the master's warning must reach journalctl -p warning"
+warned() { c journalctl -u confabd -p warning --no-pager -o cat | grep -q "restarting in"; }
+c kill -9 "${WPID:-0}"
+wait_for 30 warned
+check "journalctl -p warning shows the restart warning" warned
+check "journal lines carry no timestamp of their own" sh -c "! nsenter -t $CPID -a journalctl -u confabd --no-pager -o cat | grep -Eq '^[0-9]{4}-[0-9]{2}-[0-9]{2} '"
+
 # --- 5. restart keeps the session -----------------------------------------------------------------
 log "systemctl restart confabd"
 append "$S1" 4 5

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
+import subprocess
 import time
 
 import psutil
 
-from tests.conftest import backend_has_file, fixture_lines, pid_alive
+from tests.conftest import PYTHON, backend_has_file, fixture_lines, pid_alive
 from tests.waiting import wait_until
 
 
@@ -393,3 +395,29 @@ def test_sighup_reaches_running_workers(cfd):
         "last_synced_line") == len(fixture_lines()), timeout=20, what="the worker to sync into the new archive")
     assert cfd.session(eid)["worker_pid"] == worker  # the same worker, new settings
     assert len(backend.lines(eid, path.name)) == 5  # nothing more went to the old sink
+
+
+def test_under_the_journal_each_line_carries_its_priority_and_no_timestamp(cfd):
+    """JOURNAL_STREAM names our stderr: `<N>` syslog prefixes (warning is 4), no time or pid of our own."""
+    log_path = cfd.root / "journal.log"
+    with open(log_path, "wb") as journal:
+        info = os.fstat(journal.fileno())
+        env = dict(cfd.env, JOURNAL_STREAM=f"{info.st_dev}:{info.st_ino}")
+        proc = subprocess.Popen([PYTHON, "-m", "confabd.master_cli", "--foreground"], env=env, cwd=cfd.root,
+                                stdin=subprocess.DEVNULL, stdout=journal, stderr=journal, start_new_session=True)
+    try:
+        wait_until(cfd.ping, 20, what="the master to listen")
+        eid = "journal"
+        append(cfd.transcript(eid), fixture_lines()[:3])
+        assert cfd.ctl("start", "--session-id", eid, "--transcript", str(cfd.transcript(eid))).returncode == 0
+        worker = wait_until(lambda: cfd.session(eid)["worker_pid"], what="the worker")
+        os.kill(worker, signal.SIGKILL)  # the master warns that it restarts it
+        wait_until(lambda: "restarting in" in log_path.read_text(), what="the restart warning")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    lines = log_path.read_text().splitlines()
+    assert lines and all(re.match(r"<[2-7]>confabd", line) for line in lines), lines
+    assert any(line.startswith("<4>") and "restarting in" in line for line in lines), lines
+    assert any(line.startswith("<6>") for line in lines)
+    assert not any(re.search(r"\d\d:\d\d:\d\d", line) for line in lines), "journald stamps the time itself"
