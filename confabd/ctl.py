@@ -268,7 +268,9 @@ def build_parser():
                     "(final sync, then the session_end event), without waiting for the upload.")
     p.add_argument("event", choices=["session-start", "session-end"])
 
-    p = sub.add_parser("start", help="register a session from flags (like the session-start hook)")
+    # `register` says what it does (people expect `start` to start the daemon); `start` still works.
+    p = sub.add_parser("register", aliases=["start"],
+                       help="register a session from flags, as the session-start hook does (alias: start)")
     p.add_argument("--session-id", required=True, metavar="ID")
     p.add_argument("--transcript", required=True, metavar="PATH")
     p.add_argument("--cwd", default="", metavar="DIR")
@@ -564,7 +566,7 @@ def cmd_uninstall_hooks(args):
 
 
 COMMANDS = {
-    "hook": cmd_hook, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
+    "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
     "shutdown": cmd_shutdown, "save": cmd_save, "archive": cmd_archive,
     "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
 }

@@ -179,6 +179,12 @@ EOF
 check "systemctl reload succeeds" c systemctl reload confabd
 sleep 1
 check "reload keeps the master" test "$(c systemctl show -p MainPID --value confabd)" = "$MAIN1" -a "$(c systemctl is-active confabd)" = active
+cp "$ROOT/etc/confabd/confabd.toml" "$WORK/confabd.toml.good"
+echo 'shutdown_timeout_ms = "soon"' >>"$ROOT/etc/confabd/confabd.toml"
+check "reload with a bad config fails (ExecReload runs --check-config)" eval '! c systemctl reload confabd'
+check "... and the master runs on with its settings" test "$(c systemctl show -p MainPID --value confabd)" = "$MAIN1" -a "$(c systemctl is-active confabd)" = active
+check "... and the journal says why" sh -c "nsenter -t $CPID -a journalctl -u confabd --no-pager -o cat | grep -q \"shutdown_timeout_ms = 'soon'\""
+cp "$WORK/confabd.toml.good" "$ROOT/etc/confabd/confabd.toml"
 
 # --- 4. a user's session ------------------------------------------------------------------------
 log "user alice, test backend on the container's loopback"
@@ -288,6 +294,14 @@ check "inactive after stop" test "$(c systemctl is-active confabd)" = inactive
 check "stop delivered the last lines (4 lines)" lines_are "$S2" 4
 c journalctl -u confabd --no-pager | tail -n 15
 c systemctl stop "claude-$S2"
+
+# --- 7b. a bad config at start: exit 78, not restarted every 2 s ----------------------------------------
+echo 'sink = "s3"' >>"$ROOT/etc/confabd/confabd.toml"
+check "start with a bad config fails" eval '! c systemctl start confabd'
+check "... with exit status 78" test "$(c systemctl show -p ExecMainStatus --value confabd)" = 78
+check "... and the unit is failed, not restarting in a loop" test "$(c systemctl is-failed confabd)" = failed
+cp "$WORK/confabd.toml.good" "$ROOT/etc/confabd/confabd.toml"
+c systemctl reset-failed confabd
 
 # --- 8. purge ----------------------------------------------------------------------------------------------
 log "apt-get purge confabd"

@@ -132,8 +132,8 @@ def test_commands_and_exit_codes(cfd):
     eid = "cmds"
     path = cfd.transcript(eid)
     path.write_bytes(b"".join(fixture_lines()))
-    assert cfd.ctl("start", "--session-id", eid, "--transcript", str(path)).returncode == 0
-    r = cfd.ctl("start", "--session-id", eid, "--transcript", str(path))
+    assert cfd.ctl("register", "--session-id", eid, "--transcript", str(path)).returncode == 0
+    r = cfd.ctl("start", "--session-id", eid, "--transcript", str(path))  # the old spelling still works
     assert r.returncode == 0 and "already registered" in r.stdout
     r = cfd.ctl("start", "--session-id", eid, "--transcript", str(path) + ".other")
     assert r.returncode == 1 and "refusing a second registration" in r.stderr

@@ -332,12 +332,21 @@ def unit(path: Path) -> configparser.ConfigParser:
     return cp
 
 
+def unit_lines(path: Path) -> list[tuple[str, str]]:
+    """Every key = value of a unit, repeated keys included (configparser keeps only the last)."""
+    return [tuple(part.strip() for part in line.split("=", 1)) for line in path.read_text().splitlines()
+            if "=" in line and not line.lstrip().startswith(("#", ";"))]
+
+
 def test_system_unit():
     u = unit(PKG / "systemd/system/confabd.service")
     s = u["Service"]
     assert s["Type"] == "notify"
-    assert s["ExecStart"] == "/usr/bin/confabd --system"
-    assert s["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert s["ExecStart"] == "/usr/bin/confabd --system $DAEMON_OPTS"
+    assert s["EnvironmentFile"] == "-/etc/default/confabd"  # as the SysV script reads it
+    assert s["RestartPreventExitStatus"] == "78"  # a bad config is not restarted every 2 s forever
+    reload = [v for k, v in unit_lines(PKG / "systemd/system/confabd.service") if k == "ExecReload"]
+    assert reload == ["/usr/bin/confabd --system --check-config", "/bin/kill -HUP $MAINPID"]
     assert s["Restart"] == "on-failure"
     assert s["RuntimeDirectory"] == "confabd"
     assert s["KillMode"] == "mixed"
@@ -356,7 +365,9 @@ def test_user_unit():
     s = u["Service"]
     assert s["Type"] == "notify"
     assert s["ExecStart"] == "/usr/bin/confabd --foreground"
-    assert s["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert s["RestartPreventExitStatus"] == "78"
+    reload = [v for k, v in unit_lines(PKG / "systemd/user/confabd.service") if k == "ExecReload"]
+    assert reload == ["/usr/bin/confabd --check-config", "/bin/kill -HUP $MAINPID"]
     assert u["Install"]["WantedBy"] == "default.target"
 
 
@@ -379,8 +390,10 @@ def test_sysv_script_against_a_fake_daemon(tmp_path):
     """start / status / reload / restart / stop, with a stand-in for confabd."""
     fake = tmp_path / "confabd"
     log = tmp_path / "signals"
+    verdict = tmp_path / "check-config-exit"
     fake.write_text(f"""#!/bin/sh
-# args: --system --daemon --pidfile FILE --log-file FILE
+# args: --system --check-config, or --system --daemon --pidfile FILE --log-file FILE
+[ "$2" = --check-config ] && exit "$(cat {verdict} 2>/dev/null || echo 0)"
 pidfile=$4
 ( trap 'echo HUP >> {log}' HUP; trap 'echo TERM >> {log}; exit 0' TERM
   while :; do sleep 0.05; done ) </dev/null >/dev/null 2>&1 &
@@ -406,6 +419,9 @@ echo $! > "$pidfile"
     assert act("start").returncode == 0  # already running: fine, no second one
     assert int((tmp_path / "run/confabd.pid").read_text()) == pid
     assert act("reload").returncode == 0
+    verdict.write_text("78")  # a bad settings file: reload refuses it and sends no HUP
+    assert act("reload").returncode != 0
+    verdict.write_text("0")
     assert act("restart").returncode == 0
     assert int((tmp_path / "run/confabd.pid").read_text()) != pid
     assert act("stop").returncode == 0
