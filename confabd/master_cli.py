@@ -23,6 +23,11 @@ DAEMON_READY_TIMEOUT_S = 30.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """confabd's options (also what the packages' shell completion is generated from)."""
     parser = argparse.ArgumentParser(
         prog="confabd",
         description="The confabd master: runs one sync worker per Claude Code session "
@@ -60,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     check.add_argument("--print-config", action="store_true",
                        help="print the effective settings and where each came from; start nothing")
     parser.add_argument("--version", action="version", version=f"confabd {__version__}")
-    return parser.parse_args(argv)
+    return parser
 
 
 class Options(msgspec.Struct, kw_only=True):

@@ -490,3 +490,23 @@ def test_removal_tells_the_admin_about_users_hooks():
         note = text[text.index(branch):]
         assert "hooks_note" in note or "uninstall-hooks" in note, path
         assert "confabctl uninstall-hooks" in text and "do nothing without /usr/bin/confabctl" in text, path
+
+
+@pytest.mark.packaging
+def test_shell_completions_are_shipped_and_complete(deb_root, packages):
+    """bash and zsh completions, generated from the parsers at build time (shtab), in both packages."""
+    bash_dir = deb_root / "usr/share/bash-completion/completions"
+    zsh_dir = deb_root / "usr/share/zsh/vendor-completions"
+    for name in ("confabctl", "confabd"):
+        assert (bash_dir / name).is_file() and (zsh_dir / f"_{name}").is_file(), name
+    probe = """
+        source {dir}/confabctl; source {dir}/confabd   # both loaded in one shell: no clash
+        COMP_WORDS=(confabctl st); COMP_CWORD=1; _shtab_confabctl; echo "${{COMPREPLY[*]}}"
+        COMP_WORDS=(confabctl archive ''); COMP_CWORD=2; _shtab_confabctl; echo "${{COMPREPLY[*]}}"
+        COMP_WORDS=(confabd --check); COMP_CWORD=1; _shtab_confabd; echo "${{COMPREPLY[*]}}"
+    """.format(dir=bash_dir)
+    out = run(["bash", "-c", probe]).stdout.splitlines()
+    assert out == ["start stop status", "list export", "--check-config"], out
+    rpm_files = run(["rpm", "-qlp", str(packages["rpm"])]).stdout.split()
+    assert "/usr/share/bash-completion/completions/confabctl" in rpm_files
+    assert "/usr/share/zsh/site-functions/_confabctl" in rpm_files
