@@ -39,18 +39,8 @@ ROOT=$WORK/root
 INCLUDE=systemd,systemd-sysv,dbus,passwd,procps,python3,python3.11
 PORT=18080
 API_KEY=cfb_$(printf 'n%.0s' $(seq 40))
-failures=0
-NSPAWN_PID=
-CPID=
-
-log() { printf '\n==> %s\n' "$*"; }
-pass() { printf 'PASS: %s\n' "$*"; }
-fail() { printf 'FAIL: %s\n' "$*"; failures=$((failures + 1)); }
-check() { # check "what" command...
-	local what=$1
-	shift
-	if "$@"; then pass "$what"; else fail "$what"; fi
-}
+# shellcheck source=checks.sh
+. "$HERE/checks.sh"
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 2; }
 for tool in debootstrap systemd-nspawn nsenter; do
