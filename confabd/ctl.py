@@ -300,6 +300,16 @@ def build_parser():
     a.add_argument("external_id", metavar="ID")
     a.add_argument("--out", default=None, metavar="DIR", help="output directory (default: one named after the session)")
 
+    p = sub.add_parser("login", help="save the backend URL and a checked API key in ~/.confab/config.json",
+                       description="Log in to a confab backend: with --api-key, the key is checked with the "
+                                   "server and saved; without it, a device login: open the URL shown, enter "
+                                   "the code, and the server hands out a new key. ~/.confab/config.json is "
+                                   "written as the confab CLI writes it (mode 0600), its other keys kept.")
+    p.add_argument("--backend-url", metavar="URL", help="the backend (default: the one already configured)")
+    p.add_argument("--api-key", metavar="KEY", help="use this key instead of a device login")
+    p.add_argument("--name", metavar="NAME", help="a name for the new key (default: this host's name)")
+    sub.add_parser("logout", help="remove the API key from ~/.confab/config.json (nothing is uploaded then)")
+
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
         p = sub.add_parser(name, help=f"{text} the SessionStart/SessionEnd hooks in ~/.claude/settings.json")
         p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json)")
@@ -553,6 +563,18 @@ def hook_command_prefix():
     return f"{sys.executable} -I -m confabd.ctl"  # -I: not confabd/ from the project dir
 
 
+def cmd_login(args):
+    from .login import run_login
+
+    return run_login(args)
+
+
+def cmd_logout(args):
+    from .login import run_logout
+
+    return run_logout(args)
+
+
 def cmd_install_hooks(args):
     from .hooks_install import install_hooks
 
@@ -568,7 +590,7 @@ def cmd_uninstall_hooks(args):
 COMMANDS = {
     "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
     "shutdown": cmd_shutdown, "save": cmd_save, "archive": cmd_archive,
-    "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
+    "login": cmd_login, "logout": cmd_logout, "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
 }
 
 

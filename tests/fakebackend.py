@@ -30,6 +30,7 @@ import io
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -64,7 +65,14 @@ ENDPOINTS = {
     "/api/v1/sync/init": "init",
     "/api/v1/sync/chunk": "chunk",
     "/api/v1/sync/event": "event",
+    # accounts: the key check, and the device login that gives a new key
+    "/api/v1/auth/validate": "validate",
+    "/auth/device/code": "device_code",
+    "/auth/device/token": "device_token",
 }
+ACCOUNT_ENDPOINTS = ("validate", "device_code", "device_token")
+DEVICE_POLL_INTERVAL_S = 5  # the server's `interval`; clients poll every max(interval, 5 s)
+DEVICE_CODE_TTL_S = 900
 
 #: What protocol.md asks of a client's User-Agent; the server does not refuse
 #: other values (the real one does not either), tests can assert on it.
@@ -355,6 +363,9 @@ class FakeBackend:
         self._by_external: dict[str, list[_Session]] = {}
         self._faults: list[_Fault] = []
         self._gates: dict[str, Gate] = {}
+        self._devices: dict[str, dict] = {}  # device_code -> {user_code, key_name, key, polls}
+        self._slow_downs = 0
+        self._device_polls = 0
         self._log: list[dict] = []
         self._connections = 0
         self._open_sockets: set[socket.socket] = set()
@@ -404,6 +415,24 @@ class FakeBackend:
         self.stop()
 
     # ---- keys -------------------------------------------------------------
+
+    def approve_device(self, user_code: str, user: Optional[str] = None) -> str:
+        """What the person does in the browser: the device code for ``user_code`` gets a new
+        key (of ``user``, default a user of its own), handed out at the next token poll."""
+        with self._lock:
+            device = next(d for d in self._devices.values() if d["user_code"] == user_code)
+            device["key"] = "cfb_" + secrets.token_urlsafe(30)[:40]
+            self._keys[device["key"]] = user if user is not None else device["key"]
+            return device["key"]
+
+    def slow_down_next_polls(self, n: int) -> None:
+        """Answer the next ``n`` token polls with "slow_down" (the client must add 5 s)."""
+        with self._lock:
+            self._slow_downs += n
+
+    def device_polls(self) -> int:
+        with self._lock:
+            return self._device_polls
 
     def add_api_key(self, key: str, user: Optional[str] = None) -> None:
         """Accept ``key``; with ``user`` it shares sessions with that user's other keys
@@ -619,6 +648,8 @@ class FakeBackend:
         return reply
 
     def _process(self, req: _Request) -> _Reply:
+        if req.endpoint in ACCOUNT_ENDPOINTS:
+            return self._account(req)
         decoded_size = None
         try:
             if req.method != "POST":
@@ -631,6 +662,50 @@ class FakeBackend:
             return _Reply(200, payload, decoded_size=decoded_size, lossy_utf8=lossy)
         except ApiError as err:
             return _Reply(err.status, {"error": err.message}, decoded_size=decoded_size)
+
+    def _account(self, req: _Request) -> _Reply:
+        """GET validate (Bearer), POST device_code and device_token (no auth), as the server does."""
+        try:
+            if req.endpoint == "validate":
+                if req.method != "GET":
+                    raise ApiError(405, "Method not allowed")
+                owner = self._authenticate(req.headers.get("Authorization"))
+                return _Reply(200, {"valid": True, "user": owner})
+            if req.method != "POST":
+                raise ApiError(405, "Method not allowed")
+            try:
+                body = msgspec.json.decode(req.raw or b"")
+            except msgspec.DecodeError:
+                raise ApiError(400, INVALID_BODY) from None
+            if not isinstance(body, dict):
+                raise ApiError(400, INVALID_BODY)
+            return self._device_code(body) if req.endpoint == "device_code" else self._device_token(body)
+        except ApiError as err:
+            return _Reply(err.status, {"error": err.message})
+
+    def _device_code(self, body: dict) -> _Reply:
+        device_code, user_code = secrets.token_hex(16), secrets.token_hex(2).upper() + "-" + secrets.token_hex(2).upper()
+        with self._lock:
+            self._devices[device_code] = {"user_code": user_code, "key_name": str(body.get("key_name") or ""),
+                                          "key": None}
+        return _Reply(200, {"device_code": device_code, "user_code": user_code,
+                            "verification_uri": f"{self.url}/auth/device", "expires_in": DEVICE_CODE_TTL_S,
+                            "interval": DEVICE_POLL_INTERVAL_S})
+
+    def _device_token(self, body: dict) -> _Reply:
+        device_code = str(body.get("device_code") or "")
+        with self._lock:
+            self._device_polls += 1
+            device = self._devices.get(device_code)
+            if device is None:
+                return _Reply(400, {"error": "invalid_grant"})
+            if self._slow_downs:
+                self._slow_downs -= 1
+                return _Reply(400, {"error": "slow_down"})
+            if device["key"] is None:
+                return _Reply(400, {"error": "authorization_pending"})
+            del self._devices[device_code]  # a device code is good for one key
+        return _Reply(200, {"access_token": device["key"], "token_type": "Bearer"})
 
     def _authenticate(self, header: Optional[str]) -> str:
         """Return the key's user, or 401."""
