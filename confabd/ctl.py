@@ -309,6 +309,9 @@ def build_parser():
     p.add_argument("--api-key", metavar="KEY", help="use this key instead of a device login")
     p.add_argument("--name", metavar="NAME", help="a name for the new key (default: this host's name)")
     sub.add_parser("logout", help="remove the API key from ~/.confab/config.json (nothing is uploaded then)")
+    p = sub.add_parser("doctor", help="check hooks, master, backend and key, sync dir and clock; say what to do")
+    p.add_argument("--settings", metavar="FILE", help="Claude Code settings file (default ~/.claude/settings.json)")
+    p.add_argument("--json", action="store_true", help="the checks as a JSON list")
 
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
         p = sub.add_parser(name, help=f"{text} the SessionStart/SessionEnd hooks in ~/.claude/settings.json")
@@ -563,6 +566,12 @@ def hook_command_prefix():
     return f"{sys.executable} -I -m confabd.ctl"  # -I: not confabd/ from the project dir
 
 
+def cmd_doctor(args):
+    from .doctor import run_doctor
+
+    return run_doctor(args)
+
+
 def cmd_login(args):
     from .login import run_login
 
@@ -590,7 +599,7 @@ def cmd_uninstall_hooks(args):
 COMMANDS = {
     "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
     "shutdown": cmd_shutdown, "save": cmd_save, "archive": cmd_archive,
-    "login": cmd_login, "logout": cmd_logout, "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
+    "doctor": cmd_doctor, "login": cmd_login, "logout": cmd_logout, "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
 }
 
 

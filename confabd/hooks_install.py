@@ -130,6 +130,16 @@ def is_our_command(command: Any) -> bool:
     return _is_plain_hook(hook) and guard == _shell_words(_guard(hook[0])) and "&&" not in hook
 
 
+def hook_program(command: str) -> str:
+    """The program one of our hook commands runs (`PYTHON` of `PYTHON -m confabd.ctl`); "" if not ours."""
+    if not is_our_command(command):
+        return ""
+    words = _shell_words(command)
+    if "&&" in words:  # guarded: [ -x PROGRAM ] && exec PROGRAM hook ... || true
+        words = words[words.index("&&") + 2:]
+    return words[0]
+
+
 def _is_our_entry(entry: Any) -> bool:
     return isinstance(entry, dict) and is_our_command(entry.get("command"))
 

@@ -183,6 +183,7 @@ class HttpSink:
         self.timeout = (CONNECT_TIMEOUT_S, timeout)
         self.replaced_lines = 0  # lines that were not valid UTF-8 (sent with U+FFFD)
         self._api_key = api_key
+        self.last_date: Optional[str] = None  # the last answer's Date header (confabctl doctor's clock check)
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._session = self._make_session(api_key, version, https=not self.base_url.lower().startswith("http:"),
                                            loopback=is_loopback_url(self.base_url))
@@ -320,6 +321,7 @@ class HttpSink:
                 timeout=self.timeout, allow_redirects=False, stream=True,
             )
             with response:
+                self.last_date = response.headers.get("Date")
                 return response.status_code, _read_capped(response), response.headers.get("Retry-After")
         except _ReplyTooLarge as exc:
             raise Unavailable(f"{path}: {exc}") from None
