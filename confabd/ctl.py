@@ -289,8 +289,22 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print {pid, version, socket} as JSON")
     sub.add_parser("shutdown", help="ask the master to stop gracefully")
 
-    p = sub.add_parser("save", help="upload one transcript (and its subagent files) once, in the foreground")
-    p.add_argument("target", metavar="PATH|ID")
+    p = sub.add_parser("save", help="upload transcripts (and their subagent files) once, in the foreground",
+                       description="Upload sessions now: each PATH, ID or unique ID prefix, or every local session "
+                                   "with --all (--since limits it to recent ones). Lines the backend already "
+                                   "holds are not sent again, so running it again resumes where it stopped.")
+    p.add_argument("targets", metavar="PATH|ID", nargs="*")
+    p.add_argument("--all", action="store_true", help="every Claude Code session on this machine (a backup of "
+                                                      "the history Claude Code deletes after 30 days)")
+    p.add_argument("--since", metavar="AGE", help="with --all: only sessions written within AGE (5d, 12h, 30m)")
+
+    p = sub.add_parser("redaction-test", help="what redaction would change in FILE (no secret is printed)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--show", action="store_true", help="print each changed line as it would be sent")
+
+    p = sub.add_parser("list", help="local Claude Code sessions, newest first: id, age, what confabd holds, title")
+    p.add_argument("--since", metavar="AGE", help="only sessions written within AGE (5d, 12h, 30m, 2w)")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("archive", help="the local archive (when no backend is configured)")
     asub = p.add_subparsers(dest="archive_command", metavar="SUBCOMMAND", required=True)
@@ -542,10 +556,43 @@ def user_settings():
 
 
 def cmd_save(args):
+    from .listing import parse_since, resolve_targets
     from .save import run_save
 
+    if bool(args.targets) == bool(args.all) or (args.since and not args.all):
+        err("save: name sessions (PATH, ID or an ID prefix), or --all [--since AGE]")
+        return EXIT_USAGE
     home, settings = user_settings()
-    return run_save(args.target, home, settings, progress=sys.stderr.isatty())
+    try:
+        since = parse_since(args.since) if args.since else None
+        paths_to_save = resolve_targets(home, args.targets, args.all, since)
+    except ValueError as exc:
+        err(f"save: {exc}")
+        return EXIT_USAGE if args.since else EXIT_FAIL
+    if args.all and not paths_to_save:
+        print("no Claude Code sessions to save")
+        return EXIT_OK
+    failed = 0
+    for n, path in enumerate(paths_to_save, 1):
+        if len(paths_to_save) > 1:
+            print(f"[{n}/{len(paths_to_save)}] {path}", flush=True)
+        failed += run_save(path, home, settings, progress=sys.stderr.isatty()) != 0
+    if len(paths_to_save) > 1:
+        print(f"saved {len(paths_to_save) - failed} of {len(paths_to_save)} sessions"
+              + (f"; {failed} failed (above); running it again resumes them" if failed else ""))
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def cmd_redaction_test(args):
+    from .redaction_test import run_redaction_test
+
+    return run_redaction_test(args.file, args.show)
+
+
+def cmd_list(args):
+    from .listing import run_list
+
+    return run_list(args)
 
 
 def cmd_archive(args):
@@ -599,7 +646,7 @@ def cmd_uninstall_hooks(args):
 COMMANDS = {
     "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
     "shutdown": cmd_shutdown, "save": cmd_save, "archive": cmd_archive,
-    "doctor": cmd_doctor, "login": cmd_login, "logout": cmd_logout, "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
+    "list": cmd_list, "redaction-test": cmd_redaction_test, "doctor": cmd_doctor, "login": cmd_login, "logout": cmd_logout, "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
 }
 
 
