@@ -71,6 +71,8 @@ ENDPOINTS = {
     "/auth/device/token": "device_token",
 }
 ACCOUNT_ENDPOINTS = ("validate", "device_code", "device_token")
+#: The server keys a session by (user, provider, external id); init's provider is one of these.
+PROVIDERS = ("claude-code", "codex", "opencode", "cursor")
 DEVICE_POLL_INTERVAL_S = 5  # the server's `interval`; clients poll every max(interval, 5 s)
 DEVICE_CODE_TTL_S = 900
 
@@ -105,6 +107,7 @@ class InitRequest(msgspec.Struct):
     external_id: str = ""
     transcript_path: str = ""
     metadata: Optional[dict[str, Any]] = None
+    provider: str = ""  # "" is claude-code, as the server defaults it
 
 
 class ChunkRequest(msgspec.Struct):
@@ -157,6 +160,7 @@ class _Session:
     owner: str
     external_id: str
     transcript_path: str
+    provider: str = "claude-code"
     files: dict[str, _File] = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -359,7 +363,7 @@ class FakeBackend:
         self._lock = threading.Lock()
         self._keys: dict[str, str] = {key: key for key in api_keys}
         self._sessions: dict[str, _Session] = {}
-        self._live: dict[tuple[str, str], _Session] = {}
+        self._live: dict[tuple[str, str, str], _Session] = {}  # (owner, provider, external id)
         self._by_external: dict[str, list[_Session]] = {}
         self._faults: list[_Fault] = []
         self._gates: dict[str, Gate] = {}
@@ -504,7 +508,7 @@ class FakeBackend:
             for session in self._by_external.get(external_id, []):
                 if not session.deleted:
                     session.deleted = True
-                    self._live.pop((session.owner, external_id), None)
+                    self._live.pop((session.owner, session.provider, external_id), None)
 
     def requests_log(self) -> list[dict]:
         """One dict per API request: time, conn, method, path, endpoint, status,
@@ -745,19 +749,22 @@ class FakeBackend:
         for key in ("cwd", "hostname", "username"):
             _require_type(body.metadata, key, str)
         _require_type(body.metadata, "git_info", dict)
+        provider = body.provider or "claude-code"
+        if provider not in PROVIDERS:
+            raise ApiError(400, f"invalid provider: {body.provider!r}")
         with self._lock:
-            session = self._live.get((owner, body.external_id))
+            session = self._live.get((owner, provider, body.external_id))
             if session is None:
-                session = self._create_session(owner, body.external_id, body.transcript_path)
+                session = self._create_session(owner, body.external_id, body.transcript_path, provider)
             session.transcript_path = body.transcript_path
             session.merge_metadata({"transcript_path": body.transcript_path})
             session.merge_metadata(body.metadata)
             return {"session_id": session.session_id, "files": session.files_view()}, lossy
 
-    def _create_session(self, owner: str, external_id: str, transcript_path: str) -> _Session:
-        session = _Session(str(uuid.uuid4()), owner, external_id, transcript_path)
+    def _create_session(self, owner: str, external_id: str, transcript_path: str, provider: str) -> _Session:
+        session = _Session(str(uuid.uuid4()), owner, external_id, transcript_path, provider)
         self._sessions[session.session_id] = session
-        self._live[(owner, external_id)] = session
+        self._live[(owner, provider, external_id)] = session
         self._by_external.setdefault(external_id, []).append(session)
         return session
 
@@ -882,6 +889,7 @@ class FakeBackend:
             return {
                 "session_id": session.session_id,
                 "deleted": session.deleted,
+                "provider": session.provider,
                 "files": {n: list(f.lines) for n, f in session.files.items()},
                 "events": [dict(e) for e in session.events],
                 "chunk_counts": {n: f.chunks for n, f in session.files.items()},

@@ -349,3 +349,26 @@ def test_a_closed_pipe_is_not_an_error(cfd):
         os.close(write_end)
         assert r.stderr == "", (args, r.stderr)
         assert r.returncode == 141, (args, r.returncode)
+
+
+def test_every_session_start_source_registers_the_session_it_names(cfd):
+    """startup, resume, clear, fork (Claude Code 2.1.330's own hook inputs) and compact: each registers
+    the session its session_id names; a session that already runs is left as it is (README: SessionStart
+    sources)."""
+    from tests.data import HOOK_INPUT
+
+    master = cfd.master()
+    inputs = sorted((HOOK_INPUT / "real-2.1.330").glob("*SessionStart*.json"))
+    payloads = [json.loads(p.read_text()) for p in inputs]
+    payloads.append(dict(payloads[0], source="compact"))  # same session as the first: already running
+    assert {p["source"] for p in payloads} == {"startup", "resume", "clear", "fork", "compact"}
+    for payload in payloads:
+        path = cfd.transcript(payload["session_id"])
+        path.write_bytes(b"".join(fixture_lines()[:2]))
+        payload = dict(payload, transcript_path=str(path), cwd=str(cfd.root))
+        assert hook_ok(cfd.hook("session-start", payload)) == "", payload["source"]
+    ids = {p["session_id"] for p in payloads}
+    sessions = wait_until(lambda: (s := cfd.status()["sessions"]) and {x["external_id"] for x in s} == ids and s,
+                          what="one session per id")
+    assert len(sessions) == len(ids) == len(payloads) - 1 and all(s["restarts"] == 0 for s in sessions)
+    assert master.proc.poll() is None
