@@ -55,12 +55,15 @@ def hook(args):
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
     try:
-        if event == "session-start":
+        if event in ("session-start", "user-prompt-submit"):
+            # Every prompt registers too (a no-op while a worker runs): a session whose SessionStart
+            # never reached a master (hooks installed mid-session, --teleport, a refusal) is caught.
             hook_session_start(read_hook_input())
         elif event == "session-end":
             hook_session_end(read_hook_input())
         else:
-            raise HookError(f"usage: confabctl hook session-start|session-end (got {' '.join(args)!r})")
+            raise HookError("usage: confabctl hook session-start|session-end|user-prompt-submit "
+                            f"(got {' '.join(args)!r})")
     except HookError as exc:
         err(f"hook {event or '?'}: {exc}")
     except BaseException as exc:  # noqa: BLE001 - a hook must never fail Claude Code
@@ -259,14 +262,15 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
-        "hook", help="Claude Code hook: session-start or session-end (JSON on stdin)",
+        "hook", help="Claude Code hook: session-start, user-prompt-submit or session-end (JSON on stdin)",
         description="What Claude Code's hooks run (confabctl install-hooks writes them). Reads the hook's JSON "
                     "on stdin, prints " + HOOK_RESPONSE + " and exits 0, always: a problem is said on stderr "
-                    "and never breaks the Claude Code session. session-start registers the session with the "
+                    "and never breaks the Claude Code session. session-start (and user-prompt-submit, on every "
+                    "prompt: a no-op while the session's worker runs) registers the session with the "
                     "master (starting a user-mode master when none answers); session-end records the "
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
                     "(final sync, then the session_end event), without waiting for the upload.")
-    p.add_argument("event", choices=["session-start", "session-end"])
+    p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
 
     # `register` says what it does (people expect `start` to start the daemon); `start` still works.
     p = sub.add_parser("register", aliases=["start"],
@@ -328,7 +332,8 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="the checks as a JSON list")
 
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
-        p = sub.add_parser(name, help=f"{text} the SessionStart/SessionEnd hooks in ~/.claude/settings.json")
+        p = sub.add_parser(name, help=f"{text} the SessionStart/UserPromptSubmit/SessionEnd hooks in "
+                                      "~/.claude/settings.json")
         p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
     return parser

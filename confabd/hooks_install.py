@@ -49,10 +49,13 @@ from typing import Any, Callable, List, Optional, Tuple
 
 EVENTS: Tuple[Tuple[str, str], ...] = (
     ("SessionStart", "session-start"),
+    ("UserPromptSubmit", "user-prompt-submit"),  # catches a session whose SessionStart never registered
     ("SessionEnd", "session-end"),
 )
+NO_MATCHER = ("UserPromptSubmit",)  # Claude Code runs these for every prompt; they take no matcher
 OUR_PROGRAMS = ("confabctl", "confab")
-OUR_ARGS = ("session-start", "session-end")
+# The Go confab CLI's `confab hook user-prompt-submit` starts an uploader of its own: replaced by ours.
+OUR_ARGS = ("session-start", "session-end", "user-prompt-submit")
 
 
 class SettingsError(Exception):
@@ -176,7 +179,7 @@ def _drop_entries(groups: list, positions: List[Tuple[int, int]]) -> None:
 
 
 def add_hooks(settings: dict, command_prefix: str = "confabctl") -> dict:
-    """Return a copy of `settings` with our two hooks in place."""
+    """Return a copy of `settings` with our hooks in place (one per event of EVENTS)."""
     settings = json.loads(json.dumps(settings))  # deep copy, order kept
     hooks = settings.setdefault("hooks", {})
     if not isinstance(hooks, dict):
@@ -193,16 +196,17 @@ def add_hooks(settings: dict, command_prefix: str = "confabctl") -> dict:
             _drop_entries(groups, found[1:])
             continue
         entry = {"type": "command", "command": command}
+        matcher = None if event in NO_MATCHER else "*"
         for group in groups:
             if (
                 isinstance(group, dict)
-                and group.get("matcher") == "*"
+                and group.get("matcher") == matcher
                 and isinstance(group.get("hooks"), list)
             ):
                 group["hooks"].append(entry)
                 break
         else:
-            groups.append({"matcher": "*", "hooks": [entry]})
+            groups.append({"hooks": [entry]} if matcher is None else {"matcher": "*", "hooks": [entry]})
     return settings
 
 
