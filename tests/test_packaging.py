@@ -144,6 +144,7 @@ EXPECTED_DEB_FILES = {
     "./etc/logrotate.d/confabd": "-rw-r--r--",
     "./usr/share/confabd/hooks/session-start": "-rwxr-xr-x",
     "./usr/share/confabd/hooks/session-end": "-rwxr-xr-x",
+    "./usr/share/confabd/hooks/user-prompt-submit": "-rwxr-xr-x",
     "./usr/share/man/man8/confabd.8.gz": "-rw-r--r--",
     "./usr/share/man/man1/confabctl.1.gz": "-rw-r--r--",
     "./usr/share/doc/confabd/copyright": "-rw-r--r--",
@@ -448,7 +449,7 @@ def test_config_file_documents_every_setting():
 
 
 def test_hook_scripts():
-    for event in ("session-start", "session-end"):
+    for event in ("session-start", "session-end", "user-prompt-submit"):
         path = PKG / "hooks" / event
         assert os.access(path, os.X_OK)
         lines = [l for l in path.read_text().splitlines() if l and not l.startswith("#")]
