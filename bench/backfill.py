@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import msgspec
 import zstandard
 
 from .common import API_KEY, CONFABCTL, PYTHON, TRANSCRIPTS, Backend, Figure, Install, log, python_pass_env, \
@@ -145,8 +146,20 @@ def check_backend(c: Candidate, corpus: Corpus, backend: Backend) -> None:
         if body is None:
             if got != line:
                 raise RuntimeError(f"{c.name}: line {number} differs from the file: {got[:200]!r}")
-        elif body.encode() in got or got == line:
+        elif body.encode() in got or b"[REDACTED:" not in got:
             raise RuntimeError(f"{c.name}: line {number}: its planted secret was not redacted")
+        else:
+            _json_object(c, number, got)
+
+
+def _json_object(c: Candidate, number: int, line: bytes) -> None:
+    """A redacted line must still be the JSON object it was."""
+    try:
+        ok = isinstance(msgspec.json.decode(line), dict)
+    except msgspec.DecodeError:
+        ok = False
+    if not ok:
+        raise RuntimeError(f"{c.name}: line {number}: redacted into something that is not a JSON object")
 
 
 # ---------------------------------------------------------------------------
