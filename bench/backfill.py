@@ -66,7 +66,10 @@ class Candidate:
     kind: str  # read+zstd | floor | save
     corpus: str  # CLEAN | SECRETS | TINY
     redaction: bool = False
-    floor_of: str = ""  # its ratios are to the floor and read+zstd of this corpus
+
+    def same_file(self, kind: str) -> str:
+        """The name of candidate `kind` (floor, read+zstd) run on this candidate's file."""
+        return kind + {CLEAN: "", SECRETS: ", 1% secrets", TINY: ", 1 line"}[self.corpus]
 
 
 CANDIDATES = (
@@ -223,9 +226,8 @@ def ratio_table(results: dict[str, list[dict]]) -> list[str]:
 
 
 def _per_round(c: Candidate, results: dict[str, list[dict]]) -> tuple[list[float], list[float]]:
-    suffix = {CLEAN: "", SECRETS: ", 1% secrets", TINY: ", 1 line"}[c.corpus]
-    floor = results["floor" + suffix]
-    zstd = results.get("read+zstd" + suffix)
+    floor = results[c.same_file("floor")]
+    zstd = results.get(c.same_file("read+zstd"))
     mine = results[c.name]
     to_floor = [m["cpu"] / f["cpu"] for m, f in zip(mine, floor)]
     to_zstd = [m["cpu"] / z["cpu"] for m, z in zip(mine, zstd)] if zstd else []
@@ -243,7 +245,7 @@ def marginal(results: dict[str, list[dict]]) -> list[str]:
     for c in CANDIDATES:
         if c.kind != "save" or c.corpus == TINY:
             continue
-        floor = results["floor" + (", 1% secrets" if c.corpus == SECRETS else "")]
+        floor = results[c.same_file("floor")]
         ratios = [(m["cpu"] - st["cpu"]) / (f["cpu"] - ft["cpu"])
                   for m, st, f, ft in zip(results[c.name], save_tiny, floor, floor_tiny)]
         rows.append(f"| {c.name} | {_stats(ratios)} |")
@@ -257,11 +259,11 @@ def figures_from(results: dict[str, list[dict]], corpora: dict[str, Corpus]) -> 
     figures: list[Figure] = []
     size = corpora[CLEAN].size / MB
     for c in CANDIDATES:
-        if c.name in ("floor", "floor, 1% secrets", "floor, 1 line"):
+        if c.kind == "floor":
             continue
         runs = results[c.name]
         to_floor, to_zstd = _per_round(c, results)
-        floor_name = "floor" + {CLEAN: "", SECRETS: ", 1% secrets", TINY: ", 1 line"}[c.corpus]
+        floor_name = c.same_file("floor")
         limit = TARGETS.get(c.name)
         what = c.name if c.corpus == TINY else f"{c.name}, {size:.0f} MB"
         figures.append(RatioFigure(
