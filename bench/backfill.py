@@ -252,7 +252,8 @@ def marginal(results: dict[str, list[dict]]) -> list[str]:
     return rows
 
 
-TARGETS = {"save, redaction off": 2.0, "save, redaction on": 3.0, "save, redaction on, 1% secrets": 3.0}
+# Issue 15's targets: within 1.5x of the floor with redaction off, 2x with it on (1% secrets included).
+TARGETS = {"save, redaction off": 1.5, "save, redaction on": 2.0, "save, redaction on, 1% secrets": 2.0}
 
 
 def figures_from(results: dict[str, list[dict]], corpora: dict[str, Corpus]) -> list[Figure]:
