@@ -1,8 +1,14 @@
 """confabd benchmarks (issue 6): one command, every figure, each against a baseline of the same run.
 
-    .venv/bin/python bench/run.py            # everything (~6 min on 2 cores)
+    .venv/bin/python bench/run.py            # everything (~6 min on 2 cores, plus the backfill group's rounds)
     .venv/bin/python bench/run.py --quick    # short smoke run (smaller samples, 20 MB backfill, 15 s idle)
-    .venv/bin/python bench/run.py --only hook   # one group: hook, lifecycle, throughput, memory, scale
+    .venv/bin/python bench/run.py --only hook   # one group: hook, lifecycle, backfill, throughput, memory, scale
+    .venv/bin/python bench/run.py --only backfill --quick   # the honest backfill bench at 30 MB
+
+`backfill` (bench/backfill.py) is the backfill figure: `confabctl save` against
+the floor client (bench/floor_client.py) over a corpus that does not repeat,
+interleaved rounds. `throughput` is the older bench (repeated corpus, read+zstd
+baseline, not interleaved), kept so earlier results can be reproduced.
 
 Every process it starts is stopped at the end (also on Ctrl-C), every
 installation lives in a temp dir that is removed, only 127.0.0.1 is used.
@@ -31,7 +37,8 @@ from bench.common import Figure, fmt  # noqa: E402
 GROUPS = {
     "hook": ("bench.hook_latency", "hook latency, session-end latency"),
     "lifecycle": ("bench.lifecycle", "parent-exit latency, restart latency"),
-    "throughput": ("bench.throughput", "backfill throughput (redaction off/on), backend alone"),
+    "backfill": ("bench.backfill", "backfill vs the honest floor client, interleaved rounds (issue 15)"),
+    "throughput": ("bench.throughput", "older backfill bench (repeated corpus, read+zstd baseline), backend alone"),
     "memory": ("bench.memory", "memory per session, idle cost (100 sessions)"),
     "scale": ("bench.scale", "200 sessions through the hook command"),
 }
@@ -74,7 +81,7 @@ def details(figures: list[Figure]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (backfill: 30 MB, 5 rounds)")
     parser.add_argument("--only", action="append", choices=sorted(GROUPS), help="run only this group (repeatable)")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table and details here")
     args = parser.parse_args(argv)

@@ -5,7 +5,8 @@ dispatched before argparse is imported and imports only `os`, `sys`, `json`,
 `_socket` and confabd.client/paths. Everything else is imported lazily inside
 the command that needs it.
 
-Exit codes: 0 success, 1 failure, 2 usage error, 3 no master reachable.
+Exit codes: 0 success, 1 failure, 2 usage error, 3 no master reachable,
+4 (`status` only) the master answered and at least one session is failed.
 Hooks always exit 0 and print HOOK_RESPONSE.
 """
 
@@ -14,7 +15,8 @@ import sys
 
 from . import client, fileio, paths
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_MASTER = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_MASTER, EXIT_SESSION_FAILED = 0, 1, 2, 3, 4
+EXIT_CLOSED_PIPE = 128 + 13  # what a program killed by SIGPIPE reports, as coreutils' do
 HOOK_RESPONSE = '{"continue": true, "suppressOutput": true}'
 MAX_HOOK_INPUT = 1 << 20  # bytes of hook JSON read from stdin
 HOOK_REQUEST_TIMEOUT_S = 5.0
@@ -53,12 +55,15 @@ def hook(args):
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
     try:
-        if event == "session-start":
+        if event in ("session-start", "user-prompt-submit"):
+            # Every prompt registers too (a no-op while a worker runs): a session whose SessionStart
+            # never reached a master (hooks installed mid-session, --teleport, a refusal) is caught.
             hook_session_start(read_hook_input())
         elif event == "session-end":
             hook_session_end(read_hook_input())
         else:
-            raise HookError(f"usage: confabctl hook session-start|session-end (got {' '.join(args)!r})")
+            raise HookError("usage: confabctl hook session-start|session-end|user-prompt-submit "
+                            f"(got {' '.join(args)!r})")
     except HookError as exc:
         err(f"hook {event or '?'}: {exc}")
     except BaseException as exc:  # noqa: BLE001 - a hook must never fail Claude Code
@@ -248,7 +253,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="confabctl",
         description="Control the confabd master, and the Claude Code hooks that feed it.",
-        epilog="Exit codes: 0 success, 1 failure, 2 usage error, 3 no master reachable. "
+        epilog="Exit codes: 0 success, 1 failure, 2 usage error, 3 no master reachable, "
+               "4 (status) a session is failed. "
                "The master's socket: $CONFABD_SOCKET, else the first that answers of "
                "$XDG_RUNTIME_DIR/confabd/control.sock (else ~/.confab/run/control.sock) and the system "
                "socket ($CONFABD_SYSTEM_SOCKET, else /run/confabd/control.sock).")
@@ -256,16 +262,19 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
-        "hook", help="Claude Code hook: session-start or session-end (JSON on stdin)",
+        "hook", help="Claude Code hook: session-start, user-prompt-submit or session-end (JSON on stdin)",
         description="What Claude Code's hooks run (confabctl install-hooks writes them). Reads the hook's JSON "
                     "on stdin, prints " + HOOK_RESPONSE + " and exits 0, always: a problem is said on stderr "
-                    "and never breaks the Claude Code session. session-start registers the session with the "
+                    "and never breaks the Claude Code session. session-start (and user-prompt-submit, on every "
+                    "prompt: a no-op while the session's worker runs) registers the session with the "
                     "master (starting a user-mode master when none answers); session-end records the "
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
                     "(final sync, then the session_end event), without waiting for the upload.")
-    p.add_argument("event", choices=["session-start", "session-end"])
+    p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
 
-    p = sub.add_parser("start", help="register a session from flags (like the session-start hook)")
+    # `register` says what it does (people expect `start` to start the daemon); `start` still works.
+    p = sub.add_parser("register", aliases=["start"],
+                       help="register a session from flags, as the session-start hook does (alias: start)")
     p.add_argument("--session-id", required=True, metavar="ID")
     p.add_argument("--transcript", required=True, metavar="PATH")
     p.add_argument("--cwd", default="", metavar="DIR")
@@ -284,8 +293,22 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print {pid, version, socket} as JSON")
     sub.add_parser("shutdown", help="ask the master to stop gracefully")
 
-    p = sub.add_parser("save", help="upload one transcript (and its subagent files) once, in the foreground")
-    p.add_argument("target", metavar="PATH|ID")
+    p = sub.add_parser("save", help="upload transcripts (and their subagent files) once, in the foreground",
+                       description="Upload sessions now: each PATH, ID or unique ID prefix, or every local session "
+                                   "with --all (--since limits it to recent ones). Lines the backend already "
+                                   "holds are not sent again, so running it again resumes where it stopped.")
+    p.add_argument("targets", metavar="PATH|ID", nargs="*")
+    p.add_argument("--all", action="store_true", help="every Claude Code session on this machine (a backup of "
+                                                      "the history Claude Code deletes after 30 days)")
+    p.add_argument("--since", metavar="AGE", help="with --all: only sessions written within AGE (5d, 12h, 30m)")
+
+    p = sub.add_parser("redaction-test", help="what redaction would change in FILE (no secret is printed)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--show", action="store_true", help="print each changed line as it would be sent")
+
+    p = sub.add_parser("list", help="local Claude Code sessions, newest first: id, age, what confabd holds, title")
+    p.add_argument("--since", metavar="AGE", help="only sessions written within AGE (5d, 12h, 30m, 2w)")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("archive", help="the local archive (when no backend is configured)")
     asub = p.add_subparsers(dest="archive_command", metavar="SUBCOMMAND", required=True)
@@ -295,8 +318,22 @@ def build_parser():
     a.add_argument("external_id", metavar="ID")
     a.add_argument("--out", default=None, metavar="DIR", help="output directory (default: one named after the session)")
 
+    p = sub.add_parser("login", help="save the backend URL and a checked API key in ~/.confab/config.json",
+                       description="Log in to a confab backend: with --api-key, the key is checked with the "
+                                   "server and saved; without it, a device login: open the URL shown, enter "
+                                   "the code, and the server hands out a new key. ~/.confab/config.json is "
+                                   "written as the confab CLI writes it (mode 0600), its other keys kept.")
+    p.add_argument("--backend-url", metavar="URL", help="the backend (default: the one already configured)")
+    p.add_argument("--api-key", metavar="KEY", help="use this key instead of a device login")
+    p.add_argument("--name", metavar="NAME", help="a name for the new key (default: this host's name)")
+    sub.add_parser("logout", help="remove the API key from ~/.confab/config.json (nothing is uploaded then)")
+    p = sub.add_parser("doctor", help="check hooks, master, backend and key, sync dir and clock; say what to do")
+    p.add_argument("--settings", metavar="FILE", help="Claude Code settings file (default ~/.claude/settings.json)")
+    p.add_argument("--json", action="store_true", help="the checks as a JSON list")
+
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
-        p = sub.add_parser(name, help=f"{text} the SessionStart/SessionEnd hooks in ~/.claude/settings.json")
+        p = sub.add_parser(name, help=f"{text} the SessionStart/UserPromptSubmit/SessionEnd hooks in "
+                                      "~/.claude/settings.json")
         p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
     return parser
@@ -306,7 +343,15 @@ def command(argv):
     args = build_parser().parse_args(argv)
     handler = COMMANDS[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        if not stdout_closed():
+            raise  # not our reader: the master's socket (below, as any OSError)
+        # the reader went away (`confabctl status | head`): nothing to say, as coreutils
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
     except client.NoMaster as exc:
         err(str(exc))
         return EXIT_NO_MASTER
@@ -315,6 +360,15 @@ def command(argv):
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+
+
+def stdout_closed():
+    """True when nobody reads our stdout any more (a pipe whose reader exited)."""
+    import select
+
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
 
 
 def ask(message, timeout=10.0):
@@ -369,32 +423,98 @@ def cmd_status(args):
 
         print(json.dumps(result, indent=2))
     else:
-        print(format_status(result))
-    return EXIT_OK
+        print(format_status(result, terminal_width(), use_colour()))
+    failed = any(s.get("state") == "failed" for s in result["sessions"])
+    return EXIT_SESSION_FAILED if failed else EXIT_OK
 
 
-def format_status(status):
+def terminal_width():
+    """The width to fit: the terminal's (or $COLUMNS), None (no limit) when stdout is a file or a pipe."""
+    import shutil
+
+    if not (os.environ.get("COLUMNS") or sys.stdout.isatty()):
+        return None
+    return max(40, shutil.get_terminal_size().columns)
+
+
+def use_colour():
+    """Colour only on a terminal, never with NO_COLOR (https://no-color.org) or TERM=dumb."""
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+STATE_COLOURS = {"failed": "31", "backoff": "33", "unreachable": "33", "syncing": "32", "finishing": "36"}
+# Columns in the order they are dropped when the terminal is too narrow (first dropped first).
+DROPPABLE = ("PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER")
+ROOM_FOR_ERROR = 20  # columns kept for the start of LAST ERROR
+SHORT_ID = 8  # like a short git hash: enough to tell sessions apart, `status ID` shows the whole one
+
+
+def format_status(status, width=None, colour=False):
+    """The status as a table that fits `width` columns (None: no limit)."""
     from .text import printable
 
     m = status["master"]
-    lines = [f"confabd {m['version']} master {m['pid']} ({m['mode']} mode), up {format_duration(m['uptime_s'])}, "
-             f"socket {m['socket']}"]
+    lines = [fit(f"confabd {m['version']} master {m['pid']} ({m['mode']} mode), up "
+                 f"{format_duration(m['uptime_s'])}, socket {m['socket']}", width)]
     sessions = status["sessions"]
     if not sessions:
         lines.append("no sessions")
         return "\n".join(lines)
-    header = ("SESSION", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "LAST SYNC", "LAST ERROR")
-    rows = [header]
-    for s in sessions:
-        lines_synced = sum(f.get("last_synced_line", 0) for f in (s.get("files") or {}).values())
-        rows.append((s["external_id"], s["state"], str(s.get("worker_pid") or "-"),
-                     str(s.get("parent_pid") or "-"), str(s.get("restarts", 0)), str(lines_synced),
-                     s.get("last_sync_at") or "-", s.get("last_error") or ""))
-    rows = [tuple(printable(c) for c in r) for r in rows]  # outside text: no escape sequences on a terminal
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    wide = width is None or len(sessions) == 1
+    rows = [status_row(s, wide) for s in sessions]
+    columns = ["SESSION"] + (["USER"] if any("USER" in r for r in rows) else []) + [
+        "PROJECT", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "LAST SYNC", "LAST ERROR"]
+    table = [dict(zip(columns, columns))] + [{k: printable(v) for k, v in r.items()} for r in rows]
+    for name in DROPPABLE:  # drop what matters least until the fixed columns leave room for an error
+        if width is None or table_width(table, columns[:-1]) + 2 + ROOM_FOR_ERROR <= width:
+            break
+        if name in columns:
+            columns.remove(name)
+    fixed = columns[:-1]
+    widths = {c: max(len(r.get(c, "")) for r in table) for c in fixed}
+    for r in table:
+        cells = [r.get(c, "").ljust(widths[c]) for c in fixed]
+        if colour and r is not table[0] and r["STATE"] in STATE_COLOURS:
+            i = fixed.index("STATE")
+            cells[i] = f"\033[{STATE_COLOURS[r['STATE']]}m{cells[i]}\033[0m"
+        line = "  ".join(cells) + "  " + r.get("LAST ERROR", "")
+        lines.append(fit(line.rstrip(), width, len(line) - len(line.rstrip()) if colour else 0))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def status_row(s, wide):
+    files = (s.get("files") or {}).values()
+    row = {
+        "SESSION": s["external_id"] if wide or len(s["external_id"]) <= SHORT_ID + 1
+        else s["external_id"][:SHORT_ID] + "…",
+        "PROJECT": os.path.basename((s.get("cwd") or "").rstrip("/")) or "-",
+        "STATE": s["state"], "WORKER": str(s.get("worker_pid") or "-"), "PARENT": str(s.get("parent_pid") or "-"),
+        "RESTARTS": str(s.get("restarts", 0)), "LINES": str(sum(f.get("last_synced_line", 0) for f in files)),
+        "LAST SYNC": (s.get("last_sync_at") or "-").replace("T", " ")[:19], "LAST ERROR": s.get("last_error") or "",
+    }
+    if "uid" in s:
+        row["USER"] = user_name(s["uid"])
+    return row
+
+
+def user_name(uid):
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError, TypeError):
+        return str(uid)
+
+
+def table_width(table, columns):
+    return sum(max(len(r.get(c, "")) for r in table) for c in columns) + 2 * (len(columns) - 1)
+
+
+def fit(line, width, invisible=0):
+    """`line` cut to `width` visible characters with an ellipsis (`invisible`: bytes of colour codes)."""
+    if width is None or len(line) - invisible <= width:
+        return line
+    return line[: width + invisible - 1] + "…"
 
 
 def format_duration(seconds):
@@ -441,10 +561,43 @@ def user_settings():
 
 
 def cmd_save(args):
+    from .listing import parse_since, resolve_targets
     from .save import run_save
 
+    if bool(args.targets) == bool(args.all) or (args.since and not args.all):
+        err("save: name sessions (PATH, ID or an ID prefix), or --all [--since AGE]")
+        return EXIT_USAGE
     home, settings = user_settings()
-    return run_save(args.target, home, settings, progress=sys.stderr.isatty())
+    try:
+        since = parse_since(args.since) if args.since else None
+        paths_to_save = resolve_targets(home, args.targets, args.all, since)
+    except ValueError as exc:
+        err(f"save: {exc}")
+        return EXIT_USAGE if args.since else EXIT_FAIL
+    if args.all and not paths_to_save:
+        print("no Claude Code sessions to save")
+        return EXIT_OK
+    failed = 0
+    for n, path in enumerate(paths_to_save, 1):
+        if len(paths_to_save) > 1:
+            print(f"[{n}/{len(paths_to_save)}] {path}", flush=True)
+        failed += run_save(path, home, settings, progress=sys.stderr.isatty()) != 0
+    if len(paths_to_save) > 1:
+        print(f"saved {len(paths_to_save) - failed} of {len(paths_to_save)} sessions"
+              + (f"; {failed} failed (above); running it again resumes them" if failed else ""))
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def cmd_redaction_test(args):
+    from .redaction_test import run_redaction_test
+
+    return run_redaction_test(args.file, args.show)
+
+
+def cmd_list(args):
+    from .listing import run_list
+
+    return run_list(args)
 
 
 def cmd_archive(args):
@@ -465,6 +618,24 @@ def hook_command_prefix():
     return f"{sys.executable} -I -m confabd.ctl"  # -I: not confabd/ from the project dir
 
 
+def cmd_doctor(args):
+    from .doctor import run_doctor
+
+    return run_doctor(args)
+
+
+def cmd_login(args):
+    from .login import run_login
+
+    return run_login(args)
+
+
+def cmd_logout(args):
+    from .login import run_logout
+
+    return run_logout(args)
+
+
 def cmd_install_hooks(args):
     from .hooks_install import install_hooks
 
@@ -478,9 +649,9 @@ def cmd_uninstall_hooks(args):
 
 
 COMMANDS = {
-    "hook": cmd_hook, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
+    "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
     "shutdown": cmd_shutdown, "save": cmd_save, "archive": cmd_archive,
-    "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
+    "list": cmd_list, "redaction-test": cmd_redaction_test, "doctor": cmd_doctor, "login": cmd_login, "logout": cmd_logout, "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
 }
 
 

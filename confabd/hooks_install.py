@@ -49,10 +49,13 @@ from typing import Any, Callable, List, Optional, Tuple
 
 EVENTS: Tuple[Tuple[str, str], ...] = (
     ("SessionStart", "session-start"),
+    ("UserPromptSubmit", "user-prompt-submit"),  # catches a session whose SessionStart never registered
     ("SessionEnd", "session-end"),
 )
+NO_MATCHER = ("UserPromptSubmit",)  # Claude Code runs these for every prompt; they take no matcher
 OUR_PROGRAMS = ("confabctl", "confab")
-OUR_ARGS = ("session-start", "session-end")
+# The Go confab CLI's `confab hook user-prompt-submit` starts an uploader of its own: replaced by ours.
+OUR_ARGS = ("session-start", "session-end", "user-prompt-submit")
 
 
 class SettingsError(Exception):
@@ -130,6 +133,16 @@ def is_our_command(command: Any) -> bool:
     return _is_plain_hook(hook) and guard == _shell_words(_guard(hook[0])) and "&&" not in hook
 
 
+def hook_program(command: str) -> str:
+    """The program one of our hook commands runs (`PYTHON` of `PYTHON -m confabd.ctl`); "" if not ours."""
+    if not is_our_command(command):
+        return ""
+    words = _shell_words(command)
+    if "&&" in words:  # guarded: [ -x PROGRAM ] && exec PROGRAM hook ... || true
+        words = words[words.index("&&") + 2:]
+    return words[0]
+
+
 def _is_our_entry(entry: Any) -> bool:
     return isinstance(entry, dict) and is_our_command(entry.get("command"))
 
@@ -166,7 +179,7 @@ def _drop_entries(groups: list, positions: List[Tuple[int, int]]) -> None:
 
 
 def add_hooks(settings: dict, command_prefix: str = "confabctl") -> dict:
-    """Return a copy of `settings` with our two hooks in place."""
+    """Return a copy of `settings` with our hooks in place (one per event of EVENTS)."""
     settings = json.loads(json.dumps(settings))  # deep copy, order kept
     hooks = settings.setdefault("hooks", {})
     if not isinstance(hooks, dict):
@@ -183,16 +196,17 @@ def add_hooks(settings: dict, command_prefix: str = "confabctl") -> dict:
             _drop_entries(groups, found[1:])
             continue
         entry = {"type": "command", "command": command}
+        matcher = None if event in NO_MATCHER else "*"
         for group in groups:
             if (
                 isinstance(group, dict)
-                and group.get("matcher") == "*"
+                and group.get("matcher") == matcher
                 and isinstance(group.get("hooks"), list)
             ):
                 group["hooks"].append(entry)
                 break
         else:
-            groups.append({"matcher": "*", "hooks": [entry]})
+            groups.append({"hooks": [entry]} if matcher is None else {"matcher": "*", "hooks": [entry]})
     return settings
 
 

@@ -15,20 +15,21 @@ from typing import Callable, Optional
 
 import msgspec
 
-from . import __version__, fileio, paths, tenancy
+from . import __version__, config_check, fileio, logs, paths, tenancy
 from .config import Settings, load_settings
-from .errors import ConfabdError
-from .text import SafeFormatter
+from .errors import ConfabdError, ConfigError
 
 log = logging.getLogger("confabd")
-
-LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
-
 
 DAEMON_READY_TIMEOUT_S = 30.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """confabd's options (also what the packages' shell completion is generated from)."""
     parser = argparse.ArgumentParser(
         prog="confabd",
         description="The confabd master: runs one sync worker per Claude Code session "
@@ -59,8 +60,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         type=str.lower, help="debug, info, warning, error (default: info)")
     parser.add_argument("--log-file", metavar="FILE",
                         help="log file (default: stderr, or ~/.confab/logs/confabd.log with --daemon)")
+    check = parser.add_mutually_exclusive_group()
+    check.add_argument("--check-config", action="store_true",
+                       help="check the settings file (--config, else the default) and the environment, "
+                            "list every problem, exit 0 or 78; start nothing")
+    check.add_argument("--print-config", action="store_true",
+                       help="print the effective settings and where each came from; start nothing")
     parser.add_argument("--version", action="version", version=f"confabd {__version__}")
-    return parser.parse_args(argv)
+    return parser
 
 
 class Options(msgspec.Struct, kw_only=True):
@@ -200,7 +207,7 @@ def setup_logging(opts: Options, file_mode: Optional[int]) -> logging.Handler:
         handler: logging.Handler = LogFileHandler(opts.log_file, file_mode)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter(LOG_FORMAT))  # one record, one printable line
+    handler.setFormatter(logs.formatter_for(handler))  # the journal's priorities, or time and pid
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(opts.log_level)
@@ -209,8 +216,13 @@ def setup_logging(opts: Options, file_mode: Optional[int]) -> logging.Handler:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.check_config or args.print_config:
+        return judge_config(args)
     try:
         opts = resolve(args)
+    except ConfigError as exc:  # 78: systemd does not restart it in a loop (RestartPreventExitStatus)
+        print(f"confabd: {exc} (check it with: confabd --check-config)", file=sys.stderr)
+        return config_check.EXIT_CONFIG
     except (ConfabdError, ValueError) as exc:
         print(f"confabd: {exc}", file=sys.stderr)
         return 1
@@ -244,6 +256,14 @@ def main(argv=None) -> int:
             return run_master(args, opts, kind, pidfile)
     return start_daemon(opts, pidfile, handler,
                         lambda on_ready: run_master(args, opts, kind, pidfile, on_ready))
+
+
+def judge_config(args) -> int:
+    env = os.environ
+    kind = tenancy.kind(args.system)
+    path = args.config or kind.default_paths(paths.home_dir(env), env).settings
+    judge = config_check.check_config if args.check_config else config_check.print_config
+    return judge(path, env, sys.stdout, sys.stderr, required=bool(args.config))
 
 
 def run_master(args, opts: Options, kind, pidfile: PidFile, on_ready=None) -> int:

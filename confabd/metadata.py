@@ -12,7 +12,7 @@ from typing import Optional
 
 import msgspec
 
-from .records import GitInfo, InitMetadata
+from .records import GitInfo, GitRemote, InitMetadata
 
 FIRST_MESSAGE_MAX_BYTES = 4096
 SUMMARY_MAX_BYTES = 2048  # the server counts bytes of UTF-8 (Go len()), not characters
@@ -142,15 +142,36 @@ def clean_text(text: str, max_bytes: int) -> str:
 
 
 def git_info(cwd: str, branch: str = "") -> Optional[GitInfo]:
-    """Remote URL, branch and commit of the repo at `cwd` (None when not a repo)."""
+    """The repo at `cwd` as the newer confab client describes it (None when not a repo): origin's URL,
+    branch, last commit (sha, subject, author), whether the work tree is dirty, the remotes and the
+    branch's tracking remote. URLs never carry credentials."""
     if not cwd or not os.path.isdir(cwd):
         return GitInfo(branch=branch) if branch else None
     repo_url = _git(cwd, "config", "--get", "remote.origin.url")
-    commit = _git(cwd, "rev-parse", "HEAD")
+    commit, _, rest = _git(cwd, "log", "-1", "--format=%H%n%s%n%an <%ae>").partition("\n")
+    message, _, author = rest.partition("\n")
     branch = branch or _git(cwd, "rev-parse", "--abbrev-ref", "HEAD")
     if not (repo_url or commit or branch):
         return None
-    return GitInfo(repo_url=_strip_credentials(repo_url), branch=branch, commit_sha=commit)
+    status = _git_result(cwd, "status", "--porcelain")
+    return GitInfo(
+        repo_url=_strip_credentials(repo_url), branch=branch, commit_sha=commit, commit_message=message,
+        author=author, is_dirty=None if status is None else bool(status.strip()),
+        remotes=parse_remotes(_git(cwd, "remote", "-v")),
+        tracking_remote=_git(cwd, "config", "--get", f"branch.{branch}.remote") if branch and branch != "HEAD" else "",
+    )
+
+
+def parse_remotes(text: str) -> tuple[GitRemote, ...]:
+    """`git remote -v` ("origin\tURL (fetch)" / "(push)" lines) as remotes in their order."""
+    found: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        name, tab, rest = line.partition("\t")
+        for direction in ("fetch", "push"):
+            suffix = f" ({direction})"
+            if tab and name and rest.endswith(suffix):
+                found.setdefault(name, {})[direction] = _strip_credentials(rest[: -len(suffix)].strip())
+    return tuple(GitRemote(name, urls.get("fetch", ""), urls.get("push", "")) for name, urls in found.items())
 
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -169,14 +190,19 @@ def git_environment(env=None) -> dict[str, str]:
 
 
 def _git(cwd: str, *args: str) -> str:
+    return (_git_result(cwd, *args) or "").strip()
+
+
+def _git_result(cwd: str, *args: str) -> Optional[str]:
+    """git's output, None when it failed or took too long."""
     try:
         result = subprocess.run(
             ["git", "-C", cwd, *args], capture_output=True, text=True, timeout=2,
             env=git_environment(), stdin=subprocess.DEVNULL, close_fds=True,
         )
     except (OSError, subprocess.SubprocessError):
-        return ""
-    return result.stdout.strip() if result.returncode == 0 else ""
+        return None
+    return result.stdout if result.returncode == 0 else None
 
 
 def _strip_credentials(url: str) -> str:

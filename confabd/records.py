@@ -103,10 +103,23 @@ class HookInput(msgspec.Struct):
 # Wire messages of protocol.md.
 
 
+class GitRemote(msgspec.Struct, frozen=True):
+    name: str
+    fetch_url: str = ""
+    push_url: str = ""
+
+
 class GitInfo(msgspec.Struct, omit_defaults=True, frozen=True):
+    """What the newer confab client sends of the session's repository (server: `git_info`)."""
+
     repo_url: str = ""
     branch: str = ""
     commit_sha: str = ""
+    commit_message: str = ""
+    author: str = ""
+    is_dirty: Optional[bool] = None  # None: not known (omitted)
+    remotes: tuple[GitRemote, ...] = ()
+    tracking_remote: str = ""
 
 
 class InitMetadata(msgspec.Struct, omit_defaults=True, frozen=True):
@@ -120,6 +133,7 @@ class InitRequest(msgspec.Struct, frozen=True):
     external_id: str
     transcript_path: str
     metadata: InitMetadata = InitMetadata()
+    provider: str = "claude-code"  # the server keys sessions by (user, provider, external id)
 
 
 class ServerFile(msgspec.Struct, frozen=True):

@@ -184,6 +184,7 @@ class Sessions:
             "worker_pid": session.proc.pid if session.proc else None,
             "parent_pid": session.parent_pid or None,
             "transcript_path": session.transcript_path,
+            "cwd": session.cwd or None,
             "confab_session_id": (report and report.confab_session_id) or session.confab_session_id or None,
             "restarts": session.restarts,
             "files": files,

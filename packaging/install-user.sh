@@ -52,7 +52,7 @@ start_master() {
     fi
     if systemctl --user show-environment >/dev/null 2>&1; then
         mkdir -p "$unit_dir"
-        sed "s#^ExecStart=.*#ExecStart=$bindir/confabd --foreground#" \
+        sed "s#/usr/bin/confabd#$bindir/confabd#g" \
             "$here/packaging/systemd/user/confabd.service" > "$unit_dir/confabd.service"
         systemctl --user daemon-reload
         systemctl --user enable --now confabd.service

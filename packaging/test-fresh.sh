@@ -31,16 +31,8 @@ WORK=${FRESH_WORK:-$HERE/out/fresh}
 ROOT=$WORK/root
 WHEELS=$WORK/wheels
 INCLUDE=python3,python3-venv,git,ca-certificates,sudo
-failures=0
-
-log() { printf '\n==> %s\n' "$*"; }
-pass() { printf 'PASS: %s\n' "$*"; }
-fail() { printf 'FAIL: %s\n' "$*"; failures=$((failures + 1)); }
-check() { # check "what" command...
-	local what=$1
-	shift
-	if "$@"; then pass "$what"; else fail "$what"; fi
-}
+# shellcheck source=checks.sh
+. "$HERE/checks.sh"
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 2; }
 for tool in debootstrap systemd-nspawn git python3; do

@@ -39,18 +39,8 @@ ROOT=$WORK/root
 INCLUDE=systemd,systemd-sysv,dbus,passwd,procps,python3,python3.11
 PORT=18080
 API_KEY=cfb_$(printf 'n%.0s' $(seq 40))
-failures=0
-NSPAWN_PID=
-CPID=
-
-log() { printf '\n==> %s\n' "$*"; }
-pass() { printf 'PASS: %s\n' "$*"; }
-fail() { printf 'FAIL: %s\n' "$*"; failures=$((failures + 1)); }
-check() { # check "what" command...
-	local what=$1
-	shift
-	if "$@"; then pass "$what"; else fail "$what"; fi
-}
+# shellcheck source=checks.sh
+. "$HERE/checks.sh"
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 2; }
 for tool in debootstrap systemd-nspawn nsenter; do
@@ -179,6 +169,12 @@ EOF
 check "systemctl reload succeeds" c systemctl reload confabd
 sleep 1
 check "reload keeps the master" test "$(c systemctl show -p MainPID --value confabd)" = "$MAIN1" -a "$(c systemctl is-active confabd)" = active
+cp "$ROOT/etc/confabd/confabd.toml" "$WORK/confabd.toml.good"
+echo 'shutdown_timeout_ms = "soon"' >>"$ROOT/etc/confabd/confabd.toml"
+check "reload with a bad config fails (ExecReload runs --check-config)" eval '! c systemctl reload confabd'
+check "... and the master runs on with its settings" test "$(c systemctl show -p MainPID --value confabd)" = "$MAIN1" -a "$(c systemctl is-active confabd)" = active
+check "... and the journal says why" sh -c "nsenter -t $CPID -a journalctl -u confabd --no-pager -o cat | grep -q \"shutdown_timeout_ms = 'soon'\""
+cp "$WORK/confabd.toml.good" "$ROOT/etc/confabd/confabd.toml"
 
 # --- 4. a user's session ------------------------------------------------------------------------
 log "user alice, test backend on the container's loopback"
@@ -236,6 +232,14 @@ check "alice sees her session in confabctl status" sh -c "nsenter -t $CPID -a ru
 WPID=$(c /usr/bin/confabctl status --json | c /usr/lib/confabd/venv/bin/python3 -c "import json,sys; print([s['worker_pid'] for s in json.load(sys.stdin)['sessions'] if s['external_id']=='$S1'][0])" 2>/dev/null)
 check "worker runs as alice" test "$(c stat -c %U "/proc/${WPID:-0}" 2>/dev/null)" = alice
 
+# --- 4b. the journal gets each record's priority ----------------------------------------------------
+log "kill -9 alice's worker: the master's warning must reach journalctl -p warning"
+warned() { c journalctl -u confabd -p warning --no-pager -o cat | grep -q "restarting in"; }
+c kill -9 "${WPID:-0}"
+wait_for 30 warned
+check "journalctl -p warning shows the restart warning" warned
+check "journal lines carry no timestamp of their own" sh -c "! nsenter -t $CPID -a journalctl -u confabd --no-pager -o cat | grep -Eq '^[0-9]{4}-[0-9]{2}-[0-9]{2} '"
+
 # --- 5. restart keeps the session -----------------------------------------------------------------
 log "systemctl restart confabd"
 append "$S1" 4 5
@@ -280,6 +284,14 @@ check "inactive after stop" test "$(c systemctl is-active confabd)" = inactive
 check "stop delivered the last lines (4 lines)" lines_are "$S2" 4
 c journalctl -u confabd --no-pager | tail -n 15
 c systemctl stop "claude-$S2"
+
+# --- 7b. a bad config at start: exit 78, not restarted every 2 s ----------------------------------------
+echo 'sink = "s3"' >>"$ROOT/etc/confabd/confabd.toml"
+check "start with a bad config fails" eval '! c systemctl start confabd'
+check "... with exit status 78" test "$(c systemctl show -p ExecMainStatus --value confabd)" = 78
+check "... and the unit is failed, not restarting in a loop" test "$(c systemctl is-failed confabd)" = failed
+cp "$WORK/confabd.toml.good" "$ROOT/etc/confabd/confabd.toml"
+c systemctl reset-failed confabd
 
 # --- 8. purge ----------------------------------------------------------------------------------------------
 log "apt-get purge confabd"

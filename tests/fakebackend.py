@@ -30,6 +30,7 @@ import io
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -64,7 +65,16 @@ ENDPOINTS = {
     "/api/v1/sync/init": "init",
     "/api/v1/sync/chunk": "chunk",
     "/api/v1/sync/event": "event",
+    # accounts: the key check, and the device login that gives a new key
+    "/api/v1/auth/validate": "validate",
+    "/auth/device/code": "device_code",
+    "/auth/device/token": "device_token",
 }
+ACCOUNT_ENDPOINTS = ("validate", "device_code", "device_token")
+#: The server keys a session by (user, provider, external id); init's provider is one of these.
+PROVIDERS = ("claude-code", "codex", "opencode", "cursor")
+DEVICE_POLL_INTERVAL_S = 5  # the server's `interval`; clients poll every max(interval, 5 s)
+DEVICE_CODE_TTL_S = 900
 
 #: What protocol.md asks of a client's User-Agent; the server does not refuse
 #: other values (the real one does not either), tests can assert on it.
@@ -97,6 +107,7 @@ class InitRequest(msgspec.Struct):
     external_id: str = ""
     transcript_path: str = ""
     metadata: Optional[dict[str, Any]] = None
+    provider: str = ""  # "" is claude-code, as the server defaults it
 
 
 class ChunkRequest(msgspec.Struct):
@@ -149,6 +160,7 @@ class _Session:
     owner: str
     external_id: str
     transcript_path: str
+    provider: str = "claude-code"
     files: dict[str, _File] = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -351,10 +363,13 @@ class FakeBackend:
         self._lock = threading.Lock()
         self._keys: dict[str, str] = {key: key for key in api_keys}
         self._sessions: dict[str, _Session] = {}
-        self._live: dict[tuple[str, str], _Session] = {}
+        self._live: dict[tuple[str, str, str], _Session] = {}  # (owner, provider, external id)
         self._by_external: dict[str, list[_Session]] = {}
         self._faults: list[_Fault] = []
         self._gates: dict[str, Gate] = {}
+        self._devices: dict[str, dict] = {}  # device_code -> {user_code, key_name, key, polls}
+        self._slow_downs = 0
+        self._device_polls = 0
         self._log: list[dict] = []
         self._connections = 0
         self._open_sockets: set[socket.socket] = set()
@@ -404,6 +419,24 @@ class FakeBackend:
         self.stop()
 
     # ---- keys -------------------------------------------------------------
+
+    def approve_device(self, user_code: str, user: Optional[str] = None) -> str:
+        """What the person does in the browser: the device code for ``user_code`` gets a new
+        key (of ``user``, default a user of its own), handed out at the next token poll."""
+        with self._lock:
+            device = next(d for d in self._devices.values() if d["user_code"] == user_code)
+            device["key"] = "cfb_" + secrets.token_urlsafe(30)[:40]
+            self._keys[device["key"]] = user if user is not None else device["key"]
+            return device["key"]
+
+    def slow_down_next_polls(self, n: int) -> None:
+        """Answer the next ``n`` token polls with "slow_down" (the client must add 5 s)."""
+        with self._lock:
+            self._slow_downs += n
+
+    def device_polls(self) -> int:
+        with self._lock:
+            return self._device_polls
 
     def add_api_key(self, key: str, user: Optional[str] = None) -> None:
         """Accept ``key``; with ``user`` it shares sessions with that user's other keys
@@ -475,7 +508,7 @@ class FakeBackend:
             for session in self._by_external.get(external_id, []):
                 if not session.deleted:
                     session.deleted = True
-                    self._live.pop((session.owner, external_id), None)
+                    self._live.pop((session.owner, session.provider, external_id), None)
 
     def requests_log(self) -> list[dict]:
         """One dict per API request: time, conn, method, path, endpoint, status,
@@ -619,6 +652,8 @@ class FakeBackend:
         return reply
 
     def _process(self, req: _Request) -> _Reply:
+        if req.endpoint in ACCOUNT_ENDPOINTS:
+            return self._account(req)
         decoded_size = None
         try:
             if req.method != "POST":
@@ -631,6 +666,50 @@ class FakeBackend:
             return _Reply(200, payload, decoded_size=decoded_size, lossy_utf8=lossy)
         except ApiError as err:
             return _Reply(err.status, {"error": err.message}, decoded_size=decoded_size)
+
+    def _account(self, req: _Request) -> _Reply:
+        """GET validate (Bearer), POST device_code and device_token (no auth), as the server does."""
+        try:
+            if req.endpoint == "validate":
+                if req.method != "GET":
+                    raise ApiError(405, "Method not allowed")
+                owner = self._authenticate(req.headers.get("Authorization"))
+                return _Reply(200, {"valid": True, "user": owner})
+            if req.method != "POST":
+                raise ApiError(405, "Method not allowed")
+            try:
+                body = msgspec.json.decode(req.raw or b"")
+            except msgspec.DecodeError:
+                raise ApiError(400, INVALID_BODY) from None
+            if not isinstance(body, dict):
+                raise ApiError(400, INVALID_BODY)
+            return self._device_code(body) if req.endpoint == "device_code" else self._device_token(body)
+        except ApiError as err:
+            return _Reply(err.status, {"error": err.message})
+
+    def _device_code(self, body: dict) -> _Reply:
+        device_code, user_code = secrets.token_hex(16), secrets.token_hex(2).upper() + "-" + secrets.token_hex(2).upper()
+        with self._lock:
+            self._devices[device_code] = {"user_code": user_code, "key_name": str(body.get("key_name") or ""),
+                                          "key": None}
+        return _Reply(200, {"device_code": device_code, "user_code": user_code,
+                            "verification_uri": f"{self.url}/auth/device", "expires_in": DEVICE_CODE_TTL_S,
+                            "interval": DEVICE_POLL_INTERVAL_S})
+
+    def _device_token(self, body: dict) -> _Reply:
+        device_code = str(body.get("device_code") or "")
+        with self._lock:
+            self._device_polls += 1
+            device = self._devices.get(device_code)
+            if device is None:
+                return _Reply(400, {"error": "invalid_grant"})
+            if self._slow_downs:
+                self._slow_downs -= 1
+                return _Reply(400, {"error": "slow_down"})
+            if device["key"] is None:
+                return _Reply(400, {"error": "authorization_pending"})
+            del self._devices[device_code]  # a device code is good for one key
+        return _Reply(200, {"access_token": device["key"], "token_type": "Bearer"})
 
     def _authenticate(self, header: Optional[str]) -> str:
         """Return the key's user, or 401."""
@@ -670,19 +749,22 @@ class FakeBackend:
         for key in ("cwd", "hostname", "username"):
             _require_type(body.metadata, key, str)
         _require_type(body.metadata, "git_info", dict)
+        provider = body.provider or "claude-code"
+        if provider not in PROVIDERS:
+            raise ApiError(400, f"invalid provider: {body.provider!r}")
         with self._lock:
-            session = self._live.get((owner, body.external_id))
+            session = self._live.get((owner, provider, body.external_id))
             if session is None:
-                session = self._create_session(owner, body.external_id, body.transcript_path)
+                session = self._create_session(owner, body.external_id, body.transcript_path, provider)
             session.transcript_path = body.transcript_path
             session.merge_metadata({"transcript_path": body.transcript_path})
             session.merge_metadata(body.metadata)
             return {"session_id": session.session_id, "files": session.files_view()}, lossy
 
-    def _create_session(self, owner: str, external_id: str, transcript_path: str) -> _Session:
-        session = _Session(str(uuid.uuid4()), owner, external_id, transcript_path)
+    def _create_session(self, owner: str, external_id: str, transcript_path: str, provider: str) -> _Session:
+        session = _Session(str(uuid.uuid4()), owner, external_id, transcript_path, provider)
         self._sessions[session.session_id] = session
-        self._live[(owner, external_id)] = session
+        self._live[(owner, provider, external_id)] = session
         self._by_external.setdefault(external_id, []).append(session)
         return session
 
@@ -807,6 +889,7 @@ class FakeBackend:
             return {
                 "session_id": session.session_id,
                 "deleted": session.deleted,
+                "provider": session.provider,
                 "files": {n: list(f.lines) for n, f in session.files.items()},
                 "events": [dict(e) for e in session.events],
                 "chunk_counts": {n: f.chunks for n, f in session.files.items()},

@@ -132,8 +132,8 @@ def test_commands_and_exit_codes(cfd):
     eid = "cmds"
     path = cfd.transcript(eid)
     path.write_bytes(b"".join(fixture_lines()))
-    assert cfd.ctl("start", "--session-id", eid, "--transcript", str(path)).returncode == 0
-    r = cfd.ctl("start", "--session-id", eid, "--transcript", str(path))
+    assert cfd.ctl("register", "--session-id", eid, "--transcript", str(path)).returncode == 0
+    r = cfd.ctl("start", "--session-id", eid, "--transcript", str(path))  # the old spelling still works
     assert r.returncode == 0 and "already registered" in r.stdout
     r = cfd.ctl("start", "--session-id", eid, "--transcript", str(path) + ".other")
     assert r.returncode == 1 and "refusing a second registration" in r.stderr
@@ -292,3 +292,83 @@ def test_stop_on_a_corrupt_state_is_an_error_and_keeps_its_files(cfd):
     r = cfd.ctl("stop", eid, "--wait")
     assert r.returncode == 1 and f"no session '{eid}'" in r.stderr and "corrupt" in r.stderr, r.stderr
     assert cfd.state_file(eid).read_text() == "{not json" and cfd.inbox_file(eid).exists()
+
+
+def status_on_a_terminal(cfd, env):
+    """`confabctl status` with its stdout on a pseudo-terminal: what a person sees."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([PYTHON, "-m", "confabd.ctl", "status"], env=env, stdout=follower,
+                            stderr=subprocess.PIPE, cwd=cfd.root)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(30) == 0, proc.stderr.read()
+    return b"".join(chunks).decode()
+
+
+def test_status_fits_the_terminal_and_colours_only_a_terminal(cfd):
+    cfd.master()
+    for i in range(3):
+        eid = f"c7d3d95c-57f0-4359-8f4b-926a9bef5a3{i}"
+        path = cfd.transcript(eid)
+        path.write_bytes(b"".join(fixture_lines()[:3]))
+        r = cfd.ctl("start", "--session-id", eid, "--transcript", str(path), "--cwd", "/home/dev/a-project")
+        assert r.returncode == 0, r.stderr
+    wait_until(lambda: all(s["state"] == "syncing" for s in cfd.status()["sessions"]), what="three sessions syncing")
+    narrow = cfd.ctl("status", env=dict(cfd.env, COLUMNS="80"))
+    assert narrow.returncode == 0, narrow.stderr
+    rows = narrow.stdout.splitlines()
+    assert len(rows) == 5 and all(len(row) <= 80 for row in rows), rows
+    assert "PROJECT" in rows[1] and rows[2].split()[1] == "a-project" and "c7d3d95c…" in rows[2]
+    piped = cfd.ctl("status")  # a pipe: every column and whole ids, no colour
+    assert "c7d3d95c-57f0-4359-8f4b-926a9bef5a30" in piped.stdout and "\033[" not in piped.stdout
+    shown = status_on_a_terminal(cfd, dict(cfd.env, TERM="xterm"))
+    assert "\033[32msyncing" in shown
+    plain = status_on_a_terminal(cfd, dict(cfd.env, TERM="xterm", NO_COLOR="1"))
+    assert "\033[" not in plain and "syncing" in plain
+
+
+def test_a_closed_pipe_is_not_an_error(cfd):
+    """`confabctl status --json | head -0`: the reader is gone; no message, no traceback, exit as SIGPIPE."""
+    cfd.master()
+    for args in (["status", "--json"], ["status"], ["archive", "list"], ["ping", "--json"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader exited before we wrote: every write is EPIPE
+        r = subprocess.run([PYTHON, "-m", "confabd.ctl", *args], env=cfd.env, cwd=cfd.root,
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=30)
+        os.close(write_end)
+        assert r.stderr == "", (args, r.stderr)
+        assert r.returncode == 141, (args, r.returncode)
+
+
+def test_every_session_start_source_registers_the_session_it_names(cfd):
+    """startup, resume, clear, fork (Claude Code 2.1.330's own hook inputs) and compact: each registers
+    the session its session_id names; a session that already runs is left as it is (README: SessionStart
+    sources)."""
+    from tests.data import HOOK_INPUT
+
+    master = cfd.master()
+    inputs = sorted((HOOK_INPUT / "real-2.1.330").glob("*SessionStart*.json"))
+    payloads = [json.loads(p.read_text()) for p in inputs]
+    payloads.append(dict(payloads[0], source="compact"))  # same session as the first: already running
+    assert {p["source"] for p in payloads} == {"startup", "resume", "clear", "fork", "compact"}
+    for payload in payloads:
+        path = cfd.transcript(payload["session_id"])
+        path.write_bytes(b"".join(fixture_lines()[:2]))
+        payload = dict(payload, transcript_path=str(path), cwd=str(cfd.root))
+        assert hook_ok(cfd.hook("session-start", payload)) == "", payload["source"]
+    ids = {p["session_id"] for p in payloads}
+    sessions = wait_until(lambda: (s := cfd.status()["sessions"]) and {x["external_id"] for x in s} == ids and s,
+                          what="one session per id")
+    assert len(sessions) == len(ids) == len(payloads) - 1 and all(s["restarts"] == 0 for s in sessions)
+    assert master.proc.poll() is None

@@ -16,6 +16,7 @@ import time
 # what install-hooks writes for the default prefix `confabctl` (not an absolute path: `command -v`)
 START = "command -v confabctl >/dev/null && exec confabctl hook session-start || true"
 END = "command -v confabctl >/dev/null && exec confabctl hook session-end || true"
+PROMPT = "command -v confabctl >/dev/null && exec confabctl hook user-prompt-submit || true"
 PLAIN_START = "/usr/bin/confabctl hook session-start"
 GUARDED_START = "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-start || true"
 GUARDED_END = "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-end || true"
@@ -50,6 +51,7 @@ def test_no_settings_file_creates_it_and_dir(tmp_path):
     assert load(path) == {
         "hooks": {
             "SessionStart": [{"matcher": "*", "hooks": [{"type": "command", "command": START}]}],
+            "UserPromptSubmit": [{"hooks": [{"type": "command", "command": PROMPT}]}],  # no matcher there
             "SessionEnd": [{"matcher": "*", "hooks": [{"type": "command", "command": END}]}],
         }
     }
@@ -102,7 +104,7 @@ def test_other_settings_and_hooks_kept_in_order(tmp_path):
     assert run_install(path)[0] == 0
     data = load(path)
     assert list(data) == ["model", "permissions", "hooks", "env"]
-    assert list(data["hooks"]) == ["PreToolUse", "SessionStart", "SessionEnd"]
+    assert list(data["hooks"]) == ["PreToolUse", "SessionStart", "UserPromptSubmit", "SessionEnd"]
     assert data["hooks"]["PreToolUse"] == original["hooks"]["PreToolUse"]
     ss = data["hooks"]["SessionStart"]
     assert ss[0] == original["hooks"]["SessionStart"][0]
@@ -403,3 +405,21 @@ def test_guard_costs_little(tmp_path):
     plain = best_of(f"{program} hook session-start")
     guarded = best_of(hi.hook_command(str(program), "session-start"))
     assert guarded - plain < 0.002, (plain, guarded)
+
+
+def test_the_go_clis_prompt_hook_is_replaced_by_ours(tmp_path):
+    """Go's `confab hook user-prompt-submit` starts an uploader of its own when the State's pid is not
+    alive: two uploaders on one session. install-hooks puts ours in its place; uninstall takes ours out."""
+    path = tmp_path / "settings.json"
+    go = {"hooks": {
+        "SessionStart": [{"matcher": "*", "hooks": [{"type": "command",
+                                                     "command": "/usr/local/bin/confab hook session-start --provider claude-code"}]}],
+        "UserPromptSubmit": [{"hooks": [{"type": "command", "command": "/usr/local/bin/confab hook user-prompt-submit"}]}],
+    }}
+    path.write_text(json.dumps(go))
+    assert run_install(path)[0] == 0
+    data = load(path)
+    assert commands(data, "UserPromptSubmit") == [PROMPT]
+    assert commands(data, "SessionStart") == [START]
+    assert run_uninstall(path)[0] == 0
+    assert "UserPromptSubmit" not in load(path).get("hooks", {})

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
+import subprocess
 import time
 
 import psutil
 
-from tests.conftest import backend_has_file, fixture_lines, pid_alive
+from tests.conftest import PYTHON, backend_has_file, fixture_lines, pid_alive
 from tests.waiting import wait_until
 
 
@@ -45,7 +47,7 @@ def test_hook_lifecycle_end_to_end(cfd):
     s = status["sessions"][0]
     assert set(status["master"]) == {"pid", "mode", "version", "uptime_s", "socket"}
     assert status["master"]["pid"] == master.pid and status["master"]["mode"] == "user"
-    assert set(s) == {"external_id", "state", "worker_pid", "parent_pid", "transcript_path",
+    assert set(s) == {"external_id", "state", "worker_pid", "parent_pid", "transcript_path", "cwd",
                       "confab_session_id", "restarts", "files", "last_sync_at", "last_error"}
     wait_until(lambda: cfd.session(eid)["files"].get(path.name, {}).get("last_synced_line") == len(lines))
     assert cfd.session(eid)["confab_session_id"] == backend.session_id(eid)
@@ -254,6 +256,7 @@ def test_crash_looping_worker_backs_off_then_fails(cfd):
     assert cfd.session(other)["state"] == "syncing"
     assert cfd.state_file(eid).exists()  # nothing lost: it is retried, and adopted by the next master
     assert "trying again every 300 s" in s["last_error"]
+    assert cfd.ctl("status").returncode == 4  # a failed session: `status` says so in its exit code
     r = cfd.ctl("stop", "--wait", eid)  # a failed session's finish is accepted: it restarts, finishing
     assert r.returncode == 0, r.stderr
     assert backend_has_file(backend, eid, cfd.transcript(eid)) and len(backend.events(eid)) == 1
@@ -535,3 +538,29 @@ def test_a_worker_in_a_long_sync_is_not_taken_for_hung(cfd):
     s = cfd.session(eid)
     assert (s["worker_pid"], s["restarts"]) == (first, 0), master.log_text()
     assert "hung" not in master.log_text()
+
+
+def test_under_the_journal_each_line_carries_its_priority_and_no_timestamp(cfd):
+    """JOURNAL_STREAM names our stderr: `<N>` syslog prefixes (warning is 4), no time or pid of our own."""
+    log_path = cfd.root / "journal.log"
+    with open(log_path, "wb") as journal:
+        info = os.fstat(journal.fileno())
+        env = dict(cfd.env, JOURNAL_STREAM=f"{info.st_dev}:{info.st_ino}")
+        proc = subprocess.Popen([PYTHON, "-m", "confabd.master_cli", "--foreground"], env=env, cwd=cfd.root,
+                                stdin=subprocess.DEVNULL, stdout=journal, stderr=journal, start_new_session=True)
+    try:
+        wait_until(cfd.ping, 20, what="the master to listen")
+        eid = "journal"
+        append(cfd.transcript(eid), fixture_lines()[:3])
+        assert cfd.ctl("start", "--session-id", eid, "--transcript", str(cfd.transcript(eid))).returncode == 0
+        worker = wait_until(lambda: cfd.session(eid)["worker_pid"], what="the worker")
+        os.kill(worker, signal.SIGKILL)  # the master warns that it restarts it
+        wait_until(lambda: "restarting in" in log_path.read_text(), what="the restart warning")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    lines = log_path.read_text().splitlines()
+    assert lines and all(re.match(r"<[2-7]>confabd", line) for line in lines), lines
+    assert any(line.startswith("<4>") and "restarting in" in line for line in lines), lines
+    assert any(line.startswith("<6>") for line in lines)
+    assert not any(re.search(r"\d\d:\d\d:\d\d", line) for line in lines), "journald stamps the time itself"

@@ -144,6 +144,7 @@ EXPECTED_DEB_FILES = {
     "./etc/logrotate.d/confabd": "-rw-r--r--",
     "./usr/share/confabd/hooks/session-start": "-rwxr-xr-x",
     "./usr/share/confabd/hooks/session-end": "-rwxr-xr-x",
+    "./usr/share/confabd/hooks/user-prompt-submit": "-rwxr-xr-x",
     "./usr/share/man/man8/confabd.8.gz": "-rw-r--r--",
     "./usr/share/man/man1/confabctl.1.gz": "-rw-r--r--",
     "./usr/share/doc/confabd/copyright": "-rw-r--r--",
@@ -332,12 +333,21 @@ def unit(path: Path) -> configparser.ConfigParser:
     return cp
 
 
+def unit_lines(path: Path) -> list[tuple[str, str]]:
+    """Every key = value of a unit, repeated keys included (configparser keeps only the last)."""
+    return [tuple(part.strip() for part in line.split("=", 1)) for line in path.read_text().splitlines()
+            if "=" in line and not line.lstrip().startswith(("#", ";"))]
+
+
 def test_system_unit():
     u = unit(PKG / "systemd/system/confabd.service")
     s = u["Service"]
     assert s["Type"] == "notify"
-    assert s["ExecStart"] == "/usr/bin/confabd --system"
-    assert s["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert s["ExecStart"] == "/usr/bin/confabd --system $DAEMON_OPTS"
+    assert s["EnvironmentFile"] == "-/etc/default/confabd"  # as the SysV script reads it
+    assert s["RestartPreventExitStatus"] == "78"  # a bad config is not restarted every 2 s forever
+    reload = [v for k, v in unit_lines(PKG / "systemd/system/confabd.service") if k == "ExecReload"]
+    assert reload == ["/usr/bin/confabd --system --check-config", "/bin/kill -HUP $MAINPID"]
     assert s["Restart"] == "on-failure"
     assert s["RuntimeDirectory"] == "confabd"
     assert s["KillMode"] == "mixed"
@@ -356,7 +366,9 @@ def test_user_unit():
     s = u["Service"]
     assert s["Type"] == "notify"
     assert s["ExecStart"] == "/usr/bin/confabd --foreground"
-    assert s["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert s["RestartPreventExitStatus"] == "78"
+    reload = [v for k, v in unit_lines(PKG / "systemd/user/confabd.service") if k == "ExecReload"]
+    assert reload == ["/usr/bin/confabd --check-config", "/bin/kill -HUP $MAINPID"]
     assert u["Install"]["WantedBy"] == "default.target"
 
 
@@ -379,8 +391,10 @@ def test_sysv_script_against_a_fake_daemon(tmp_path):
     """start / status / reload / restart / stop, with a stand-in for confabd."""
     fake = tmp_path / "confabd"
     log = tmp_path / "signals"
+    verdict = tmp_path / "check-config-exit"
     fake.write_text(f"""#!/bin/sh
-# args: --system --daemon --pidfile FILE --log-file FILE
+# args: --system --check-config, or --system --daemon --pidfile FILE --log-file FILE
+[ "$2" = --check-config ] && exit "$(cat {verdict} 2>/dev/null || echo 0)"
 pidfile=$4
 ( trap 'echo HUP >> {log}' HUP; trap 'echo TERM >> {log}; exit 0' TERM
   while :; do sleep 0.05; done ) </dev/null >/dev/null 2>&1 &
@@ -406,6 +420,9 @@ echo $! > "$pidfile"
     assert act("start").returncode == 0  # already running: fine, no second one
     assert int((tmp_path / "run/confabd.pid").read_text()) == pid
     assert act("reload").returncode == 0
+    verdict.write_text("78")  # a bad settings file: reload refuses it and sends no HUP
+    assert act("reload").returncode != 0
+    verdict.write_text("0")
     assert act("restart").returncode == 0
     assert int((tmp_path / "run/confabd.pid").read_text()) != pid
     assert act("stop").returncode == 0
@@ -432,7 +449,7 @@ def test_config_file_documents_every_setting():
 
 
 def test_hook_scripts():
-    for event in ("session-start", "session-end"):
+    for event in ("session-start", "session-end", "user-prompt-submit"):
         path = PKG / "hooks" / event
         assert os.access(path, os.X_OK)
         lines = [l for l in path.read_text().splitlines() if l and not l.startswith("#")]
@@ -474,3 +491,23 @@ def test_removal_tells_the_admin_about_users_hooks():
         note = text[text.index(branch):]
         assert "hooks_note" in note or "uninstall-hooks" in note, path
         assert "confabctl uninstall-hooks" in text and "do nothing without /usr/bin/confabctl" in text, path
+
+
+@pytest.mark.packaging
+def test_shell_completions_are_shipped_and_complete(deb_root, packages):
+    """bash and zsh completions, generated from the parsers at build time (shtab), in both packages."""
+    bash_dir = deb_root / "usr/share/bash-completion/completions"
+    zsh_dir = deb_root / "usr/share/zsh/vendor-completions"
+    for name in ("confabctl", "confabd"):
+        assert (bash_dir / name).is_file() and (zsh_dir / f"_{name}").is_file(), name
+    probe = """
+        source {dir}/confabctl; source {dir}/confabd   # both loaded in one shell: no clash
+        COMP_WORDS=(confabctl st); COMP_CWORD=1; _shtab_confabctl; echo "${{COMPREPLY[*]}}"
+        COMP_WORDS=(confabctl archive ''); COMP_CWORD=2; _shtab_confabctl; echo "${{COMPREPLY[*]}}"
+        COMP_WORDS=(confabd --check); COMP_CWORD=1; _shtab_confabd; echo "${{COMPREPLY[*]}}"
+    """.format(dir=bash_dir)
+    out = run(["bash", "-c", probe]).stdout.splitlines()
+    assert out == ["start stop status", "list export", "--check-config"], out
+    rpm_files = run(["rpm", "-qlp", str(packages["rpm"])]).stdout.split()
+    assert "/usr/share/bash-completion/completions/confabctl" in rpm_files
+    assert "/usr/share/zsh/site-functions/_confabctl" in rpm_files

@@ -274,6 +274,28 @@ def test_continue_while_the_first_session_is_still_finishing(cfd, rc):
     assert [e["payload"] for e in events] == ends
 
 
+def test_a_session_whose_session_start_never_registered_is_caught_by_its_prompt(cfd, rc):
+    """As for a session already open when the hooks were installed: no SessionStart of ours ran, and
+    the UserPromptSubmit hook registers it; the whole transcript arrives, once, and it ends."""
+    settings = json.loads(rc.settings.read_text())
+    for group in settings["hooks"]["SessionStart"]:
+        group["hooks"] = [h for h in group["hooks"] if "confabctl" not in h["command"]
+                          and "confabd.ctl" not in h["command"]]
+    assert any("user-prompt-submit" in h["command"] for g in settings["hooks"]["UserPromptSubmit"]
+               for h in g["hooks"])
+    rc.settings.write_text(json.dumps(settings))
+    backend = cfd.backend
+    cfd.master()
+    _, r = rc.run_print("say hello")
+    assert r.returncode == 0, r.stderr
+    [start] = rc.hook_inputs("SessionStart")  # the recorder saw it; ours was not there
+    eid = start["session_id"]
+    transcript = rc.transcript_dir() / f"{eid}.jsonl"
+    wait_finished(cfd, eid, 1)
+    assert_complete(backend, eid, transcript)
+    assert [e["event_type"] for e in backend.events(eid)] == ["session_end"]
+
+
 def test_first_session_auto_starts_the_master(cfd, rc):
     """No master running: Claude Code's SessionStart hook starts one (`confabd --daemon`), which ships it all."""
     backend = cfd.backend

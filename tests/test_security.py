@@ -31,14 +31,7 @@ SECRET = b"-----BEGIN OPENSSH PRIVATE KEY-----\nnot really a key, but the user's
 MiB = 1 << 20
 
 
-@pytest.fixture
-def home(tmp_path):
-    home = Home(tmp_path)
-    settings = home.path / ".config" / "confabd" / "confabd.toml"
-    settings.parent.mkdir(parents=True)
-    settings.write_text(f'archive_path = "{home.archive}"\n')
-    return home
-
+from tests.test_save import home  # noqa: E402,F401 - the same throwaway HOME with an archive
 
 @pytest.fixture
 def hostile():

@@ -518,3 +518,37 @@ def test_a_finishing_worker_never_goes_back_to_connecting(backend, home, workers
     assert w.wait_exit() == api.EXIT_DONE
     assert backend.file_bytes(eid, path.name) == path.read_bytes()
     assert set(phases_from_finishing(w)) == {api.Phase.FINISHING, api.Phase.DONE}
+
+
+def test_init_names_the_provider_and_the_richer_git_info(backend, home, workers, tmp_path):
+    """As the newer confab client: provider "claude-code"; git_info with the last commit, dirtiness,
+    remotes (credentials stripped) and the tracking remote."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=Ada", "-c", "user.email=ada@example.org"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "a.txt").write_text("a")
+    subprocess.run(git + ["add", "a.txt"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "first commit"], check=True)
+    subprocess.run(git + ["remote", "add", "origin", "https://bob:s3cret@git.example.org/o/r.git"], check=True)
+    subprocess.run(git + ["config", "branch.main.remote", "origin"], check=True)
+    (repo / "a.txt").write_text("changed")  # dirty
+    home.configure_backend(backend.url, backend.api_key)
+    eid = "git-rich"
+    path = home.transcript(eid)
+    path.write_text('{"type":"user","cwd":"%s","message":{"content":"hi"}}\n' % repo)
+    w = workers(home, eid, path)
+    wait_until(lambda: delivered(backend, eid, path.name, path), what="the line on the backend")
+    w.finish()
+    assert w.wait_exit() == api.EXIT_DONE
+    assert backend._session_snapshot(eid)["provider"] == "claude-code"
+    info = backend.metadata(eid)["git_info"]
+    sha = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert info == {"repo_url": "https://git.example.org/o/r.git", "branch": "main", "commit_sha": sha,
+                    "commit_message": "first commit", "author": "Ada <ada@example.org>", "is_dirty": True,
+                    "remotes": [{"name": "origin", "fetch_url": "https://git.example.org/o/r.git",
+                                 "push_url": "https://git.example.org/o/r.git"}],
+                    "tracking_remote": "origin"}
+    assert "s3cret" not in str(backend.requests_log())

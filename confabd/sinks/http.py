@@ -63,6 +63,10 @@ from .base import (
 INIT_PATH = "/api/v1/sync/init"
 CHUNK_PATH = "/api/v1/sync/chunk"
 EVENT_PATH = "/api/v1/sync/event"
+# Beyond the sync API: the key check and the device login (confabctl login, doctor).
+VALIDATE_PATH = "/api/v1/auth/validate"
+DEVICE_CODE_PATH = "/auth/device/code"
+DEVICE_TOKEN_PATH = "/auth/device/token"
 
 CONNECT_TIMEOUT_S = 10.0
 COMPRESS_MIN_BYTES = 1024  # what the original client does
@@ -90,7 +94,7 @@ class EventResponse(msgspec.Struct, frozen=True):
 
 
 # One typed decoder per answer, built once: decoding is validation.
-_DECODERS = {t: msgspec.json.Decoder(t) for t in (InitResponse, ChunkResponse, EventResponse, ErrorReply)}
+_DECODERS = {t: msgspec.json.Decoder(t) for t in (InitResponse, ChunkResponse, EventResponse, ErrorReply, dict)}
 
 
 _TLS_CONTEXT: Optional[ssl.SSLContext] = None
@@ -140,6 +144,11 @@ class _TLSAdapter(_DeadlineAdapter):
         return super().proxy_manager_for(proxy, **proxy_kwargs)
 
 
+def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """For the device login's endpoints: no Authorization header at all."""
+    return request
+
+
 class _BearerAuth(requests.auth.AuthBase):
     """Sets `Authorization: Bearer <key>` on every request.
 
@@ -174,6 +183,7 @@ class HttpSink:
         self.timeout = (CONNECT_TIMEOUT_S, timeout)
         self.replaced_lines = 0  # lines that were not valid UTF-8 (sent with U+FFFD)
         self._api_key = api_key
+        self.last_date: Optional[str] = None  # the last answer's Date header (confabctl doctor's clock check)
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._session = self._make_session(api_key, version, https=not self.base_url.lower().startswith("http:"),
                                            loopback=is_loopback_url(self.base_url))
@@ -222,6 +232,28 @@ class HttpSink:
         request = EventRequest(session_id=session_id, event_type=event_type, timestamp=timestamp, payload=payload)
         self._post(EVENT_PATH, request, EventResponse)
 
+    # ---- beyond the sync API ------------------------------------------------------
+
+    def validate_key(self) -> dict:
+        """The server's word on the key (`{"valid": true, ...}`); AuthFailed when it refuses it."""
+        return self._send("GET", VALIDATE_PATH, None, dict)
+
+    def post_unauthenticated(self, path: str, payload: dict) -> tuple[int, dict]:
+        """POST without the key (the device login's endpoints): (status, the JSON object answered).
+
+        The device-token endpoint answers its "authorization_pending" with a 4xx
+        and a JSON body, which the caller reads: so no SinkError for a 4xx here."""
+        body = msgspec.json.encode(payload)
+        deadline = time.monotonic() + self.timeout[1]
+        with _deadline_sockets.deadline(deadline):
+            status, raw, _retry_after = self._exchange(path, body, {}, method="POST", auth=_no_auth)
+        if status >= 500:
+            raise self._scrub(_error_for(path, status, raw, None))
+        try:
+            return status, _DECODERS[dict].decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise Unavailable(f"{path}: HTTP {status} with an answer that is not JSON", status=status) from None
+
     def close(self) -> None:
         self._session.close()
 
@@ -268,21 +300,28 @@ class HttpSink:
         worker (and so `confabctl stop --wait`) past it.
         """
         body, headers = self._encode(request)
+        return self._send("POST", path, (body, headers), reply_type)
+
+    def _send(self, method: str, path: str, encoded: Optional[tuple[bytes, dict[str, str]]],
+              reply_type: type[T]) -> T:
+        body, headers = encoded or (b"", {})
         deadline = time.monotonic() + self.timeout[1] + len(body) / MIN_UPLOAD_BYTES_PER_S
         with _deadline_sockets.deadline(deadline):
-            status, raw, retry_after = self._exchange(path, body, headers)
+            status, raw, retry_after = self._exchange(path, body or None, headers, method=method)
         if 200 <= status < 300:
             return self._decode_reply(path, status, raw, reply_type)
         raise self._scrub(_error_for(path, status, raw, retry_after))
 
-    def _exchange(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, Optional[str]]:
+    def _exchange(self, path: str, body: Optional[bytes], headers: dict[str, str], method: str = "POST",
+                  auth=None) -> tuple[int, bytes, Optional[str]]:
         """Send one request; (status, the answer's body, Retry-After). Unavailable on any failure."""
         try:
-            response = self._session.post(
-                self.base_url + path, data=body, headers=headers,
+            response = self._session.request(
+                method, self.base_url + path, data=body, headers=headers, auth=auth,
                 timeout=self.timeout, allow_redirects=False, stream=True,
             )
             with response:
+                self.last_date = response.headers.get("Date")
                 return response.status_code, _read_capped(response), response.headers.get("Retry-After")
         except _ReplyTooLarge as exc:
             raise Unavailable(f"{path}: {exc}") from None

@@ -1,0 +1,52 @@
+"""confabctl doctor: each check through the real command, with the real master and the test backend."""
+
+from __future__ import annotations
+
+import json
+
+from confabd.doctor import clock_check
+
+
+def doctor(cfd, env=None):
+    r = cfd.ctl("doctor", "--json", env=env)
+    return r.returncode, {c["what"].split(":")[0].split(" ")[0]: c for c in json.loads(r.stdout)}
+
+
+def test_doctor_says_what_is_missing_then_all_is_well(cfd):
+    code, checks = doctor(cfd)
+    assert code == 1
+    assert checks["hooks"]["verdict"] == "FAIL" and checks["hooks"]["todo"] == "confabctl install-hooks"
+    assert checks["master"]["verdict"] == "warn"
+    assert cfd.ctl("install-hooks").returncode == 0
+    cfd.master()
+    code, checks = doctor(cfd)
+    assert code == 0, checks
+    assert {c["verdict"] for c in checks.values()} == {"ok"}, checks
+    assert "the key is valid" in checks["backend"]["what"]
+    assert "clock: within" in checks["clock"]["what"]
+    table = cfd.ctl("doctor").stdout
+    assert table.splitlines()[0].startswith("ok    hooks: SessionStart calls ")
+
+
+def test_doctor_names_a_refused_key_an_unreachable_backend_and_a_missing_program(cfd, tmp_path):
+    assert cfd.ctl("install-hooks").returncode == 0
+    code, checks = doctor(cfd, env=dict(cfd.env, CONFAB_API_KEY="cfb_" + "r" * 40))
+    assert code == 1 and checks["backend"]["verdict"] == "FAIL"
+    assert "refused" in checks["backend"]["what"] and checks["backend"]["todo"] == "confabctl login"
+    assert "r" * 40 not in json.dumps(checks)
+    code, checks = doctor(cfd, env=dict(cfd.env, CONFAB_BACKEND_URL="http://127.0.0.1:9"))
+    assert code == 1 and "not reachable" in checks["backend"]["what"]
+    settings = cfd.home / ".claude" / "settings.json"
+    gone = {event: [{"matcher": "*", "hooks": [{"type": "command", "command":
+                                                 f"[ -x /gone/confabctl ] && exec /gone/confabctl hook {arg} || true"}]}]
+            for event, arg in (("SessionStart", "session-start"), ("SessionEnd", "session-end"))}
+    settings.write_text(json.dumps({"hooks": gone}))
+    code, checks = doctor(cfd)
+    assert code == 1 and "/gone/confabctl, which is not there" in checks["hooks"]["what"]
+
+
+def test_clock_check():
+    assert clock_check(1000.0, now=1010.0).verdict == "ok"
+    skewed = clock_check(1000.0, now=2000.0)
+    assert skewed.verdict == "warn" and "+1000 s" in skewed.what
+    assert clock_check(None).verdict == "ok"
