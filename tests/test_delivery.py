@@ -7,6 +7,7 @@ worker process and the test backend, and fails on the code before its fix.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 
 import msgspec
@@ -109,8 +110,9 @@ def test_finish_while_another_process_holds_the_transcript_lock_waits_for_it(bac
     path = home.transcript(eid)
     path.write_bytes(numbered("l", 0, 6))
     home.sync_dir.mkdir(parents=True, exist_ok=True)
-    (home.sync_dir / f"{eid}.inbox.jsonl").write_text(
-        '{"type":"session_end","timestamp":"2026-12-01T00:00:00Z","hook_input":{"reason":"exit"}}\n')
+    hook_input = {"session_id": eid, "hook_event_name": "SessionEnd", "reason": "exit"}
+    (home.sync_dir / f"{eid}.inbox.jsonl").write_text(json.dumps(
+        {"type": "session_end", "timestamp": "2026-12-01T00:00:00Z", "hook_input": hook_input}) + "\n")
     holder = os.open(path, os.O_RDONLY)
     fcntl.flock(holder, fcntl.LOCK_EX)
     try:
@@ -126,7 +128,7 @@ def test_finish_while_another_process_holds_the_transcript_lock_waits_for_it(bac
     assert w.wait_exit() == api.EXIT_DONE
     assert delivered(backend, eid, path)
     [event] = backend.events(eid)
-    assert event["payload"] == {"reason": "exit"}
+    assert event["payload"] == hook_input
 
 
 def test_404_from_init_is_an_outage_not_a_deleted_session(backend, home, workers):
