@@ -176,3 +176,224 @@ def test_a_transcript_that_is_not_a_regular_file_is_refused_not_read(backend, ho
     assert w.wait_exit(30) == api.EXIT_UNFINISHED  # nothing delivered, so the State is kept, not forgotten
     assert (home.sync_dir / f"{eid}.json").exists()
     assert backend.events(eid) == []
+
+
+def naming_line(agent_id: str) -> bytes:
+    return b'{"type":"user","toolUseResult":{"agentId":"%s"}}\n' % agent_id.encode()
+
+
+def state_of(home, eid) -> State:
+    return msgspec.json.decode((home.sync_dir / f"{eid}.json").read_bytes(), type=State)
+
+
+def test_a_worker_killed_after_the_backend_committed_the_naming_chunk_still_uploads_the_agent(
+        backend, home, workers):
+    """Item 2: kill -9 between the backend's commit of the chunk naming an agent and its answer."""
+    eid, agent_id = "killed-mid-chunk", "b1c2d3e4f5a6"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("m", 0, 2))
+    first = workers(home, eid, path)
+    wait_until(lambda: delivered(backend, eid, path), what="the first lines")
+    gate = backend.gate("chunk")
+    with open(path, "ab") as f:
+        f.write(naming_line(agent_id))
+    wait_until(gate.arrived.is_set, what="the chunk naming the agent to reach the backend")
+    first.kill()  # it never hears the answer
+    gate.release()
+    wait_until(lambda: delivered(backend, eid, path), what="the held chunk committed after the kill")
+    second = workers(home, eid, path)
+    wait_until(lambda: (r := second.last_report()) and r.phase == "syncing", what="the restarted worker's first pass")
+    agent = home.project / f"agent-{agent_id}.jsonl"
+    agent.write_bytes(numbered("agent", 0, 3))
+    wait_until(lambda: delivered(backend, eid, agent), what="the agent file named by the chunk whose answer was lost")
+    second.finish()
+    assert second.wait_exit() == api.EXIT_DONE
+    assert backend.file_types(eid)[agent.name] == "agent"
+
+
+# ---------------------------------------------------------------------------
+# Item 8: what cannot be delivered stays visible and recoverable.
+
+
+def test_a_blocked_file_keeps_the_session_unfinished_and_says_why(backend, home, workers):
+    eid = "blocked-400"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("b", 0, 3))
+    backend.fail_next(1, 400, path="chunk", message="metadata.summary exceeds 2048 characters")
+    w = workers(home, eid, path)
+    wait_until(lambda: (r := w.last_report()) and "refused lines 1-3" in r.last_error, what="the refusal reported")
+    w.finish()
+    assert w.wait_exit() == api.EXIT_UNFINISHED
+    state = state_of(home, eid)
+    assert state.finishing and path.name in state.blocked and "refused" in state.blocked[path.name]
+    assert "not finished" in w.reports[-1].last_error
+    assert backend.events(eid) == [], "session_end before every file was delivered"
+    # Recoverable: the next attempt (the master's retry) delivers it all, then ends the session.
+    again = workers(home, eid, path, finish_reason="retry")
+    assert again.wait_exit() == api.EXIT_DONE
+    assert delivered(backend, eid, path) and len(backend.events(eid)) == 1
+    assert not (home.sync_dir / f"{eid}.json").exists()
+
+
+def test_an_oversized_line_blocks_only_when_configured_and_then_the_session_stays_unfinished(backend, home, workers):
+    eid = "oversized-block"
+    path = home.transcript(eid)
+    path.write_bytes(b'{"n":1}\n' + b'{"blob":"' + b"x" * (15 << 20) + b'"}\n' + b'{"n":3}\n')
+    w = workers(home, eid, path, settings=home.settings(oversized_lines="block"))
+    wait_until(lambda: (r := w.last_report()) and "line 2" in r.last_error, what="the oversized line reported")
+    w.finish()
+    assert w.wait_exit() == api.EXIT_UNFINISHED
+    assert "line 2" in state_of(home, eid).blocked[path.name]
+    assert backend.events(eid) == []
+
+
+def test_an_oversized_line_goes_out_as_a_marked_stand_in_by_default(backend, home, workers):
+    import hashlib
+    import json as _json
+
+    eid = "oversized-default"
+    path = home.transcript(eid)
+    huge = b'{"blob":"' + b"y" * (15 << 20) + b'"}'
+    path.write_bytes(b'{"n":1}\n' + huge + b"\n" + b'{"n":3}\n')
+    w = workers(home, eid, path)
+    wait_until(lambda: len(backend.lines(eid, path.name)) == 3, what="the stand-in and the line after it")
+    w.finish()
+    assert w.wait_exit() == api.EXIT_DONE
+    lines = backend.lines(eid, path.name)
+    stand_in = _json.loads(lines[1])
+    assert stand_in["original_bytes"] == len(huge) and stand_in["line"] == 2
+    assert stand_in["sha256"] == hashlib.sha256(huge).hexdigest()
+    assert lines[0] == '{"n":1}' and lines[2] == '{"n":3}'
+
+
+# ---------------------------------------------------------------------------
+# Item 10: the per-file chunk cap.
+
+
+def test_at_the_servers_chunk_cap_the_file_is_blocked_clearly_and_not_finished(home, workers):
+    with FakeBackend(max_chunks_per_file=2) as capped:
+        home.configure_backend(capped.url, capped.api_key)
+        eid = "capped"
+        path = home.transcript(eid)
+        path.write_bytes(numbered("c", 0, 1))
+        w = workers(home, eid, path)
+        for n in (2, 3):
+            wait_until(lambda: len(capped.lines(eid, path.name)) == n - 1, what=f"chunk {n - 1}")
+            with open(path, "ab") as f:
+                f.write(numbered("c", n - 1, 1))
+        wait_until(lambda: (r := w.last_report()) and "limit of chunks per file" in r.last_error,
+                   what="the cap reported")
+        w.finish()
+        assert w.wait_exit() == api.EXIT_UNFINISHED
+        assert "limit of chunks" in state_of(home, eid).blocked[path.name]
+        assert capped.events(eid) == []
+
+
+def test_chunks_grow_as_a_file_nears_the_cap(backend, home, workers):
+    """Planned against a cap of 60 chunks: after 2 chunks (1/30) lines wait and go out together."""
+    eid = "spacing"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("s", 0, 1))
+    w = workers(home, eid, path, settings=home.settings(max_chunks_per_file=60))
+    wait_until(lambda: len(backend.lines(eid, path.name)) == 1, what="chunk 1")
+    with open(path, "ab") as f:
+        f.write(numbered("s", 1, 1))
+    wait_until(lambda: len(backend.lines(eid, path.name)) == 2, what="chunk 2")
+    for i in range(2, 10):  # one line per sync cycle: without spacing, one chunk each
+        with open(path, "ab") as f:
+            f.write(numbered("s", i, 1))
+        seen = len(w.read_reports())
+        wait_until(lambda: len(w.read_reports()) >= seen + 2, what="two more cycles")
+    w.finish()
+    assert w.wait_exit() == api.EXIT_DONE
+    assert delivered(backend, eid, path)
+    assert backend.chunk_counts(eid)[path.name] <= 4, backend.chunk_counts(eid)
+    assert state_of_gone(home, eid)
+
+
+def state_of_gone(home, eid) -> bool:
+    return not (home.sync_dir / f"{eid}.json").exists()
+
+
+def test_chunk_spacing_keeps_a_realistic_session_far_from_the_cap():
+    from confabd.engine import chunk_spacing
+
+    assert chunk_spacing(0) == chunk_spacing(999) == 0
+    assert chunk_spacing(1_000) == 30 and chunk_spacing(6_000) == 60
+    assert chunk_spacing(29_900) == float("inf")  # the rest is for final syncs
+    hours_to_cap = sum(chunk_spacing(c) for c in range(1_000, 29_900)) / 3600
+    assert hours_to_cap > 2_000  # (one chunk every cycle: ~250 hours)
+
+
+# ---------------------------------------------------------------------------
+# Item 11: backoff that lives across cycles and restarts.
+
+
+def failed_request_times(backend, endpoint="init"):
+    return [e["time"] for e in backend.requests_log() if e["endpoint"] == endpoint and e["status"] >= 500]
+
+
+def test_backoff_grows_across_cycles_and_worker_restarts(backend, home, workers):
+    eid = "backoff"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("k", 0, 2))
+    backend.fail_next(4, 503, path="init")
+    first = workers(home, eid, path)
+    wait_until(lambda: len(failed_request_times(backend)) == 3, what="three failures")
+    wait_until(lambda: state_of(home, eid).backoff.failures == 3, what="the third failure in State")
+    first.kill()
+    second = workers(home, eid, path)
+    wait_until(lambda: delivered(backend, eid, path), timeout=60, what="delivery after four failures")
+    second.finish()
+    assert second.wait_exit() == api.EXIT_DONE
+    times = failed_request_times(backend)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    # Equal jitter: after failure n the wait is between 2^(n-2) and 2^(n-1) s; the
+    # third gap spans the restart, so the new worker kept the old one's backoff.
+    for n, gap in enumerate(gaps, start=1):
+        assert gap >= 2 ** (n - 2), f"retry {n + 1} came {gap:.2f} s after failure {n}: {gaps}"
+
+
+def test_retry_after_is_honoured(backend, home, workers):
+    eid = "retry-after"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("r", 0, 2))
+    backend.fail_next(1, 429, retry_after=3, path="init")
+    w = workers(home, eid, path)
+    wait_until(lambda: delivered(backend, eid, path), timeout=60, what="delivery after a 429")
+    w.finish()
+    assert w.wait_exit() == api.EXIT_DONE
+    inits = [e for e in backend.requests_log() if e["endpoint"] == "init"]
+    assert inits[0]["status"] == 429
+    assert inits[1]["time"] - inits[0]["time"] >= 3.0
+
+
+def test_retry_delay_schedule():
+    from confabd.sinks import retry_delay
+
+    assert retry_delay(1, 20) == 20 and retry_delay(3, 3600) == 3600
+    assert retry_delay(1, 0.5, rng=lambda: 0) == 0.5  # under 1 s: the normal backoff
+    assert retry_delay(10, 7200, rng=lambda: 1) == 60  # over 3,600 s: the normal backoff, capped
+    assert [retry_delay(n, rng=lambda: 0) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert max(retry_delay(50, rng=lambda: 1) for _ in range(3)) == 60
+
+
+def test_the_final_sync_retries_inside_its_deadline(backend, home, workers):
+    eid = "final-retries"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("f", 0, 3))
+    backend.fail_next(3, 503)
+    w = workers(home, eid, path, finish_reason="test")
+    assert w.wait_exit() == api.EXIT_DONE
+    assert delivered(backend, eid, path) and len(backend.events(eid)) == 1
+
+
+def test_a_finish_ends_within_the_shutdown_timeout_against_a_stalled_backend(backend, home, workers):
+    eid = "final-deadline"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("d", 0, 3))
+    backend.delay_next(5, 60, path="init")
+    settings = home.settings(shutdown_timeout_ms=2_000, http_timeout_s=30)
+    w = workers(home, eid, path, settings=settings, finish_reason="test")
+    assert w.wait_exit(timeout=20) == api.EXIT_UNFINISHED  # the read timeout alone would take 30 s
+    assert (home.sync_dir / f"{eid}.json").exists()
