@@ -123,6 +123,7 @@ class SessionWorker:
         self.gone_count = 0
         self.last_error = ""
         self._last_unavailable = ""
+        self._finish_by: Optional[float] = None
         self.master_pid = os.getppid()
         self._saved_state = b""
         self.last_sync_at = ""
@@ -244,7 +245,7 @@ class SessionWorker:
         log.info("%s: finishing (%s)", eid, self.finish_reason)
         self.state.finishing = True
         self._set_phase(Phase.FINISHING)
-        deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
+        deadline = self._finish_deadline()
         if self.gone_count >= SESSION_GONE_LIMIT:
             return self._cleanup()
         try:
@@ -261,6 +262,13 @@ class SessionWorker:
         except (SinkError, ConfigError, OSError) as exc:
             return self._unfinished(f"final sync incomplete: {exc}")
         return self._cleanup()
+
+    def _finish_deadline(self) -> float:
+        """One shutdown timeout for the whole finish, from its first step (waiting
+        for a lock included): `stop --wait` hears back within it."""
+        if self._finish_by is None:
+            self._finish_by = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
+        return self._finish_by
 
     def _unfinished(self, why: str) -> int:
         """Not finished, and nothing forgotten: State (finishing) and inbox stay, the
@@ -354,9 +362,9 @@ class SessionWorker:
 
         ABSENT: there is none (the session ends without one). BUSY: another process
         holds its lock (an orphaned worker of a killed master, a `save`); UNUSABLE:
-        it is not a regular file or cannot be opened. A finish waits for BUSY or
-        UNUSABLE to clear, bounded by the shutdown timeout: never "nothing to sync"
-        for a transcript that exists.
+        it is not a regular file or cannot be opened. A finish waits for BUSY to
+        clear, bounded by the shutdown timeout; neither is ever "nothing to sync"
+        for a transcript that exists (the session stays unfinished, State kept).
         """
         path = self.spec.transcript_path
         # With a parent to watch, wait as long as it lives (the master sends Finish
@@ -369,9 +377,9 @@ class SessionWorker:
                 return found
             self._wait_commands(self.settings.transcript_poll_s if found != BUSY else LOCK_POLL_S)
         found = self._try_lock()
-        if found in (BUSY, UNUSABLE) and not self.suspend:
-            deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
-            while found in (BUSY, UNUSABLE) and time.monotonic() < deadline and not self.suspend:
+        if found == BUSY and not self.suspend:
+            deadline = self._finish_deadline()
+            while found == BUSY and time.monotonic() < deadline and not self.suspend:
                 self._wait_commands(min(LOCK_POLL_S, max(0.0, deadline - time.monotonic())))
                 found = self._try_lock()
         return found

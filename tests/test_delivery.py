@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from confabd import worker_api as api
-from confabd.records import FileProgress, State
+from confabd.records import FileProgress, InboxRecord, State
 from tests.fakebackend import FakeBackend
 from tests.waiting import wait_until
 from tests.workers import Home, WorkerProcess, file_lines
@@ -129,6 +129,26 @@ def test_finish_while_another_process_holds_the_transcript_lock_waits_for_it(bac
     assert delivered(backend, eid, path)
     [event] = backend.events(eid)
     assert event["payload"] == hook_input
+
+
+def test_a_lock_never_released_leaves_the_session_unfinished_with_its_state_and_inbox(backend, home, workers):
+    eid = "locked-for-good"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("g", 0, 2))
+    holder = os.open(path, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        w = workers(home, eid, path, settings=home.settings(shutdown_timeout_ms=1_000))
+        wait_until(lambda: (r := w.last_report()) and "another process is uploading" in r.last_error,
+                   what="the worker to see the lock")
+        home.store().append_inbox(eid, InboxRecord(type="session_end", hook_input={"session_id": eid}))
+        w.finish("SessionEnd")
+        assert w.wait_exit() == api.EXIT_UNFINISHED
+    finally:
+        os.close(holder)
+    assert state_of(home, eid).finishing
+    assert (home.sync_dir / f"{eid}.inbox.jsonl").exists(), "the hook input was discarded"
+    assert backend.events(eid) == []
 
 
 def test_404_from_init_is_an_outage_not_a_deleted_session(backend, home, workers):
