@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from typing import Callable, Iterable, Optional
 
@@ -33,7 +34,7 @@ from .sinks.base import (
     Unavailable,
 )
 from .text import printable
-from .transcript import Batch, LineReader, tail_hash_of
+from .transcript import Batch, LineReader, open_regular, tail_hash_of
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +320,7 @@ class SessionSync:
             return batch, []
         f.error = f"{f.name} line {line_no} ({size_mib:.1f} MiB) was sent as a marked stand-in (size and sha256)"
         log.warning("%s: %s", self.external_id, f.error)
-        stand_in = _truncated_stand_in(f.path, batch.start_offset, batch.oversized, line_no)
+        stand_in = _truncated_stand_in(f.path, batch.start_offset, batch.oversized, line_no, f.file_type)
         end = batch.start_offset + batch.oversized + 1
         tail = tail_hash_of(f.path, end)
         return msgspec.structs.replace(batch, lines=[stand_in], end_offset=end, oversized=0, end_tail=tail), [stand_in]
@@ -382,7 +383,7 @@ class SessionSync:
         if self.facts.first_user_message:
             return
         try:
-            with open(self.transcript_path, "rb") as fh:
+            with os.fdopen(open_regular(self.transcript_path), "rb") as fh:  # never a FIFO's blocking open
                 head = fh.read(FACTS_SCAN_BYTES)
         except OSError:
             return
@@ -396,11 +397,12 @@ class SessionSync:
         return ChunkMetadata(git_info=git, summary=facts.summary, first_user_message=facts.first_user_message)
 
 
-def _truncated_stand_in(path: str, offset: int, size: int, line_no: int) -> bytes:
+def _truncated_stand_in(path: str, offset: int, size: int, line_no: int, file_type: str) -> bytes:
     """A valid JSON line that stands for an oversized one: its size, hash and head."""
     digest = hashlib.sha256()
     head = b""
-    with open(path, "rb") as fh:
+    with os.fdopen(open_regular(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW * (file_type != "transcript")),
+                   "rb") as fh:
         fh.seek(offset)
         remaining = size
         while remaining:
