@@ -214,7 +214,7 @@ class SessionWorker:
 
     def _backoff_reset(self) -> None:
         if self.state.backoff.failures:
-            self.state.backoff = type(self.state.backoff)()
+            self.state.backoff = Backoff()
             self._last_unavailable = ""
 
     def _with_retries(self, deadline: float, action):
