@@ -43,15 +43,20 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http_timeout_s: float = 30.0
     max_sessions_per_user: int = 64
     max_requests_per_second: float = 50.0
-    oversized_lines: str = "block"  # block | truncate: a line over the chunk limit
+    oversized_lines: str = "stand-in"  # stand-in | block: a line over the chunk limit ("truncate": old name)
+    max_chunks_per_file: int = 30_000  # the backend's cap per file; chunk spacing is planned against it
     worker_timeout_s: float = 300.0  # a worker silent this long is hung: killed, restarted (0: never)
     failed_retry_s: float = 300.0  # a session in `failed` (crash loop) is tried again this often
 
     def __post_init__(self):
         if self.sink not in ("auto", "http", "archive"):
             raise ValueError(f"sink must be auto, http or archive, not {self.sink!r}")
-        if self.oversized_lines not in ("block", "truncate"):
-            raise ValueError(f"oversized_lines must be block or truncate, not {self.oversized_lines!r}")
+        if self.oversized_lines == "truncate":  # the name before 2026-12; same behaviour
+            self.oversized_lines = "stand-in"
+        if self.oversized_lines not in ("stand-in", "block"):
+            raise ValueError(f"oversized_lines must be stand-in or block, not {self.oversized_lines!r}")
+        if self.max_chunks_per_file < 1:
+            raise ValueError("max_chunks_per_file must be at least 1")
         for name in ("sync_interval_ms", "shutdown_timeout_ms", "finish_linger_ms", "worker_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

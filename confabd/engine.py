@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Callable, Optional
+import os
+import time
+from typing import Callable, Iterable, Optional
 
 import msgspec
 
@@ -32,7 +34,7 @@ from .sinks.base import (
     Unavailable,
 )
 from .text import printable
-from .transcript import Batch, LineReader
+from .transcript import Batch, LineReader, open_regular, tail_hash_of
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,28 @@ DISCOVERY_ROUNDS = 10
 FACTS_SCAN_BYTES = 2 * 1024 * 1024
 MAX_RESYNCS_PER_PASS = 5
 TRUNCATED_HEAD_BYTES = 64 * 1024
+MAX_PENDING_AGENTS = 4096  # agent IDs remembered while their files do not exist (a bound on State)
+
+# The server refuses a file's chunks past 30,000. One chunk per sync cycle reaches
+# that in ~250 active hours, so once a file has used 1/30 of the cap its chunks
+# are spaced out, the spacing doubling with every further 1/6 of the cap: lines
+# wait and go out together in fewer, larger chunks. Against the server's cap that
+# is 30 s after 1,000 chunks, 60 s after 6,000 ... ~24 min near 29,000, and the
+# cap is ~2,900 active hours away. The last 1/300 (100 chunks) is kept for final
+# syncs. A final sync (and `save`) never waits.
+SERVER_CHUNK_CAP = 30_000
+CHUNK_SPACING_BASE_S = 30.0
+CHUNK_SPACING_MAX_S = 3_600.0
+
+
+def chunk_spacing(chunks: int, cap: int = SERVER_CHUNK_CAP) -> float:
+    """Seconds a file with `chunks` accepted chunks waits between chunks outside a final sync."""
+    used = chunks / cap
+    if used >= 1 - 1 / 300:
+        return float("inf")
+    if used < 1 / 30:
+        return 0.0
+    return min(CHUNK_SPACING_MAX_S, CHUNK_SPACING_BASE_S * 2 ** ((used - 1 / 30) * 6))
 
 
 class _AskAgain(Exception):
@@ -61,13 +85,16 @@ class TrackedFile:
         self.max_lines: Optional[int] = None  # set after a 413, to send smaller chunks
         self.error = ""  # why this file is stuck, if it is
         self.blocked_at = 0  # a line this file cannot get past (too large, or refused by the sink)
+        self.chunks = 0  # chunks the sink accepted for this file (as far as we heard)
+        self.last_chunk_at = float("-inf")  # time.monotonic() of the last accepted chunk
 
     def progress(self) -> FileProgress:
         c = self.reader.cursor
         line = self.server_line or 0
         offset = c.offset if c.line == line else 0
         return FileProgress(last_synced_line=line, byte_offset=offset, inode=c.inode if offset else 0,
-                            file_type=self.file_type, path=self.path)
+                            file_type=self.file_type, path=self.path, tail=c.tail if offset else "",
+                            chunks=self.chunks)
 
 
 class SessionSync:
@@ -81,10 +108,13 @@ class SessionSync:
         *,
         cwd: str = "",
         redact: Optional[Callable[[bytes], bytes]] = None,
-        oversized_lines: str = "block",
+        oversized_lines: str = "stand-in",
         budget: int = CHUNK_BUDGET,
         progress: Optional[dict[str, FileProgress]] = None,
+        pending_agents: Iterable[str] = (),
         on_chunk: Optional[Callable[[TrackedFile, int], None]] = None,
+        on_agents_named: Optional[Callable[[], None]] = None,
+        chunk_cap: int = SERVER_CHUNK_CAP,
     ):
         self.external_id = external_id
         self.transcript_path = transcript_path
@@ -94,6 +124,12 @@ class SessionSync:
         self.oversized_lines = oversized_lines
         self.budget = budget
         self.on_chunk = on_chunk
+        # Called when lines about to be sent name agents not seen before, before they
+        # are sent: the worker saves State, so a kill after the sink committed that
+        # chunk (and before we heard) still leaves the IDs for the next worker.
+        self.on_agents_named = on_agents_named
+        self.chunk_cap = chunk_cap
+        self.hurry = False  # a final sync or `save`: no chunk spacing
         self.session_id = ""
         self.needs_init = True
         self.facts = SessionFacts()
@@ -101,7 +137,7 @@ class SessionSync:
         self.git_info_sent = False
         self.locator = SubagentLocator(transcript_path)
         self.files: dict[str, TrackedFile] = {}
-        self._pending_agents: set[str] = set()
+        self._pending_agents: set[str] = set(pending_agents)
         main_name = transcript_path.rsplit("/", 1)[-1]
         self.main = self._track(main_name, transcript_path, "transcript")
         self._restore_offsets(progress or {})
@@ -169,6 +205,14 @@ class SessionSync:
     def errors(self) -> list[str]:
         return [f.error for f in self.files.values() if f.error]
 
+    def blocked(self) -> dict[str, str]:
+        """Files that cannot be delivered past a line: {name: why}."""
+        return {f.name: f.error for f in self.files.values() if f.blocked_at}
+
+    def pending_agents(self) -> list[str]:
+        """Agent IDs named in lines whose files were not found yet (persisted in State)."""
+        return sorted(self._pending_agents)
+
     # -- delivery ------------------------------------------------------------
 
     def _deliver_all(self) -> int:
@@ -184,7 +228,7 @@ class SessionSync:
 
     def _deliver_file(self, f: TrackedFile) -> int:
         sent = 0
-        while not f.blocked_at:
+        while not f.blocked_at and self._may_send(f):
             batch = f.reader.read_batch((f.server_line or 0) + 1, self.budget, f.max_lines)
             if batch is None or (not batch.lines and not batch.oversized):
                 return sent
@@ -198,6 +242,12 @@ class SessionSync:
             self._learn(f, lines, outgoing)
             sent += self._upload(f, batch, outgoing)
         return sent
+
+    def _may_send(self, f: TrackedFile) -> bool:
+        """Chunk spacing (see chunk_spacing): a final sync always may."""
+        if self.hurry:
+            return True
+        return time.monotonic() - f.last_chunk_at >= chunk_spacing(f.chunks, self.chunk_cap)
 
     def _redacted(self, lines: list[bytes]) -> list[bytes]:
         return [self.redact(line) for line in lines] if self.redact else lines
@@ -225,7 +275,11 @@ class SessionSync:
             self.needs_init = True  # a proxy's 413: the chunk may have reached the server anyway
             raise _AskAgain(f"{f.name}: a chunk of {len(lines)} lines was too large; sending at most {f.max_lines}")
         except RequestRejected as exc:
-            f.error = f"{f.name}: the sink refused lines {chunk.first_line}-{chunk.last_line}: {exc}"
+            if "too many chunks" in str(exc).lower():
+                f.error = (f"{f.name} has reached the backend's limit of chunks per file after {f.chunks} "
+                           f"chunk(s) from this client; lines from {chunk.first_line} on cannot be delivered ({exc})")
+            else:
+                f.error = f"{f.name}: the sink refused lines {chunk.first_line}-{chunk.last_line}: {exc}"
             log.error("%s", f.error)
             f.blocked_at = chunk.first_line
             self.needs_init = True  # after any failed chunk, only init can tell what the sink holds
@@ -243,8 +297,10 @@ class SessionSync:
     def _advance(self, f: TrackedFile, batch: Batch, last: int, count: int) -> None:
         expected = batch.first_line + count - 1
         f.server_line = last
+        f.chunks += 1
+        f.last_chunk_at = time.monotonic()
         if last == expected:
-            f.reader.remember(last, batch.end_offset, batch.inode)
+            f.reader.remember(last, batch.end_offset, batch.inode, batch.end_tail)
         else:
             log.warning("%s: sink says last line %d, expected %d; re-reading position", f.name, last, expected)
             self.needs_init = True
@@ -255,18 +311,19 @@ class SessionSync:
         """The next line is over the chunk budget: block the file, or send a marked stand-in."""
         line_no = batch.first_line
         size_mib = batch.oversized / (1 << 20)
-        if self.oversized_lines != "truncate":
+        if self.oversized_lines == "block":
             f.blocked_at = line_no
             f.error = (f"{f.name} line {line_no} is {size_mib:.1f} MiB, over the {self.budget >> 20} MiB a chunk "
-                       f"can carry; this file cannot sync past it (oversized_lines = \"truncate\" sends a "
-                       f"marked, truncated copy instead)")
+                       f"can carry; this file cannot sync past it (oversized_lines = \"stand-in\" sends a "
+                       f"marked stand-in instead)")
             log.error("%s: %s", self.external_id, f.error)
             return batch, []
-        f.error = f"{f.name} line {line_no} ({size_mib:.1f} MiB) was sent truncated"
+        f.error = f"{f.name} line {line_no} ({size_mib:.1f} MiB) was sent as a marked stand-in (size and sha256)"
         log.warning("%s: %s", self.external_id, f.error)
-        stand_in = _truncated_stand_in(f.path, batch.start_offset, batch.oversized, line_no)
+        stand_in = _truncated_stand_in(f.path, batch.start_offset, batch.oversized, line_no, f.file_type)
         end = batch.start_offset + batch.oversized + 1
-        return msgspec.structs.replace(batch, lines=[stand_in], end_offset=end, oversized=0), [stand_in]
+        tail = tail_hash_of(f.path, end)
+        return msgspec.structs.replace(batch, lines=[stand_in], end_offset=end, oversized=0, end_tail=tail), [stand_in]
 
     # -- discovery and facts -------------------------------------------------
 
@@ -276,7 +333,18 @@ class SessionSync:
         joined = b"\n".join(lines)
         if f is self.main:
             self.facts.learn(outgoing, joined if outgoing is lines else None)
-        self._pending_agents.update(agent_ids_in(joined))
+        named = {a for a in agent_ids_in(joined) if a not in self._pending_agents
+                 and agent_file_name(a) not in self.files}
+        if not named:
+            return
+        room = MAX_PENDING_AGENTS - len(self._pending_agents)
+        if room < len(named):
+            log.warning("%s: more than %d agent files named and not found; forgetting %d of them",
+                        self.external_id, MAX_PENDING_AGENTS, len(named) - max(room, 0))
+            named = set(sorted(named)[:max(room, 0)])
+        self._pending_agents.update(named)
+        if named and self.on_agents_named:
+            self.on_agents_named()
 
     def _discover(self) -> None:
         for agent_id in list(self._pending_agents):
@@ -305,14 +373,17 @@ class SessionSync:
             f = self.files.get(name)
             if f is None and p.file_type == "agent" and self.locator.owns(name, p.path):
                 f = self._track(name, p.path, "agent")
-            if f is not None and p.byte_offset:
-                f.reader.remember(p.last_synced_line, p.byte_offset, p.inode)
+            if f is None:
+                continue
+            f.chunks = p.chunks
+            if p.byte_offset:
+                f.reader.remember(p.last_synced_line, p.byte_offset, p.inode, p.tail)
 
     def _learn_facts_from_head(self) -> None:
         if self.facts.first_user_message:
             return
         try:
-            with open(self.transcript_path, "rb") as fh:
+            with os.fdopen(open_regular(self.transcript_path), "rb") as fh:  # never a FIFO's blocking open
                 head = fh.read(FACTS_SCAN_BYTES)
         except OSError:
             return
@@ -326,11 +397,12 @@ class SessionSync:
         return ChunkMetadata(git_info=git, summary=facts.summary, first_user_message=facts.first_user_message)
 
 
-def _truncated_stand_in(path: str, offset: int, size: int, line_no: int) -> bytes:
+def _truncated_stand_in(path: str, offset: int, size: int, line_no: int, file_type: str) -> bytes:
     """A valid JSON line that stands for an oversized one: its size, hash and head."""
     digest = hashlib.sha256()
     head = b""
-    with open(path, "rb") as fh:
+    with os.fdopen(open_regular(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW * (file_type != "transcript")),
+                   "rb") as fh:
         fh.seek(offset)
         remaining = size
         while remaining:
@@ -343,6 +415,7 @@ def _truncated_stand_in(path: str, offset: int, size: int, line_no: int) -> byte
             remaining -= len(block)
     return msgspec.json.encode({
         "type": "confabd-truncated-line",
+        "note": "a line too large for the backend; this stands in for it and keeps the numbering",
         "line": line_no,
         "original_bytes": size,
         "sha256": digest.hexdigest(),

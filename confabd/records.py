@@ -10,9 +10,13 @@ Unknown fields are ignored on decode: newer writers may add fields.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import msgspec
+
+# State is read back by a later worker: a value no writer of ours produces (a
+# negative offset, a count) is refused on decode rather than failing later.
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 # ---------------------------------------------------------------------------
 # External IDs become file names, so they are validated before anything else.
@@ -45,14 +49,29 @@ class FileProgress(msgspec.Struct, omit_defaults=True):
     """What the worker last knew of one file. A cache: the server is the truth.
 
     `byte_offset` is where line `last_synced_line + 1` starts, valid only while
-    the file is the same inode and at least that long (see transcript.py).
+    the file is the same inode, at least that long, and the bytes before it
+    still hash to `tail` (see transcript.py). `chunks` counts the chunks this
+    client had accepted for the file (the server caps them per file).
     """
 
-    last_synced_line: int = 0
-    byte_offset: int = 0
-    inode: int = 0
+    last_synced_line: NonNegative = 0
+    byte_offset: NonNegative = 0
+    inode: NonNegative = 0
     file_type: str = "transcript"
     path: str = ""
+    tail: str = ""
+    chunks: NonNegative = 0
+
+
+class Backoff(msgspec.Struct, omit_defaults=True):
+    """Retrying an unavailable sink, across cycles and worker restarts.
+
+    `failures` in a row; `retry_at` (Unix time) is the earliest next attempt;
+    `delay` the wait chosen after the last failure (shown, and tested)."""
+
+    failures: NonNegative = 0
+    retry_at: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
 
 class State(msgspec.Struct, omit_defaults=True):
@@ -61,20 +80,27 @@ class State(msgspec.Struct, omit_defaults=True):
     external_id: str
     transcript_path: str
     cwd: str = ""
-    pid: int = 0
-    parent_pid: int = 0
+    pid: NonNegative = 0
+    parent_pid: NonNegative = 0
     inbox_path: str = ""
     started_at: str = ""
     confab_session_id: str = ""
     # confabd's additions; the original client's readers ignore them.
     parent_create_time: float = 0.0
-    worker_restarts: int = 0
+    worker_restarts: NonNegative = 0
     phase: str = "waiting"
     finishing: bool = False
     files: dict[str, FileProgress] = {}
     last_sync_at: str = ""
     last_error: str = ""
     sink: str = ""
+    # Agent IDs named in synced lines whose file was not found yet: kept until it is
+    # (a restart's discovery never sees the naming line again).
+    pending_agents: list[str] = []
+    # Files that cannot be delivered past a line: {file name: why}. While any is
+    # here the session does not finish (no session_end, State kept).
+    blocked: dict[str, str] = {}
+    backoff: Backoff = msgspec.field(default_factory=Backoff)
 
 
 class InboxRecord(msgspec.Struct, omit_defaults=True):

@@ -74,6 +74,7 @@ def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out
         oversized_lines=settings.oversized_lines,
         on_chunk=bar.advance if bar else None,
     )
+    engine.hurry = True  # one upload, now: no chunk spacing
     started = time.monotonic()
     try:
         retrying = backoff.on_exception(retry_wait, Unavailable, max_time=SAVE_RETRY_SECONDS, jitter=None)

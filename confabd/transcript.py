@@ -7,27 +7,87 @@ the receiver can rebuild the file byte-for-byte.
 
 The server's `last_synced_line` is the position; the byte offset of a line is
 only a cache. It is trusted when the file is the same inode, at least that
-long, and the byte before it is a newline; otherwise lines are counted again
-from the start (the file was truncated or replaced).
+long, and the bytes before it hash as they did when the cursor was taken (up
+to TAIL_BYTES of them, so the line before it and usually several more; the
+newline before it included): a truncation in place that happens to put a
+newline at the old offset does not pass. Otherwise lines are counted again
+from the start.
+
+Only regular files are read: a FIFO would block the open, /dev/zero or a
+directory would never end or fail every read. Files are opened O_NONBLOCK
+(which makes the open of a FIFO return at once) and refused unless fstat says
+regular, with `NotRegularFile`.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import stat
 from typing import Optional
 
 import msgspec
 
 READ_BLOCK = 1 << 20
+TAIL_BYTES = 4096  # how much before a cached offset must hash the same to trust it
+
+
+class NotRegularFile(OSError):
+    """The path is a FIFO, a device, a directory...: never read."""
+
+    def __init__(self, path: str, mode: int):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        super().__init__(errno.EINVAL, f"not a regular file ({kind})", path)
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def open_regular(path: str, flags: int = os.O_RDONLY | os.O_CLOEXEC) -> int:
+    """An fd of `path`, opened without blocking and only if it is a regular file."""
+    fd = os.open(path, flags | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def tail_hash(fd: int, offset: int) -> str:
+    """sha256 (hex, shortened) of the up to TAIL_BYTES bytes before `offset`; "" at offset 0."""
+    if offset <= 0:
+        return ""
+    start = max(0, offset - TAIL_BYTES)
+    data = os.pread(fd, offset - start, start)
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def tail_hash_of(path: str, offset: int) -> str:
+    """`tail_hash` of the file at `path` (a regular file), "" when it cannot be read."""
+    try:
+        fd = open_regular(path)
+    except OSError:
+        return ""
+    try:
+        return tail_hash(fd, offset)
+    finally:
+        os.close(fd)
 
 
 class Cursor(msgspec.Struct):
-    """Where line `line + 1` starts in the file with inode `inode`: byte `offset`."""
+    """Where line `line + 1` starts in the file with inode `inode`: byte `offset`,
+    preceded by bytes whose `tail_hash` is `tail`."""
 
     line: int = 0
     offset: int = 0
     inode: int = 0
+    tail: str = ""
 
 
 class Batch(msgspec.Struct, frozen=True):
@@ -39,6 +99,7 @@ class Batch(msgspec.Struct, frozen=True):
     end_offset: int
     inode: int
     oversized: int = 0  # > 0: the next line alone is this many bytes, over the budget
+    end_tail: str = ""  # tail_hash at end_offset
 
 
 def encoded_size(line: bytes) -> int:
@@ -84,9 +145,11 @@ class LineReader:
         batch is empty and `oversized` gives that line's length.
         """
         try:
-            fd = os.open(self.path, self._open_flags)
+            fd = open_regular(self.path, self._open_flags)
         except FileNotFoundError:
             return None
+        except NotRegularFile:
+            raise
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # a symlink where O_NOFOLLOW was asked
                 return None
@@ -96,11 +159,12 @@ class LineReader:
             start = self._offset_of_line(f, st, first_line)
             if start is None:  # the file has fewer complete lines than that
                 return Batch(first_line, [], st.st_size, st.st_size, st.st_ino)
-            return self._collect(f, st, first_line, start, budget, max_lines)
+            batch = self._collect(f, st, first_line, start, budget, max_lines)
+            return msgspec.structs.replace(batch, end_tail=tail_hash(f.fileno(), batch.end_offset))
 
-    def remember(self, line: int, offset: int, inode: int) -> None:
+    def remember(self, line: int, offset: int, inode: int, tail: str) -> None:
         """Record that line `line + 1` starts at `offset` (after the server confirmed `line`)."""
-        self.cursor = Cursor(line, offset, inode)
+        self.cursor = Cursor(line, offset, inode, tail)
 
     # -- internals -----------------------------------------------------------
 
@@ -109,22 +173,24 @@ class LineReader:
         target = line_no - 1  # number of complete lines before it
         base_line, base_offset = 0, 0
         c = self.cursor
-        if c.inode == st.st_ino and c.line <= target and self._is_line_start(f, st, c.offset):
+        if c.inode == st.st_ino and c.line <= target and self._still_valid(f, st, c):
             base_line, base_offset = c.line, c.offset
         offset = _skip_lines(f, base_offset, target - base_line)
         if offset is None:
             return None
-        self.cursor = Cursor(target, offset, st.st_ino)
+        if offset != c.offset or target != c.line or st.st_ino != c.inode:
+            self.cursor = Cursor(target, offset, st.st_ino, tail_hash(f.fileno(), offset))
         return offset
 
     @staticmethod
-    def _is_line_start(f, st, offset: int) -> bool:
-        if offset == 0:
-            return True
-        if offset > st.st_size:
+    def _still_valid(f, st, c: Cursor) -> bool:
+        """The cached offset is where it was: the file is that long and the bytes
+        before it are the ones seen then (an old State without a hash: recount)."""
+        if c.offset == 0:
+            return c.line == 0
+        if c.offset > st.st_size or not c.tail:
             return False
-        f.seek(offset - 1)
-        return f.read(1) == b"\n"
+        return tail_hash(f.fileno(), c.offset) == c.tail
 
     def _collect(self, f, st, first_line, start, budget, max_lines) -> Batch:
         """Whole blocks of lines at a time while they fit: the budget is charged per

@@ -3,13 +3,20 @@
 Life of a worker (see worker_api.py for the contract with the master):
   1. write its State (so a crash of anything leaves a record to adopt);
   2. wait for the transcript (Claude Code creates it with the first request);
-  3. take an exclusive lock on the transcript: exactly one uploader per session;
-  4. sync every interval + jitter, backing off while the sink is unavailable;
-  5. on Finish: final sync bounded by the shutdown timeout, a short linger for
-     lines written just after SessionEnd, the `session_end` event, then delete
-     State and inbox.
+  3. take an exclusive lock on the transcript: exactly one uploader per session
+     (a regular file only: a FIFO, a device or a directory is refused, saying why);
+  4. sync every interval + jitter; while the sink is unavailable, back off
+     (State.backoff: it lives across cycles and worker restarts);
+  5. on Finish: final sync bounded by the shutdown timeout (retried inside it),
+     a short linger for lines written just after SessionEnd, the `session_end`
+     event, then delete State and inbox. A session whose transcript is locked by
+     another process, or whose file cannot be delivered past a line (blocked),
+     or whose sink stays unavailable, is not finished: State and inbox are kept,
+     the reason is reported, and it exits EXIT_UNFINISHED to be retried later.
 It may be killed (-9) at any instant: the sink's line numbers are the truth,
-so the next worker resumes from them with nothing lost or sent twice.
+so the next worker resumes from them with nothing lost or sent twice; what it
+must remember beyond them (agent IDs named in synced lines whose files do not
+exist yet) is in State before the lines naming them are sent.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ import time
 from multiprocessing.connection import wait as wait_for_ready
 from typing import Optional
 
-import backoff
 import msgspec
 
 from . import privileges, worker_api as api
@@ -33,16 +39,21 @@ from .worker_api import Phase
 from .config import ConfigError, load_backend_config
 from .engine import SessionSync
 from .errors import CorruptRecord
-from .records import HookInput, InboxRecord, State
-from .sinks import open_sink, retry_wait
+from .records import Backoff, HookInput, InboxRecord, State
+from .sinks import _deadline_sockets, open_sink, retry_delay
 from .sinks.base import AuthFailed, SessionGone, SinkError, Unavailable
 from .store import SyncDir, utc_now
+from .transcript import open_regular
 
 log = logging.getLogger("confabd.worker")
 
 SESSION_GONE_LIMIT = 3  # 404s in a row before the session is finished locally
 LOCK_POLL_S = 0.1
 LINGER_POLL_S = 0.05
+MAX_BACKOFF_WAIT_S = 3_600.0  # a retry_at further away is a clock jump: never wait longer
+
+# What _acquire_transcript found.
+LOCKED, ABSENT, BUSY, UNUSABLE = "locked", "absent", "busy", "unusable"
 
 
 def _sizes(engine: SessionSync) -> dict[str, int]:
@@ -150,6 +161,8 @@ class SessionWorker:
         self.reload = False
         self.gone_count = 0
         self.last_error = ""
+        self._last_unavailable = ""
+        self._finish_by: Optional[float] = None
         self.master_pid = os.getppid()
         self._saved_state = b""
         self.last_sync_at = ""
@@ -165,8 +178,11 @@ class SessionWorker:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             self._start_state()
-            if not self._wait_for_transcript():
+            found = self._acquire_transcript()
+            if found == ABSENT:
                 return self._finish_without_transcript()
+            if found != LOCKED:
+                return self._suspend() if self.suspend else self._unfinished(self.last_error)
             self._sync_loop()
             if self.suspend:
                 return self._suspend()
@@ -179,11 +195,12 @@ class SessionWorker:
     def _sync_loop(self) -> None:
         self._set_phase(Phase.CONNECTING)
         while not self._stopping():
-            self._cycle()
+            if self._backoff_left() <= 0:
+                self._cycle()
             if self.gone_count >= SESSION_GONE_LIMIT:
                 self.finish_reason = api.SESSION_DELETED
                 return
-            self._wait_commands(self._next_interval())
+            self._wait_commands(self._backoff_left() if self.state.backoff.failures else self._next_interval())
             self._check_inbox()
 
     def _check_inbox(self) -> None:
@@ -192,11 +209,12 @@ class SessionWorker:
             self.finish_reason = self.finish_reason or api.SESSION_END_IN_INBOX
 
     def _cycle(self) -> None:
-        """One sync pass, with backoff while the sink is unavailable (bounded by the interval)."""
+        """One sync pass; an unavailable sink moves the backoff on (the loop waits it out)."""
         try:
             engine = self._engine()
-            sent = self._sync_with_backoff(engine, max_time=self._retry_budget())
+            sent = engine.sync_until_idle()
             self.gone_count = 0
+            self._backoff_reset()
             self._note_success(sent)
         except AuthFailed as exc:
             self._drop_engine(f"{exc}; will re-read credentials next cycle")
@@ -204,7 +222,7 @@ class SessionWorker:
             self.gone_count += 1
             self._note_error(f"{exc} ({self.gone_count}/{SESSION_GONE_LIMIT})")
         except Unavailable as exc:
-            self._note_error(f"backend unavailable: {exc}")
+            self._backoff_failed(exc)
         except (ConfigError, SinkError, CorruptRecord) as exc:
             self._drop_engine(str(exc))
         except OSError as exc:
@@ -212,12 +230,52 @@ class SessionWorker:
         self._save_state()
         self._report()
 
-    def _sync_with_backoff(self, engine: SessionSync, max_time: float) -> int:
-        retrying = backoff.on_exception(
-            retry_wait, Unavailable, max_time=max_time, jitter=None,
-            giveup=lambda exc: self._interrupted(), on_backoff=self._on_backoff,
-        )
-        return retrying(engine.sync_until_idle)()
+    # -- backoff (State.backoff: survives cycles and restarts) ---------------
+
+    def _backoff_left(self) -> float:
+        b = self.state.backoff
+        if not b.failures:
+            return 0.0
+        return min(MAX_BACKOFF_WAIT_S, max(0.0, b.retry_at - time.time()))
+
+    def _backoff_failed(self, exc: Unavailable) -> None:
+        b = self.state.backoff
+        b.failures += 1
+        b.delay = retry_delay(b.failures, exc.retry_after)
+        b.retry_at = time.time() + b.delay
+        cause = f"backend unavailable: {exc}"
+        # One log line when the cause changes, then at failures 2, 4, 8, ...: an outage
+        # of hours is a dozen lines, not one a retry. Status always has the latest.
+        if cause != self._last_unavailable or b.failures & (b.failures - 1) == 0:
+            log.warning("%s: %s (failure %d in a row; retrying in %.1f s)", self.spec.external_id, cause,
+                        b.failures, b.delay)
+        self._last_unavailable = cause
+        self.last_error = self.state.last_error = f"{cause}; retry {b.failures} in {b.delay:.1f} s"
+
+    def _backoff_reset(self) -> None:
+        if self.state.backoff.failures:
+            self.state.backoff = Backoff()
+            self._last_unavailable = ""
+
+    def _with_retries(self, deadline: float, action):
+        """`action()` retried on Unavailable with the backoff, until `deadline` (time.monotonic()).
+
+        The final sync's requests all end by the deadline (`_deadline_sockets`), so a
+        finish ends within the shutdown timeout even against a backend that trickles."""
+        with _deadline_sockets.deadline(deadline):
+            while True:
+                try:
+                    result = action()
+                    self._backoff_reset()
+                    return result
+                except Unavailable as exc:
+                    self._backoff_failed(exc)
+                    self._save_state()
+                    self._report()
+                    wait = self._backoff_left()
+                    if time.monotonic() + wait >= deadline or self.suspend:
+                        raise
+                    self._wait_commands(wait)
 
     # -- finishing -----------------------------------------------------------
 
@@ -227,21 +285,40 @@ class SessionWorker:
         log.info("%s: finishing (%s)", eid, self.finish_reason)
         self.state.finishing = True
         self._set_phase(Phase.FINISHING)
-        deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
+        deadline = self._finish_deadline()
         if self.gone_count >= SESSION_GONE_LIMIT:
             return self._cleanup()
         try:
             engine = self._engine()
-            self._sync_with_backoff(engine, max_time=max(0.0, deadline - time.monotonic()))
+            engine.hurry = True  # the last chance: no chunk spacing
+            if 0 < self._backoff_left() < deadline - time.monotonic():
+                self._wait_commands(self._backoff_left())  # e.g. a Retry-After still running
+            self._with_retries(deadline, engine.sync_until_idle)
             self._linger(engine, deadline)
-            self._send_session_end(engine)
+            blocked = engine.blocked()
+            if blocked:
+                return self._unfinished("not finished: " + "; ".join(blocked.values()))
+            self._with_retries(deadline, lambda: self._send_session_end(engine))
         except (SinkError, ConfigError, OSError) as exc:
-            self._note_error(f"final sync incomplete: {exc}")
-            log.warning("%s: final sync incomplete, State kept for a retry: %s", eid, exc)
-            self._save_state()
-            self._report()
-            return api.EXIT_UNFINISHED
+            return self._unfinished(f"final sync incomplete: {exc}")
         return self._cleanup()
+
+    def _finish_deadline(self) -> float:
+        """One shutdown timeout for the whole finish, from its first step (waiting
+        for a lock included): `stop --wait` hears back within it."""
+        if self._finish_by is None:
+            self._finish_by = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
+        return self._finish_by
+
+    def _unfinished(self, why: str) -> int:
+        """Not finished, and nothing forgotten: State (finishing) and inbox stay, the
+        reason is in status and State, and the master tries again later."""
+        self._note_error(why)
+        log.warning("%s: %s; State kept for a retry", self.spec.external_id, why)
+        self.state.finishing = True
+        self._save_state()
+        self._report()
+        return api.EXIT_UNFINISHED
 
     def _linger(self, engine: SessionSync, deadline: float) -> None:
         """Claude Code may write a last line just after SessionEnd (seen: `cost-state` ~115 ms
@@ -258,7 +335,7 @@ class SessionWorker:
             now_sizes = _sizes(engine)
             if now_sizes != sizes:
                 sizes, calm_since = now_sizes, time.monotonic()
-                self._sync_with_backoff(engine, max_time=max(0.0, deadline - time.monotonic()))
+                self._with_retries(deadline, engine.sync_until_idle)
 
     def _send_session_end(self, engine: SessionSync) -> None:
         """This run's `session_end`: the first SessionEnd record of the claimed inbox.
@@ -302,7 +379,8 @@ class SessionWorker:
         """SIGTERM: one last flush, keep the State so a master adopts the session."""
         if self.engine is not None:
             try:
-                self._sync_with_backoff(self.engine, max_time=self.settings.shutdown_timeout_ms / 1000)
+                deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
+                self._with_retries(deadline, self.engine.sync_until_idle)
             except (SinkError, ConfigError, OSError) as exc:
                 self._note_error(f"flush before stopping incomplete: {exc}")
         self._save_state()
@@ -319,36 +397,59 @@ class SessionWorker:
 
     # -- waiting -------------------------------------------------------------
 
-    def _wait_for_transcript(self) -> bool:
-        """Poll for the transcript; then lock it. False when the session ends without one."""
+    def _acquire_transcript(self) -> str:
+        """Wait for the transcript, then lock it: LOCKED, or why not once stopping.
+
+        ABSENT: there is none (the session ends without one). BUSY: another process
+        holds its lock (an orphaned worker of a killed master, a `save`); UNUSABLE:
+        it is not a regular file or cannot be opened. A finish waits for BUSY to
+        clear, bounded by the shutdown timeout; neither is ever "nothing to sync"
+        for a transcript that exists (the session stays unfinished, State kept).
+        """
         path = self.spec.transcript_path
         # With a parent to watch, wait as long as it lives (the master sends Finish
         # when it exits): a user may sit minutes before the first prompt.
         limit = None if self.spec.parent_pid else time.monotonic() + self.settings.transcript_wait_s
-        while not os.path.exists(path):
-            if self._stopping() or (limit is not None and time.monotonic() > limit):
-                break
-            self._wait_commands(self.settings.transcript_poll_s)
-        return os.path.exists(path) and self._lock_transcript()
+        found = ABSENT
+        while not self._stopping():
+            found = self._try_lock()
+            if found == LOCKED or (found == ABSENT and limit is not None and time.monotonic() > limit):
+                return found
+            self._wait_commands(self.settings.transcript_poll_s if found != BUSY else LOCK_POLL_S)
+        found = self._try_lock()
+        if found == BUSY and not self.suspend:
+            deadline = self._finish_deadline()
+            while found == BUSY and time.monotonic() < deadline and not self.suspend:
+                self._wait_commands(min(LOCK_POLL_S, max(0.0, deadline - time.monotonic())))
+                found = self._try_lock()
+        return found
 
-    def _lock_transcript(self) -> bool:
+    def _try_lock(self) -> str:
         """Exactly one process may upload a session: an flock on the transcript says who."""
-        fd = os.open(self.spec.transcript_path, os.O_RDONLY | os.O_CLOEXEC)
-        announced = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self.lock_fd = fd  # never read: held open so the flock lasts as long as the worker
-                return True
-            except BlockingIOError:
-                if not announced:
-                    self._note_error("another process is uploading this session; waiting for it")
-                    self._report()
-                    announced = True
-            if self._stopping():
-                os.close(fd)
-                return False
-            self._wait_commands(LOCK_POLL_S)
+        path = self.spec.transcript_path
+        try:
+            fd = open_regular(path)  # follows a symlink: see docs/RELIABILITY.md
+        except FileNotFoundError:
+            return ABSENT
+        except OSError as exc:
+            self._note_once(f"cannot read the transcript {path}: {exc.strerror or exc}; not syncing it until it "
+                            f"is a readable regular file")
+            return UNUSABLE
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            self._note_once("another process is uploading this session; waiting for it")
+            return BUSY
+        self.lock_fd = fd  # never read: held open so the flock lasts as long as the worker
+        return LOCKED
+
+    def _note_once(self, message: str) -> None:
+        """An error worth one report (not one per poll)."""
+        if message != self.last_error:
+            self._note_error(message)
+            self._save_state()
+            self._report()
 
     def _wait_commands(self, timeout: float) -> None:
         """Sleep until a command or signal arrives, or `timeout` passes; heard by the master
@@ -393,15 +494,6 @@ class SessionWorker:
         except BlockingIOError:
             pass
 
-    def _interrupted(self) -> bool:
-        """backoff's giveup: stop retrying when a Finish or SIGTERM arrived meanwhile.
-
-        Not a pure predicate: it reads the pipe (so a Finish is seen mid-backoff)
-        and so may raise MasterGone, which ends the retries as it should."""
-        if not self.finish_reason and not self.suspend:
-            self._wait_commands(0)
-        return self._stopping() and self.state.phase != Phase.FINISHING
-
     def _stopping(self) -> bool:
         return bool(self.finish_reason) or self.suspend
 
@@ -411,14 +503,6 @@ class SessionWorker:
     def _next_interval(self) -> float:
         s = self.settings
         return (s.sync_interval_ms + random.uniform(0, s.jitter_ms)) / 1000
-
-    def _retry_budget(self) -> float:
-        return max(1.0, self.settings.sync_interval_ms / 1000)
-
-    def _on_backoff(self, details) -> None:
-        exc = details.get("exception")
-        self._note_error(f"backend unavailable ({exc}); retrying in {details['wait']:.1f} s")
-        self._report()
 
     # -- the engine and its sink ---------------------------------------------
 
@@ -444,6 +528,9 @@ class SessionWorker:
             redact=redactor.redact_line if redactor else None,
             oversized_lines=self.settings.oversized_lines,
             progress=self.state.files,
+            pending_agents=self.state.pending_agents,
+            on_agents_named=self._save_state,
+            chunk_cap=self.settings.max_chunks_per_file,
         )
 
     def _drop_engine(self, error: str) -> None:
@@ -476,6 +563,8 @@ class SessionWorker:
             worker_restarts=spec.restarts,
             finishing=bool(spec.finish_reason) or bool(old and old.finishing),
             files=old.files if old and old.transcript_path == spec.transcript_path else {},
+            pending_agents=old.pending_agents if old and old.transcript_path == spec.transcript_path else [],
+            backoff=old.backoff if old else Backoff(),
         )
         if self.state.finishing and not self.finish_reason:
             self.finish_reason = api.FINISH_RESUMED
@@ -512,6 +601,8 @@ class SessionWorker:
     def _keep_progress(self) -> None:
         if self.engine is not None:
             self.state.files = self.engine.progress()
+            self.state.pending_agents = self.engine.pending_agents()
+            self.state.blocked = self.engine.blocked()
             if self.engine.session_id:
                 self.state.confab_session_id = self.engine.session_id
 

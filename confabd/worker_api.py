@@ -26,9 +26,12 @@ wait in a bounded outbox, and a worker that does not read them is hung too.
 Exit codes: EXIT_DONE (0) the session is finished and its files removed;
 EXIT_MASTER_GONE the pipe hit EOF (the master died; State saved, session
 still live: a new master re-adopts it; also after SIGTERM);
-EXIT_UNFINISHED the final sync could not complete within the shutdown timeout
-(State kept with `finishing`; the master should retry later, not count it as a
-crash); anything else is a crash and the
+EXIT_UNFINISHED the session could not be finished: the final sync could not
+complete within the shutdown timeout, a file is blocked (an oversized line
+under `oversized_lines = "block"`, a refused chunk, the chunk cap), or the
+transcript stayed locked by another process or unreadable (State kept with
+`finishing` and the reason in `last_error`; the master should retry later,
+not count it as a crash); anything else is a crash and the
 master restarts the worker with backoff.
 The worker never exits because the backend is down.
 """

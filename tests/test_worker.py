@@ -246,7 +246,7 @@ def test_line_over_14_mib_reported_and_other_files_flow(backend, home, workers):
     agent_dir.mkdir(parents=True)
     agent = agent_dir / f"agent-{AGENT_ID}.jsonl"
     agent.write_bytes(_agent_lines(4))
-    w = workers(home, eid, path)
+    w = workers(home, eid, path, settings=home.settings(oversized_lines="block"))
     wait_until(lambda: delivered(backend, eid, agent.name, agent), what="the agent file still flows")
     report = wait_until(lambda: (r := w.last_report()) and "line 2" in r.last_error and r)
     assert "MiB" in report.last_error and "oversized_lines" in report.last_error

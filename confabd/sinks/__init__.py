@@ -1,8 +1,8 @@
 """Destinations for a session's lines: `http` (the confab backend) and `archive` (local SQLite).
 
 `open_sink` is the one place a sink is chosen and built (the session workers
-and `confabctl save` both use it); `retry_wait` is the one retry schedule for
-`Unavailable`. Sinks never retry by themselves (sinks/base.py).
+and `confabctl save` both use it); `retry_delay` is the one retry schedule for
+`Unavailable` (`retry_wait` is it as a `backoff` wait generator). Sinks never retry by themselves (sinks/base.py).
 
 Imports are inside the functions: `confabd.sinks.base` is imported by code that
 never opens a sink, and the http sink pulls in requests.
@@ -34,14 +34,30 @@ def open_sink(settings, backend, home: str):
     return HttpSink(check_backend_url(backend.backend_url), backend.api_key, timeout=settings.http_timeout_s)
 
 
-def retry_wait(max_value: float = 60.0):
-    """backoff wait generator: the server's Retry-After when given, else 1 s doubling to 60 s, full jitter."""
-    import backoff
+RETRY_MAX_S = 60.0
+RETRY_AFTER_MIN_S, RETRY_AFTER_MAX_S = 1.0, 3_600.0
 
-    expo = backoff.expo(max_value=max_value)
-    expo.send(None)
+
+def retry_delay(failures: int, retry_after=None, rng=None) -> float:
+    """Seconds to wait after `failures` failures in a row (1 for the first).
+
+    The server's Retry-After when it is within 1..3,600 s (the newer original
+    client's range), exactly; else 1 s doubling to 60 s with "equal jitter"
+    (between half and all of it), so many workers spread out and the wait never
+    collapses to nothing: a long outage costs about 1.3 requests a minute.
+    """
+    if retry_after is not None and RETRY_AFTER_MIN_S <= retry_after <= RETRY_AFTER_MAX_S:
+        return float(retry_after)
+    import random
+
+    full = min(RETRY_MAX_S, 2.0 ** (max(1, failures) - 1))
+    return full / 2 + (rng or random.random)() * full / 2
+
+
+def retry_wait():
+    """backoff wait generator with `retry_delay`'s schedule (for `confabctl save`)."""
+    failures = 0
     exc = yield
     while True:
-        delay = next(expo)
-        retry_after = getattr(exc, "retry_after", None)
-        exc = yield retry_after if retry_after is not None else backoff.full_jitter(delay)
+        failures += 1
+        exc = yield retry_delay(failures, getattr(exc, "retry_after", None))

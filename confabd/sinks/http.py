@@ -446,6 +446,8 @@ def _error_for(path: str, status: int, raw: bytes, retry_after: Optional[str]) -
     if status in (401, 403):
         return AuthFailed(message, status)
     if status == 404:
+        if path == INIT_PATH:  # not a deleted session (that is a chunk's 404): a wrong path, a proxy, an old server
+            return Unavailable(message + " (init answered 404: retried like an outage)", status)
         return SessionGone(message, status)
     if status == 413:
         return PayloadTooLarge(message, status)
