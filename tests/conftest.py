@@ -238,3 +238,20 @@ def cfd(tmp_path, fake_backend):
     installation = Confabd(tmp_path, fake_backend)
     yield installation
     installation.close()
+
+
+@pytest.fixture
+def workers():
+    """Start real worker processes (tests/workers.py); every one is killed at the end of the test."""
+    from tests.workers import WorkerProcess
+
+    started: list = []
+
+    def start(*args, **kwargs) -> WorkerProcess:
+        w = WorkerProcess(*args, **kwargs)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.close()

@@ -17,7 +17,7 @@ from confabd import worker_api as api
 from confabd.records import FileProgress, InboxRecord, State
 from tests.fakebackend import FakeBackend
 from tests.waiting import wait_until
-from tests.workers import Home, WorkerProcess, file_lines
+from tests.workers import Home, file_lines
 
 
 @pytest.fixture
@@ -31,20 +31,6 @@ def home(tmp_path, backend):
     h = Home(tmp_path)
     h.configure_backend(backend.url, backend.api_key)
     return h
-
-
-@pytest.fixture
-def workers():
-    started: list[WorkerProcess] = []
-
-    def start(*args, **kwargs) -> WorkerProcess:
-        w = WorkerProcess(*args, **kwargs)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.close()
 
 
 def numbered(prefix: str, start: int, n: int, width: int = 0) -> bytes:

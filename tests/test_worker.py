@@ -14,7 +14,7 @@ from confabd.records import InboxRecord
 from confabd.sinks.archive import export_session
 from tests.fakebackend import FakeBackend
 from tests.waiting import wait_until
-from tests.workers import TRANSCRIPTS, Home, WorkerProcess, decode_state, file_lines
+from tests.workers import TRANSCRIPTS, Home, decode_state, file_lines
 
 FIXTURE_NAMES = sorted(p.name for p in TRANSCRIPTS.glob("*.jsonl"))
 
@@ -28,20 +28,6 @@ def backend():
 @pytest.fixture
 def home(tmp_path):
     return Home(tmp_path)
-
-
-@pytest.fixture
-def workers():
-    started: list[WorkerProcess] = []
-
-    def start(*args, **kwargs) -> WorkerProcess:
-        w = WorkerProcess(*args, **kwargs)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.close()
 
 
 def delivered(backend, eid, name, path):
