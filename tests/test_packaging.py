@@ -395,10 +395,10 @@ def test_sysv_script_against_a_fake_daemon(tmp_path):
     fake.write_text(f"""#!/bin/sh
 # args: --system --check-config, or --system --daemon --pidfile FILE --log-file FILE
 [ "$2" = --check-config ] && exit "$(cat {verdict} 2>/dev/null || echo 0)"
-pidfile=$4
-( trap 'echo HUP >> {log}' HUP; trap 'echo TERM >> {log}; exit 0' TERM
-  while :; do sleep 0.05; done ) </dev/null >/dev/null 2>&1 &
-echo $! > "$pidfile"
+# The daemon writes its pidfile once its traps are set: the script's `running_pid` then
+# means "ready for signals" (a HUP sent before the trap would be lost, under load).
+sh -c 'trap "echo HUP >> {log}" HUP; trap "echo TERM >> {log}; exit 0" TERM
+  echo $$ > "$0"; while :; do sleep 0.05; done' "$4" </dev/null >/dev/null 2>&1 &
 """)
     fake.chmod(0o755)
     script = (PKG / "init.d/confabd").read_text()
