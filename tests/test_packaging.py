@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -395,10 +396,26 @@ def test_sysv_script_against_a_fake_daemon(tmp_path):
     fake.write_text(f"""#!/bin/sh
 # args: --system --check-config, or --system --daemon --pidfile FILE --log-file FILE
 [ "$2" = --check-config ] && exit "$(cat {verdict} 2>/dev/null || echo 0)"
-# The daemon writes its pidfile once its traps are set: the script's `running_pid` then
-# means "ready for signals" (a HUP sent before the trap would be lost, under load).
-sh -c 'trap "echo HUP >> {log}" HUP; trap "echo TERM >> {log}; exit 0" TERM
-  echo $$ > "$0"; while :; do sleep 0.05; done' "$4" </dev/null >/dev/null 2>&1 &
+# A Python stand-in, not a shell: a shell cannot trap a signal ignored when it started (POSIX),
+# and a suite run under nohup starts everything with SIGHUP ignored: the HUP was lost. The
+# pidfile is written once the handlers are set, so `running_pid` means "ready for signals".
+{sys.executable} -c '
+import os, signal, sys, time
+def note(name, then_exit=False):
+    def handler(*_):
+        with open(sys.argv[2], "a") as f:
+            f.write(name + "\\n"); f.flush(); os.fsync(f.fileno())
+        if then_exit:
+            os._exit(0)
+    return handler
+signal.signal(signal.SIGHUP, note("HUP"))
+signal.signal(signal.SIGTERM, note("TERM", True))
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+while True:
+    time.sleep(1)
+' "$4" {log} </dev/null >/dev/null 2>&1 &
 """)
     fake.chmod(0o755)
     script = (PKG / "init.d/confabd").read_text()
