@@ -57,7 +57,7 @@ def default_claude_settings(home: str) -> str:
 
 
 def hooks_checks(settings_file: str) -> list[Check]:
-    from .hooks_install import hook_program, is_our_command
+    from .hooks_install import EVENTS, hook_program, is_our_command
 
     try:
         with open(settings_file, "rb") as f:
@@ -68,7 +68,7 @@ def hooks_checks(settings_file: str) -> list[Check]:
         return [Check("FAIL", f"hooks: cannot read {settings_file} ({exc})", "fix the file, then confabctl install-hooks")]
     hooks = settings.get("hooks") if isinstance(settings, dict) else None
     found = []
-    for event in ("SessionStart", "SessionEnd"):
+    for event, _arg in EVENTS:  # the hooks install-hooks writes, and only those
         commands = [entry.get("command") for group in ((hooks or {}).get(event) or []) if isinstance(group, dict)
                     for entry in (group.get("hooks") or []) if isinstance(entry, dict)]
         ours = [c for c in commands if is_our_command(c)]

@@ -115,13 +115,12 @@ def _running_sessions() -> set[str]:
 
 def _archived(home: str) -> dict[str, dict]:
     from .config import load_settings
-    from .errors import ConfabdError
     from .sinks.archive import list_sessions as archive_sessions
 
     try:
         settings = load_settings(paths.user_settings_path(home))
         return {s["external_id"]: s for s in archive_sessions(settings.archive_path or paths.default_archive_path(home))}
-    except (ConfabdError, OSError, Exception):  # noqa: BLE001 - an unreadable archive only means "not known"
+    except Exception:  # noqa: BLE001 - an unreadable archive or config only means "not known"
         return {}
 
 

@@ -255,3 +255,14 @@ def workers():
     yield start
     for w in started:
         w.close()
+
+
+def require_root_for(what: str, disable_var: str, alone: str) -> None:
+    """A root-only container test: skipped (and said why) when `disable_var`=0 or not root,
+    a failure under CI=true, where root is expected."""
+    if os.environ.get(disable_var) == "0":
+        pytest.skip(f"{what}: disabled with {disable_var}=0")
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{what} needs root, and CI runs as root")
+        pytest.skip(f"{what} needs root (run `{alone}`)")

@@ -50,3 +50,16 @@ def test_clock_check():
     skewed = clock_check(1000.0, now=2000.0)
     assert skewed.verdict == "warn" and "+1000 s" in skewed.what
     assert clock_check(None).verdict == "ok"
+
+
+def test_doctor_checks_every_hook_install_hooks_writes(cfd):
+    """The prompt hook too: without it a session whose SessionStart was missed is never caught."""
+    assert cfd.ctl("install-hooks").returncode == 0
+    settings = cfd.home / ".claude" / "settings.json"
+    document = json.loads(settings.read_text())
+    del document["hooks"]["UserPromptSubmit"]
+    settings.write_text(json.dumps(document))
+    r = cfd.ctl("doctor", "--json")
+    assert r.returncode == 1
+    [missing] = [c for c in json.loads(r.stdout) if c["verdict"] == "FAIL"]
+    assert "no UserPromptSubmit hook of ours" in missing["what"] and missing["todo"] == "confabctl install-hooks"

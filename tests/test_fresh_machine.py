@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_root_for
+
 REPO = Path(__file__).resolve().parent.parent
 PKG = REPO / "packaging"
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -65,12 +67,7 @@ def test_the_readme_has_what_the_fresh_machine_test_runs():
 @pytest.mark.timeout(900)
 def test_fresh_debian_runs_the_readme():
     """packaging/test-fresh.sh: install-user.sh and the Quick start, verbatim, on a fresh Debian 12."""
-    if os.environ.get("CONFABD_TEST_FRESH") == "0":
-        pytest.skip("fresh-machine test: disabled with CONFABD_TEST_FRESH=0")
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("the fresh-machine test needs root (systemd-nspawn), and CI runs as root")
-        pytest.skip("the fresh-machine test needs root for systemd-nspawn (run `sudo make -C packaging fresh`)")
+    require_root_for("the fresh-machine test (systemd-nspawn)", "CONFABD_TEST_FRESH", "sudo make -C packaging fresh")
     proc = subprocess.run([str(PKG / "test-fresh.sh")], capture_output=True, text=True, timeout=900)
     output = proc.stdout[-10000:] + proc.stderr[-3000:]
     if proc.returncode == 2:  # could not run: no debootstrap/nspawn, no mirror, no PyPI for the wheelhouse

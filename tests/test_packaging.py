@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_root_for
+
 REPO = Path(__file__).resolve().parent.parent
 PKG = REPO / "packaging"
 OUT = PKG / "out"
@@ -314,12 +316,7 @@ def test_nspawn_boot(packages):
     nspawn cannot run. Under CI=true, root is expected and a skip is a failure.
     Also runnable alone: `sudo make -C packaging nspawn`.
     """
-    if os.environ.get("CONFABD_TEST_NSPAWN") == "0":
-        pytest.skip("boot test under systemd-nspawn: disabled with CONFABD_TEST_NSPAWN=0")
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("the systemd-nspawn boot test needs root, and CI runs as root")
-        pytest.skip("systemd-nspawn needs root (run `sudo make -C packaging nspawn`)")
+    require_root_for("the systemd-nspawn boot test", "CONFABD_TEST_NSPAWN", "sudo make -C packaging nspawn")
     proc = run([str(PKG / "test-nspawn.sh"), str(packages["deb"])], timeout=900)
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
 
