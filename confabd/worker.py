@@ -479,6 +479,9 @@ class SessionWorker:
                 elif isinstance(command, api.Reload):
                     self.settings = command.settings
                     self.reload = True  # the sink and its credentials are rebuilt next cycle
+                elif isinstance(command, api.Retry):  # confabctl retry: a fresh sink, no backoff
+                    self.reload = True
+                    self._backoff_reset()
         except (EOFError, OSError):
             raise MasterGone() from None
 
