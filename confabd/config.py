@@ -148,8 +148,8 @@ class BackendConfig(msgspec.Struct):
 
 def load_backend_config(home: str, env=None, default_url: str = "") -> BackendConfig:
     """~/.confab/config.json with CONFAB_BACKEND_URL / CONFAB_API_KEY applied on top; without a
-    backend_url in either, `default_url` (a worker's: its master's settings), else the default of
-    the confabd.toml files (hostwide.default_backend_url)."""
+    backend_url in either, the default of the confabd.toml files, `default_url` (a worker's: its
+    master's settings) among them (hostwide.default_backend_url)."""
     env = os.environ if env is None else env
     path = paths.confab_config_path(home)
     config = BackendConfig()
@@ -177,7 +177,7 @@ def load_backend_config(home: str, env=None, default_url: str = "") -> BackendCo
     if not changes.get("backend_url", config.backend_url):
         from .hostwide import default_backend_url
 
-        changes["backend_url"] = default_url or default_backend_url(home, env)  # "" when none is set
+        changes["backend_url"] = default_backend_url(home, env, default_url)  # "" when none is set
     return msgspec.structs.replace(config, **changes)
 
 

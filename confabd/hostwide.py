@@ -38,9 +38,10 @@ def system_value(key, env=None):
     return client.settings_value(system_config_path(env), key)
 
 
-def default_backend_url(home, env=None):
-    """The backend_url for a user whose config.json names none: theirs, else the host's; "" for none."""
-    return client.user_settings_value(home, "backend_url") or system_value("backend_url", env)
+def default_backend_url(home, env=None, masters=""):
+    """The backend_url for a user whose config.json names none: their own confabd.toml's, else
+    `masters` (what a worker's master was configured with), else the host's; "" for none."""
+    return client.user_settings_value(home, "backend_url") or masters or system_value("backend_url", env)
 
 
 def autostart_refusal(env=None):

@@ -210,3 +210,4 @@ def test_handover_without_a_system_master_says_so(system, users):
     a, _b = users
     r = ctl(system, a, "handover")
     assert r.returncode == 3 and "no system master answers" in r.stderr, r.stderr
+
