@@ -23,9 +23,8 @@ HOOK_RESPONSE = {"continue": True, "suppressOutput": True}
 
 
 @pytest.fixture
-def system(users, backend):  # noqa: F811 - test_system_mode's, with a spool dir of its own
+def system(users, backend):  # noqa: F811 - test_system_mode's (its spool dir is in its temp dir)
     s = System(users, backend)
-    s.spool = s.root / "spool"
     try:
         yield s
     finally:
@@ -33,7 +32,7 @@ def system(users, backend):  # noqa: F811 - test_system_mode's, with a spool dir
 
 
 def configure(system, text: str) -> None:
-    system.config.write_text(system.config.read_text() + text + f'spool_dir = "{system.spool}"\n')
+    system.config.write_text(system.config.read_text() + text)
 
 
 def user_env(system, user) -> dict:
