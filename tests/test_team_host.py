@@ -210,3 +210,36 @@ def test_handover_without_a_system_master_says_so(system, users):
     r = ctl(system, a, "handover")
     assert r.returncode == 3 and "no system master answers" in r.stderr, r.stderr
 
+
+
+def test_retry_forget_and_reload_act_for_the_caller_only(system, users, backend):
+    import signal
+
+    a, b = users
+    system.start()
+    eid = "a-fails"
+    path = a.transcript(eid, fixture_lines())
+    assert hook(system, a, "session-start", eid, path).returncode == 0
+    killed = set()
+    while True:  # kill -9 each new worker until the master calls it failed
+        s = wait_until(lambda: (x := system.status().get(eid)) and (x["state"] == "failed" or
+                                                                   x["worker_pid"] not in killed | {None}) and x,
+                       30, what="the next worker, or failed")
+        if s["state"] == "failed":
+            break
+        os.kill(s["worker_pid"], signal.SIGKILL)
+        killed.add(s["worker_pid"])
+    state = a.sync_dir / f"{eid}.json"
+    assert state.exists()
+    for verb in (("retry", eid), ("forget", eid, "--yes")):  # b: as if there were no such session
+        r = ctl(system, b, *verb)
+        assert r.returncode == 1 and f"no session '{eid}'" in r.stderr, r.stderr
+    assert system.status()[eid]["state"] == "failed" and state.exists()
+    r = ctl(system, a, "forget", eid, "--yes")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: eid not in system.status(), what="forgotten")
+    assert not state.exists()  # removed by a helper running as a
+    assert backend.events(eid) == []
+    r = ctl(system, a, "reload")
+    assert r.returncode == 1 and "only root may reload" in r.stderr, r.stderr
+    assert system.root_request({"type": "reload"}) == {"ok": True, "error": None, "reloaded": True, "workers": 0}

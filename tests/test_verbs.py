@@ -129,8 +129,9 @@ def test_reload_reports_a_good_and_a_bad_config(cfd):
     assert r.returncode == 0, r.stderr
     assert "settings reloaded" in r.stdout
     wait_until(lambda: "confabctl reload: settings reloaded" in master.log_text())
-    config.write_text(config.read_text() + 'sync_interval_ms = "fast"\n')
+    config.write_text(config.read_text() + 'sync_interval_ms = "fast"\nsink = "s3"\n')
     r = cfd.ctl("reload")
     assert r.returncode == 1
-    assert "settings not reloaded, the current ones are kept" in r.stderr and "sync_interval_ms" in r.stderr
+    assert "settings not reloaded, the current ones are kept" in r.stderr
+    assert "sync_interval_ms" in r.stderr and "sink must be auto, http or archive" in r.stderr  # every problem
     assert master.proc.poll() is None and cfd.ping()
