@@ -44,7 +44,10 @@ class Adoption:
         """Every so often: users who left a note while no master answered (system mode's spool)."""
         for owner in self.tenancy.owners_waiting():
             log.info("uid %d left a note while no master ran: adopting its States", owner)
-            self.list_again(owner, lambda ids, error: None)
+            try:
+                self.list_again(owner, lambda ids, error: None)
+            except PrivilegeError as exc:
+                log.error("uid %d: cannot list its sessions: %s", owner, exc)
 
     def list_again(self, owner: int, then) -> None:
         """List the owner's States now and adopt those this master does not run (`handover`);

@@ -262,6 +262,10 @@ class Commands:
         if session is None:
             return control.error(f"no session {request.external_id!r}")
         was = session.phase
+        if was == worker_api.Phase.FAILED:  # a failed session is not counted live: it would be now
+            refusal = self.tenancy.session_cap_refusal(session.owner, self.sessions.live_count(session.owner))
+            if refusal:
+                return control.error(refusal)
         self.sessions.retry(session)
         return control.reply(was=was, state=session.phase,
                              worker_pid=session.proc.pid if session.proc else None)

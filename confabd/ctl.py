@@ -284,7 +284,8 @@ def build_parser():
                     "on stdin, prints " + HOOK_RESPONSE + " and exits 0, always: a problem is said on stderr "
                     "and never breaks the Claude Code session. session-start (and user-prompt-submit, on every "
                     "prompt: a no-op while the session's worker runs) registers the session with the "
-                    "master (starting a user-mode master when none answers); session-end records the "
+                    "master (starting a user-mode master when none answers, unless the system config says "
+                    "user_masters = \"never\"); session-end records the "
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
                     "(final sync, then the session_end event), without waiting for the upload.")
     p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
