@@ -130,7 +130,7 @@ def hook_session_start(hook_input):
         reply = request_with_autostart(message)
     except (client.NoMaster, client.ProtocolError, OSError) as exc:
         state = write_fallback_state(session_id, transcript, cwd)
-        leave_note_for_system_master()
+        leave_note_for_system_master(session_id)
         raise HookError(f"{exc}; the session is recorded in {state} for the next master") from None
     if not reply.get("ok"):
         raise HookError(f"the master refused the session: {reply.get('error')}")
@@ -193,7 +193,7 @@ def hook_session_end(hook_input):
     try:
         reply, _path, _system = client.request_any(message, timeout=SESSION_END_TIMEOUT_S)
     except client.NoMaster as exc:
-        leave_note_for_system_master()
+        leave_note_for_system_master(session_id)
         from .hostwide import autostart_refusal
 
         if os.path.exists(paths.state_path(sync_dir(), session_id)) and not autostart_refusal():
@@ -207,12 +207,12 @@ def hook_session_end(hook_input):
         raise HookError(f"the master could not finish the session: {reply.get('error')}")
 
 
-def leave_note_for_system_master():
+def leave_note_for_system_master(session_id):
     """Where a system master is installed, tell it (once it is back) that this user has States."""
     if not os.environ.get("CONFABD_SOCKET"):  # a master of one's own was named: nothing to tell
         from .hostwide import leave_note
 
-        leave_note()
+        leave_note(session_id)
 
 
 def sync_dir():

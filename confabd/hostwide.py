@@ -56,16 +56,20 @@ def spool_dir(env=None):
     return system_value("spool_dir", env) or paths.SYSTEM_SPOOL_DIR
 
 
-def leave_note(env=None):
+def leave_note(session_id="", env=None):
     """Tell a system master that is down that this user has sessions on disk; the path, or "".
 
-    A no-op where there is no spool dir (no system service installed) or it cannot be written.
+    One note per session (the prompt hook runs on every prompt): a note that is already there
+    is left as it is. A no-op where there is no spool dir (no system service installed) or it
+    cannot be written.
     """
     directory = spool_dir(env)
-    name = f"{SPOOL_NOTE_PREFIX}{os.getuid()}.{os.getpid()}.{os.urandom(4).hex()}"
+    name = f"{SPOOL_NOTE_PREFIX}{os.getuid()}.{session_id or os.urandom(8).hex()}"
     path = os.path.join(directory, name)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return path
     except OSError:
         return ""
     os.close(fd)

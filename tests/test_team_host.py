@@ -114,6 +114,9 @@ def test_user_masters_never_the_hook_leaves_its_record_and_the_system_master_ado
         assert took < 5.0, took  # no master started and waited for (that is 8 s of retries)
     r = hook(system, a, "session-end", ended, ended_path, reason="exit")
     assert r.returncode == 0 and json.loads(r.stdout) == HOOK_RESPONSE, r
+    for _ in range(2):  # the prompt hook runs on every prompt: one note per session all the same
+        assert hook(system, a, "user-prompt-submit", live, live_path).returncode == 0
+    assert sorted(os.listdir(system.spool)) == [f"uid{a.uid}.{ended}", f"uid{a.uid}.{live}"]
     assert not (a.home / ".confab" / "run").exists()  # no user master was started
     assert (a.sync_dir / f"{live}.json").exists() and (a.sync_dir / f"{ended}.inbox.jsonl").exists()
     assert not system.registry.exists() or str(a.uid) not in os.listdir(system.registry)  # only the note says
