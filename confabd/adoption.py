@@ -49,9 +49,10 @@ class Adoption:
             except PrivilegeError as exc:
                 log.error("uid %d: cannot list its sessions: %s", owner, exc)
 
-    def list_again(self, owner: int, then) -> None:
+    def list_again(self, owner: int, then, counted: bool = False) -> None:
         """List the owner's States now and adopt those this master does not run (`handover`);
-        then(ids queued, error). PrivilegeError: no helper could list them."""
+        then(ids queued, error). PrivilegeError: no helper could list them (`counted`: a request
+        of theirs asks, so it counts against their helpers in progress)."""
         def listed(ids, error):
             if error:
                 log.error("uid %d: cannot list its sessions: %s", owner, error)
@@ -62,7 +63,7 @@ class Adoption:
             queue.extend(i for i in fresh if i not in queue)
             self.next_later(owner)
             then(fresh, "")
-        self.tenancy.session_ids(owner, listed)
+        self.tenancy.session_ids(owner, listed, counted=counted)
 
     def listed(self, owner: int, ids: list[str], error: str) -> None:
         if error:

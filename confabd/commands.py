@@ -326,4 +326,4 @@ class Commands:
             reply(control.error(f"cannot list your sessions: {error}") if error
                   else control.reply(adopting=sorted(ids)))
         return self.answer_later(conn, lambda reply: self.adoption.list_again(
-            owner, lambda ids, error: self.safely(reply, listed, reply, ids, error)))
+            owner, lambda ids, error: self.safely(reply, listed, reply, ids, error), counted=True))

@@ -117,7 +117,7 @@ class Tenancy(Protocol):
                        then: Optional[Callable[[str], None]] = None) -> None: ...  # then(error)
     def owners_to_adopt(self) -> list[int]: ...  # whose sync dirs may hold States (at start)
     def owners_waiting(self) -> list[int]: ...  # who left a note while no master ran (the spool)
-    def session_ids(self, owner: int, then: Callable[[list[str], str], None]) -> None: ...
+    def session_ids(self, owner: int, then: Callable[[list[str], str], None], counted: bool = False) -> None: ...
     def worker_home(self, owner: int, settings: Settings) -> WorkerHome: ...  # PrivilegeError: no such user
     def record_unstarted(self, session) -> None: ...  # a State for a worker that could not be forked
     def remember(self, owner: int) -> None: ...  # this owner has sessions (for the next master)
@@ -231,7 +231,7 @@ class UserTenancy:
     def owners_waiting(self) -> list[int]:
         return []  # the hook's fallback State is in this master's own sync dir, read at start
 
-    def session_ids(self, owner: int, then: Callable[[list[str], str], None]) -> None:
+    def session_ids(self, owner: int, then: Callable[[list[str], str], None], counted: bool = False) -> None:
         then(privileges.session_ids(self.files.path), "")
 
     def worker_home(self, owner: int, settings: Settings) -> WorkerHome:
@@ -391,15 +391,16 @@ class SystemTenancy:
             self.registry.add(uid)
         return uids
 
-    def session_ids(self, owner: int, then: Callable[[list[str], str], None]) -> None:
-        """The IDs of the States in the owner's sync dir, listed by a helper running as them."""
+    def session_ids(self, owner: int, then: Callable[[list[str], str], None], counted: bool = False) -> None:
+        """The IDs of the States in the owner's sync dir, listed by a helper running as them
+        (`counted`: against their helpers in progress, for one a request of theirs asks for)."""
         if lookup_user(owner) is None:
             self.registry.remove(owner)
             then([], f"uid {owner} has no passwd entry")
             return
         user = self.user(owner)
         self.helpers.run(user, privileges.session_ids, user.sync_dir, result_type=list[str],
-                         done=lambda ids, error: then(ids or [], error), counted=False)
+                         done=lambda ids, error: then(ids or [], error), counted=counted)
 
     def worker_home(self, owner: int, settings: Settings) -> WorkerHome:
         """The worker becomes the owner and uses the owner's own files and settings."""
