@@ -135,3 +135,43 @@ def test_reload_reports_a_good_and_a_bad_config(cfd):
     assert "settings not reloaded, the current ones are kept" in r.stderr
     assert "sync_interval_ms" in r.stderr and "sink must be auto, http or archive" in r.stderr  # every problem
     assert master.proc.poll() is None and cfd.ping()
+
+
+def forget_on_a_terminal(cfd, eid, answer: str) -> tuple[int, str]:
+    """`confabctl forget ID` with a real terminal (a pty) as stdin and stdout, answering `answer`."""
+    import pty
+    import subprocess
+    import sys
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "confabd.ctl", "forget", eid], env=cfd.env, cwd=cfd.root,
+                            stdin=secondary, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    seen = b""
+    while b"[y/N]" not in seen:
+        chunk = os.read(primary, 4096)
+        assert chunk, seen
+        seen += chunk
+    os.write(primary, answer.encode() + b"\n")
+    code = proc.wait(60)
+    try:
+        while chunk := os.read(primary, 4096):
+            seen += chunk
+    except OSError:  # EIO: the terminal's last reader is gone
+        pass
+    os.close(primary)
+    return code, seen.decode(errors="replace")
+
+
+def test_forget_says_what_is_lost_and_asks_on_a_terminal(cfd):
+    eid = "ask-first"
+    cfd.master()
+    register(cfd, eid, fixture_lines())
+    crash_until_failed(cfd, eid)
+    code, text = forget_on_a_terminal(cfd, eid, "n")
+    assert code == 1 and "not forgotten" in text, text
+    assert "no session_end is sent" in text and f"confabctl save {eid}" in text and "crash loop" in text
+    assert cfd.state_file(eid).exists() and cfd.session(eid)["state"] == "failed"
+    code, text = forget_on_a_terminal(cfd, eid, "y")
+    assert code == 0 and "forgotten (was failed)" in text, text
+    assert not cfd.state_file(eid).exists() and cfd.session(eid) is None
