@@ -36,17 +36,19 @@ HANDLERS = {
     control.Register: "register",
     control.Finish: "finish",
     control.Shutdown: "shutdown",
+    control.Metrics: "metrics",
 }
 
 
 class Commands:
     def __init__(self, sessions: Sessions, tenancy, server: ControlServer, *,
-                 describe_master: Callable[[], dict], shutdown: Callable[[], None]):
+                 describe_master: Callable[[], dict], shutdown: Callable[[], None], meter=None):
         self.sessions = sessions
         self.tenancy = tenancy
         self.server = server
         self.describe_master = describe_master  # status's `master` object
         self.request_shutdown = shutdown
+        self.meter = meter  # confabd.metrics.Metrics: per-sink totals for status and `metrics`
 
     def handle(self, conn: Connection, request) -> Optional[dict]:
         """The reply to one request; None when the reply comes later (stop --wait)."""
@@ -71,7 +73,17 @@ class Commands:
                 return control.error(f"no session {request.external_id!r}")
             sessions = [session]
         return control.reply(master=self.describe_master(),
-                             sessions=[self.sessions.status_row(s) for s in sessions])
+                             sessions=[self.sessions.status_row(s) for s in sessions],
+                             sinks=self.meter.sinks_json(self.sink_totals(owner)) if self.meter else [])
+
+    def sink_totals(self, owner: int) -> list:
+        return self.meter.sink_totals(lambda o: self.tenancy.may_see(owner, o), self.sessions.visible_to(owner))
+
+    def metrics(self, conn: Connection, owner: int, request: control.Metrics) -> dict:
+        if self.meter is None:
+            return control.error("this master keeps no metrics")
+        rows = [self.sessions.status_row(s) for s in self.sessions.visible_to(owner)]
+        return control.reply(text=self.meter.prometheus(rows, self.sink_totals(owner)))
 
     def register(self, conn: Connection, owner: int, request: control.Register) -> Optional[dict]:
         try:

@@ -70,7 +70,11 @@ class Shutdown(Request, tag="shutdown"):
     pass
 
 
-AnyRequest = Union[Register, Finish, Status, Ping, Shutdown]
+class Metrics(Request, tag="metrics"):
+    """The Prometheus text of what `status` counts (confabd/metrics.py)."""
+
+
+AnyRequest = Union[Register, Finish, Status, Ping, Shutdown, Metrics]
 
 _decoder = msgspec.json.Decoder(AnyRequest)
 _encoder = msgspec.json.Encoder()
