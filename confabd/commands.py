@@ -83,7 +83,9 @@ class Commands:
         if self.meter is None:
             return control.error("this master keeps no metrics")
         rows = [self.sessions.status_row(s) for s in self.sessions.visible_to(owner)]
-        return control.reply(text=self.meter.prometheus(rows, self.sink_totals(owner)))
+        totals = self.sink_totals(owner)
+        return control.reply(text=self.meter.prometheus(rows, totals), sinks=self.meter.sinks_json(totals),
+                             sessions=self.meter.states(rows))
 
     def register(self, conn: Connection, owner: int, request: control.Register) -> Optional[dict]:
         try:

@@ -295,6 +295,7 @@ def build_parser():
                                    "`status --json` shows. --output writes them atomically to a file instead "
                                    "(mode 0644), e.g. node_exporter's textfile directory from a timer.")
     p.add_argument("--output", metavar="FILE", help="write to FILE (atomically: a temporary file, then rename)")
+    p.add_argument("--json", action="store_true", help="the same numbers as JSON: sessions by state, per sink totals")
 
     p = sub.add_parser("ping", help="exit 0 if a master answers")
     p.add_argument("--json", action="store_true", help="print {pid, version, socket} as JSON")
@@ -564,10 +565,16 @@ def cmd_metrics(args):
     reply = ask({"type": "metrics"})
     if reply is None:
         return EXIT_FAIL
+    if args.json:
+        import json
+
+        text = json.dumps({"sessions": reply.get("sessions", {}), "sinks": reply.get("sinks", [])}, indent=2) + "\n"
+    else:
+        text = reply["text"]
     if not args.output:
-        sys.stdout.write(reply["text"])
+        sys.stdout.write(text)
         return EXIT_OK
-    write_readable_file(args.output, reply["text"].encode())
+    write_readable_file(args.output, text.encode())
     return EXIT_OK
 
 

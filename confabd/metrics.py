@@ -190,6 +190,14 @@ class Metrics:
                  "last_delivery_at": clock_time(t.last_delivery) if t.last_delivery else None}
                 for sink, t, lag, down in totals]
 
+    @staticmethod
+    def states(rows: list[dict]) -> dict[str, int]:
+        """Sessions by state (every known state, 0 included), from status rows."""
+        states: dict[str, int] = dict.fromkeys(KNOWN_STATES, 0)
+        for row in rows:
+            states[str(row["state"])] = states.get(str(row["state"]), 0) + 1
+        return states
+
     # -- Prometheus ------------------------------------------------------------------
 
     @staticmethod
@@ -206,9 +214,7 @@ class Metrics:
                 out.append(f"{name}{{{shown}}} {value}" if shown else f"{name} {value}")
 
         family("confabd_build_info", "gauge", "The master's version.", [({"version": __version__}, 1)])
-        states: dict[str, int] = dict.fromkeys(KNOWN_STATES, 0)
-        for row in rows:
-            states[str(row["state"])] = states.get(str(row["state"]), 0) + 1
+        states = Metrics.states(rows)
         family("confabd_sessions", "gauge", "Sessions by state.", [({"state": s}, n) for s, n in states.items()])
 
         def per_sink(name, kind, text, value):

@@ -203,6 +203,8 @@ def test_metrics_after_a_real_sync_match_the_backend(cfd):
     assert [(t["sink"], t["lines_delivered"], t["bytes_delivered"], t["chunks"], t["worker_restarts"], t["errors"])
             for t in totals] == [(url, 33, sample(samples, "confabd_bytes_delivered_total", sink=url),
                                   sample(samples, "confabd_chunks_total", sink=url), 1, {"server_error": 1})]
+    as_json = json.loads(cfd.ctl("metrics", "--json").stdout)
+    assert as_json["sinks"] == cfd.status()["sinks"] and as_json["sessions"]["syncing"] == 3
     out = cfd.root / "textfile" / "confabd.prom"
     out.parent.mkdir()
     assert cfd.ctl("metrics", "--output", str(out)).returncode == 0
