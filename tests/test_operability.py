@@ -234,7 +234,9 @@ def test_the_detached_user_mode_master_rotates_its_log_file(cfd):
         assert len(names) <= 6  # confabd.log and LOG_BACKUPS (5) old ones
         for name in names:
             st = os.stat(logs / name)
-            assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_size <= 2048 + 400, (name, st.st_size)
+            # The master rotates before a record would pass 2048 bytes; a worker started before a
+            # rotation still appends its few lines to the file it inherited (README).
+            assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_size <= 2 * 2048, (name, st.st_size)
         assert "rotate-" in (logs / "confabd.log").read_text()  # the master writes to the new file
     finally:
         os.kill(pid, signal.SIGTERM)
