@@ -28,7 +28,7 @@ class Tally(msgspec.Struct, kw_only=True):
     chunks: int = 0
     errors: dict[str, int] = {}  # error_kind -> count
     reached_at: float = 0.0  # time.time() of the last request the sink answered (any answer)
-    unreachable_at: float = 0.0  # time.time() of the last request that could not reach it
+    unreachable_at: float = 0.0  # time.time() the last request that could not reach it was started
     unreachable: str = ""  # why, in a few words, when the last request could not reach it; "" otherwise
 
 
@@ -46,10 +46,11 @@ class MeteredSink:
             return value
 
         def call(*args, **kwargs):
+            started = time.time()
             try:
                 result = value(*args, **kwargs)
             except SinkError as exc:
-                self._failed(exc)
+                self._failed(exc, started)
                 raise
             self._answered()
             if name == "upload_chunk":
@@ -67,12 +68,14 @@ class MeteredSink:
         self._tally.reached_at = time.time()
         self._tally.unreachable = ""
 
-    def _failed(self, exc: SinkError) -> None:
+    def _failed(self, exc: SinkError, started: float) -> None:
         t = self._tally
         kind = error_kind(exc)
         t.errors = {**t.errors, kind: t.errors.get(kind, 0) + 1}
         if getattr(exc, "unreachable", ""):
-            t.unreachable_at = time.time()
+            # When it was tried, not when it failed: a refusal from just before the backend came
+            # back must not outdate an answer another session got since (backend_health.py).
+            t.unreachable_at = started
             t.unreachable = exc.unreachable
         else:  # it answered, with an error: reached all the same
             self._answered()
