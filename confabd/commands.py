@@ -40,6 +40,7 @@ HANDLERS = {
     control.Forget: "forget",
     control.Reload: "reload",
     control.Adopt: "adopt",
+    control.Metrics: "metrics",
 }
 
 
@@ -47,7 +48,7 @@ class Commands:
     def __init__(self, sessions: Sessions, tenancy, server: ControlServer, *,
                  describe_master: Callable[[], dict], shutdown: Callable[[], None],
                  reload: Callable[[], str] = lambda: "this master cannot reload its settings",
-                 adoption=None):
+                 adoption=None, meter=None):
         self.sessions = sessions
         self.tenancy = tenancy
         self.server = server
@@ -55,6 +56,7 @@ class Commands:
         self.request_shutdown = shutdown
         self.reload_settings = reload  # "" when the new settings were taken, else why not
         self.adoption = adoption  # confabd.adoption.Adoption: `adopt` (handover)
+        self.meter = meter  # confabd.metrics.Metrics: per-sink totals for status and `metrics`
 
     def handle(self, conn: Connection, request) -> Optional[dict]:
         """The reply to one request; None when the reply comes later (stop --wait)."""
@@ -79,7 +81,19 @@ class Commands:
                 return control.error(f"no session {request.external_id!r}")
             sessions = [session]
         return control.reply(master=self.describe_master(),
-                             sessions=[self.sessions.status_row(s) for s in sessions])
+                             sessions=[self.sessions.status_row(s) for s in sessions],
+                             sinks=self.meter.sinks_json(self.sink_totals(owner)) if self.meter else [])
+
+    def sink_totals(self, owner: int) -> list:
+        return self.meter.sink_totals(lambda o: self.tenancy.may_see(owner, o), self.sessions.visible_to(owner))
+
+    def metrics(self, conn: Connection, owner: int, request: control.Metrics) -> dict:
+        if self.meter is None:
+            return control.error("this master keeps no metrics")
+        rows = [self.sessions.status_row(s) for s in self.sessions.visible_to(owner)]
+        totals = self.sink_totals(owner)
+        return control.reply(text=self.meter.prometheus(rows, totals), sinks=self.meter.sinks_json(totals),
+                             sessions=self.meter.states(rows))
 
     def register(self, conn: Connection, owner: int, request: control.Register) -> Optional[dict]:
         try:

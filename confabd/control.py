@@ -90,7 +90,11 @@ class Adopt(Request, tag="adopt"):
     """Adopt the caller's States that this master does not run (`confabctl handover`)."""
 
 
-AnyRequest = Union[Register, Finish, Status, Ping, Shutdown, Retry, Forget, Reload, Adopt]
+class Metrics(Request, tag="metrics"):
+    """The Prometheus text of what `status` counts (confabd/metrics.py)."""
+
+
+AnyRequest = Union[Register, Finish, Status, Ping, Shutdown, Retry, Forget, Reload, Adopt, Metrics]
 
 _decoder = msgspec.json.Decoder(AnyRequest)
 _encoder = msgspec.json.Encoder()

@@ -331,6 +331,14 @@ def build_parser():
     p.add_argument("external_id", nargs="?", metavar="ID")
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
 
+    p = sub.add_parser("metrics", help="the master's numbers as Prometheus text (sessions by state, lines, "
+                                       "bytes, chunks, errors, restarts, lag; per sink)",
+                       description="Print the master's metrics in the Prometheus text format: the numbers "
+                                   "`status --json` shows. --output writes them atomically to a file instead "
+                                   "(mode 0644), e.g. node_exporter's textfile directory from a timer.")
+    p.add_argument("--output", metavar="FILE", help="write to FILE (atomically: a temporary file, then rename)")
+    p.add_argument("--json", action="store_true", help="the same numbers as JSON: sessions by state, per sink totals")
+
     p = sub.add_parser("ping", help="exit 0 if a master answers")
     p.add_argument("--json", action="store_true", help="print {pid, version, socket} as JSON")
     sub.add_parser("shutdown", help="ask the master to stop gracefully")
@@ -460,6 +468,8 @@ def cmd_status(args):
     if reply is None:
         return EXIT_FAIL
     result = {"master": reply["master"], "sessions": reply["sessions"]}
+    if "sinks" in reply:  # an older master has none
+        result["sinks"] = reply["sinks"]
     if args.json:
         import json
 
@@ -486,7 +496,7 @@ def use_colour():
 
 STATE_COLOURS = {"failed": "31", "backoff": "33", "unreachable": "33", "syncing": "32", "finishing": "36"}
 # Columns in the order they are dropped when the terminal is too narrow (first dropped first).
-DROPPABLE = ("PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER")
+DROPPABLE = ("SINK", "PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER")
 ROOM_FOR_ERROR = 20  # columns kept for the start of LAST ERROR
 SHORT_ID = 8  # like a short git hash: enough to tell sessions apart, `status ID` shows the whole one
 
@@ -502,10 +512,14 @@ def format_status(status, width=None, colour=False):
     if not sessions:
         lines.append("no sessions")
         return "\n".join(lines)
+    sinks = {s.get("sink") for s in sessions if s.get("sink")}
+    if len(sinks) == 1:  # where the lines go, said once (a column when sessions differ)
+        lines.append(fit("lines go to " + printable(describe_sink(sinks.pop())), width))
     wide = width is None or len(sessions) == 1
     rows = [status_row(s, wide) for s in sessions]
     columns = ["SESSION"] + (["USER"] if any("USER" in r for r in rows) else []) + [
-        "PROJECT", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "LAST SYNC", "LAST ERROR"]
+        "PROJECT", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "BEHIND", "LAST SYNC"] + (
+        ["SINK"] if sinks else []) + ["LAST ERROR"]
     table = [dict(zip(columns, columns))] + [{k: printable(v) for k, v in r.items()} for r in rows]
     for name in DROPPABLE:  # drop what matters least until the fixed columns leave room for an error
         if width is None or table_width(table, columns[:-1]) + 2 + ROOM_FOR_ERROR <= width:
@@ -532,11 +546,18 @@ def status_row(s, wide):
         "PROJECT": os.path.basename((s.get("cwd") or "").rstrip("/")) or "-",
         "STATE": s["state"], "WORKER": str(s.get("worker_pid") or "-"), "PARENT": str(s.get("parent_pid") or "-"),
         "RESTARTS": str(s.get("restarts", 0)), "LINES": str(sum(f.get("last_synced_line", 0) for f in files)),
+        "BEHIND": str(s["behind"]) if isinstance(s.get("behind"), int) else "-",
+        "SINK": describe_sink(s.get("sink") or "-"),
         "LAST SYNC": (s.get("last_sync_at") or "-").replace("T", " ")[:19], "LAST ERROR": s.get("last_error") or "",
     }
     if "uid" in s:
         row["USER"] = user_name(s["uid"])
     return row
+
+
+def describe_sink(sink):
+    """`archive:<path>` as "the local archive <path>"; a backend URL as it is."""
+    return f"the local archive {sink[len('archive:'):]}" if sink.startswith("archive:") else sink
 
 
 def user_name(uid):
@@ -580,6 +601,42 @@ def cmd_ping(args):
     else:
         print(f"confabd master {reply.get('pid')} (version {reply.get('version')}) is alive")
     return EXIT_OK
+
+
+def cmd_metrics(args):
+    reply = ask({"type": "metrics"})
+    if reply is None:
+        return EXIT_FAIL
+    if args.json:
+        import json
+
+        text = json.dumps({"sessions": reply.get("sessions", {}), "sinks": reply.get("sinks", [])}, indent=2) + "\n"
+    else:
+        text = reply["text"]
+    if not args.output:
+        sys.stdout.write(text)
+        return EXIT_OK
+    write_readable_file(args.output, text.encode())
+    return EXIT_OK
+
+
+def write_readable_file(path, data):
+    """`data` to `path` all at once (a reader never sees half a file), readable by others (0644):
+    node_exporter reads the textfile directory as its own user. The temporary name does not end
+    in .prom, so the collector never reads it."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, 0o644)  # whatever the umask
+            f.write(data)
+            f.flush()
+            os.fsync(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        fileio.unlink_if_present(tmp)
+        raise
 
 
 def cmd_shutdown(args):
@@ -699,7 +756,7 @@ def cmd_uninstall_hooks(args):
 COMMANDS = {
     "retry": lambda args: _verb("cmd_retry", args), "forget": lambda args: _verb("cmd_forget", args),
     "reload": lambda args: _verb("cmd_reload", args), "handover": lambda args: _verb("cmd_handover", args),
-    "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
+    "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "metrics": cmd_metrics, "ping": cmd_ping,
     "shutdown": cmd_shutdown, "save": cmd_save, "archive": cmd_archive,
     "list": cmd_list, "redaction-test": cmd_redaction_test, "doctor": cmd_doctor, "login": cmd_login, "logout": cmd_logout, "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
 }

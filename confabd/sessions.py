@@ -143,6 +143,9 @@ class Sessions:
         self.table: dict[tuple[int, str], Session] = {}
         self.stopping = False  # shutdown: no new sessions, no restarts
         self.on_slot_freed: Callable[[int], None] = lambda owner: None  # adoption.py: a session ended
+        # metrics.py: every report (counts, reachability), and what a status row adds from them
+        self.on_report_taken: Callable[[Session, worker_api.Report], None] = lambda session, report: None
+        self.delivery_fields: Callable[[Session], dict] = lambda session: {}
 
     # -- looking up ----------------------------------------------------------------
 
@@ -190,7 +193,7 @@ class Sessions:
             "files": files,
             "last_sync_at": (report and report.last_sync_at) or None,
             "last_error": session.last_error or (report and report.last_error) or None,
-        } | self.tenancy.describe_owner(session.owner)
+        } | self.delivery_fields(session) | self.tenancy.describe_owner(session.owner)
 
     # -- beginnings ----------------------------------------------------------------
 
@@ -315,6 +318,7 @@ class Sessions:
                 continue
             if isinstance(message, worker_api.Report):
                 self.take_report(session, message)
+                self.on_report_taken(session, message)
         if eof:
             self.unregister(session.pipe)  # the sentinel tells the rest
 

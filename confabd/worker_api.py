@@ -14,8 +14,9 @@ Master -> worker (bytes of `encode(...)` via conn.send_bytes):
     Retry()    `confabctl retry`: the sink rebuilt and the backoff dropped, at once.
 
 Worker -> master:
-    Report     sent on every phase change and after each sync cycle, so
-               `confabctl status` can answer without touching user files.
+    Report     sent on every phase change and after each sync cycle (and while
+               backing off, when the files grew), so `confabctl status` and
+               the metrics can answer without touching user files.
     Heartbeat  sent while the worker waits, so that the master hears from it at
                least every `worker_timeout_s / 3` (`heartbeat_interval`); a
                worker silent for `worker_timeout_s` is hung: the master kills
@@ -45,6 +46,7 @@ from typing import Any, Optional, Union
 import msgspec
 
 from .config import Settings
+from .delivery import Tally
 from .privileges import User
 
 class Phase(str, enum.Enum):
@@ -120,8 +122,11 @@ class Report(msgspec.Struct, tag="report", frozen=True, kw_only=True):
     phase: Phase  # never BACKOFF or FAILED: those are the master's
     confab_session_id: str = ""
     files: dict[str, int] = {}  # file name -> last_synced_line
-    last_sync_at: str = ""
+    last_sync_at: str = ""  # the last time the sink confirmed lines (not an idle pass)
     last_error: str = ""
+    sink: str = ""  # where the lines go: the backend URL or archive:<path> (delivery.sink_target)
+    complete: dict[str, int] = {}  # file name -> complete lines in the file (backlog.py)
+    tally: Tally = msgspec.field(default_factory=Tally)  # this worker's counts since it started
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
