@@ -45,6 +45,7 @@ class Register(Request, tag="register"):
     parent_pid: int = 0
     claude_pid_hint: int = 0
     hook_pid: int = 0
+    provider: str = "claude-code"  # the agent that announced the session (confabd.providers)
 
 
 class Finish(Request, tag="finish"):

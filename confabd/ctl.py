@@ -51,10 +51,15 @@ class HookError(Exception):
 
 
 def hook(args):
+    provider, args = hook_provider(args)
+    if provider == "codex":
+        return hook_codex(args)
     sys.stdout.write(HOOK_RESPONSE + "\n")
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
     try:
+        if provider != "claude-code":
+            raise HookError(f"unknown --provider {provider!r} (expected claude-code or codex)")
         if event in ("session-start", "user-prompt-submit"):
             # Every prompt registers too (a no-op while a worker runs): a session whose SessionStart
             # never reached a master (hooks installed mid-session, --teleport, a refusal) is caught.
@@ -70,6 +75,49 @@ def hook(args):
         if isinstance(exc, SystemExit) and not exc.code:
             return 0
         err(f"hook {event or '?'}: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
+def hook_provider(args):
+    """(`--provider NAME` of a hook command line, default claude-code; the other words)."""
+    rest, provider = [], "claude-code"
+    words = iter(args)
+    for word in words:
+        if word == "--provider":
+            provider = next(words, "")
+        elif word.startswith("--provider="):
+            provider = word.partition("=")[2]
+        else:
+            rest.append(word)
+    return provider, rest
+
+
+def hook_codex(args):
+    """Codex's SessionStart (see confabd.providers.codex.hook); Codex has no end hook to honour."""
+    from .providers.codex import hook as codex
+
+    sys.stdout.write(codex.RESPONSE + "\n")
+    sys.stdout.flush()
+    event = args[0] if len(args) == 1 else ""
+    try:
+        if event != "session-start":
+            raise HookError(f"{' '.join(args) or 'no event'!r} is not used for codex: only session-start is "
+                            "(a Codex session ends when its codex process exits); remove that hook from "
+                            "config.toml")
+        payload = read_hook_input()[3]
+        try:
+            external_id, transcript, cwd = codex.announce(payload, home=paths.home_dir())
+        except codex.rollouts.BadRollout as exc:
+            raise HookError(f"invalid Codex hook input: {exc}; ignored") from None
+        except codex.Skip as exc:
+            raise HookError(str(exc)) from None
+        register(external_id, transcript, cwd, "codex")
+    except HookError as exc:
+        err(f"hook {event or '?'} --provider codex: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a hook must never fail Codex
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        err(f"hook {event or '?'} --provider codex: unexpected {type(exc).__name__}: {exc}")
     return 0
 
 
@@ -123,13 +171,19 @@ def claude_pid_hint():
 
 def hook_session_start(hook_input):
     session_id, transcript, cwd, _payload = hook_input
+    register(session_id, transcript, cwd, "claude-code")
+
+
+def register(session_id, transcript, cwd, provider):
     message = {"type": "register", "external_id": session_id, "transcript_path": transcript,
                "cwd": cwd, "parent_pid": os.getppid(), "claude_pid_hint": claude_pid_hint(),
                "hook_pid": os.getpid()}
+    if provider != "claude-code":  # an older master does not know the field: say it only when needed
+        message["provider"] = provider
     try:
         reply = request_with_autostart(message)
     except (client.NoMaster, client.ProtocolError, OSError) as exc:
-        state = write_fallback_state(session_id, transcript, cwd)
+        state = write_fallback_state(session_id, transcript, cwd, provider)
         raise HookError(f"{exc}; the session is recorded in {state} for the next master") from None
     if not reply.get("ok"):
         raise HookError(f"the master refused the session: {reply.get('error')}")
@@ -220,20 +274,21 @@ def append_session_end(session_id, payload):
     return path
 
 
-def write_fallback_state(session_id, transcript, cwd):
+def write_fallback_state(session_id, transcript, cwd, provider="claude-code"):
     """A State file for a session no master took, so the next master adopts it.
 
     The rare path: it may import psutil to record which Claude Code (pid and
     create time) ran the hook, so the next master watches the right process.
     """
     from .parents import find_claude
+    from .providers import get
 
     directory = fileio.ensure_private_dir(sync_dir())
     path = paths.state_path(directory, session_id)
     if os.path.exists(path):
         return path
-    parent_pid, create_time = find_claude(os.getpid(), os.getppid(), claude_pid_hint())
-    state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd,
+    parent_pid, create_time = find_claude(os.getpid(), os.getppid(), claude_pid_hint(), get(provider).parent_re)
+    state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd, "provider": provider,
              "inbox_path": paths.inbox_path(directory, session_id), "started_at": utc_now()}
     if parent_pid:
         state.update(parent_pid=parent_pid, parent_create_time=create_time)
@@ -271,6 +326,8 @@ def build_parser():
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
                     "(final sync, then the session_end event), without waiting for the upload.")
     p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
+    p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex"],
+                   help="the agent that runs the hook (codex: only session-start; docs/PROVIDERS.md)")
 
     # `register` says what it does (people expect `start` to start the daemon); `start` still works.
     p = sub.add_parser("register", aliases=["start"],
@@ -334,8 +391,11 @@ def build_parser():
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
         p = sub.add_parser(name, help=f"{text} the SessionStart/UserPromptSubmit/SessionEnd hooks in "
                                       "~/.claude/settings.json")
-        p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json)")
+        p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json; "
+                                                          "with --provider codex, $CODEX_HOME/config.toml)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
+        p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex"],
+                       help="whose hooks: Claude Code's (the default) or Codex's SessionStart hook")
     return parser
 
 
@@ -637,12 +697,20 @@ def cmd_logout(args):
 
 
 def cmd_install_hooks(args):
+    if args.provider == "codex":
+        from .providers.codex import install
+
+        return install.install(args.settings, hook_command_prefix(), args.dry_run)
     from .hooks_install import install_hooks
 
     return install_hooks(args.settings, hook_command_prefix(), args.dry_run)
 
 
 def cmd_uninstall_hooks(args):
+    if args.provider == "codex":
+        from .providers.codex import install
+
+        return install.uninstall(args.settings, args.dry_run)
     from .hooks_install import uninstall_hooks
 
     return uninstall_hooks(args.settings, args.dry_run)

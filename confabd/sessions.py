@@ -85,6 +85,7 @@ class Registration(msgspec.Struct, frozen=True):
     cwd: str = ""
     parent_pid: int = 0  # its Claude Code, 0: not watched
     parent_create_time: float = 0.0
+    provider: str = "claude-code"  # the agent (confabd.providers)
 
 
 class Session:
@@ -95,6 +96,7 @@ class Session:
         self.owner = registration.owner  # who it belongs to (tenancy.py): its worker runs as them
         self.transcript_path = registration.transcript_path
         self.cwd = registration.cwd
+        self.provider = registration.provider
         self.parent_pid = registration.parent_pid
         self.parent_create_time = registration.parent_create_time
         self.parent_fd: Optional[int] = None  # a pidfd: readable when the parent exits
@@ -180,6 +182,7 @@ class Sessions:
         files = {name: {"last_synced_line": n} for name, n in (report.files if report else {}).items()}
         return {
             "external_id": session.external_id,
+            "provider": session.provider,
             "state": session.phase,
             "worker_pid": session.proc.pid if session.proc else None,
             "parent_pid": session.parent_pid or None,
@@ -222,7 +225,7 @@ class Sessions:
         elif parent_pid and not same_process(parent_pid, create_time):
             finish_reason = finish_reason or worker_api.parent_gone(parent_pid)
         session = Session(Registration(owner, state.external_id, state.transcript_path, state.cwd,
-                                       parent_pid, create_time))
+                                       parent_pid, create_time, state.provider))
         session.restarts = state.worker_restarts
         session.confab_session_id = state.confab_session_id
         session.end_hook_input = hook_input
@@ -257,7 +260,7 @@ class Sessions:
             external_id=session.external_id, transcript_path=session.transcript_path,
             sync_dir=where.sync_dir, home=where.home, settings=where.settings, run_as=where.run_as,
             cwd=session.cwd, parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
-            restarts=session.restarts, finish_reason=session.finish_reason,
+            provider=session.provider, restarts=session.restarts, finish_reason=session.finish_reason,
             end_hook_input=session.end_hook_input)
         master_end, worker_end = self.ctx.Pipe(duplex=True)
         inherited = self.inherited_fds() + [master_end.fileno()]

@@ -34,7 +34,7 @@ from typing import Optional
 
 import msgspec
 
-from . import privileges, worker_api as api
+from . import privileges, providers, worker_api as api
 from .worker_api import Phase
 from .config import ConfigError, load_backend_config
 from .engine import SessionSync
@@ -345,6 +345,8 @@ class SessionWorker:
         the live inbox for that run's worker.
         """
         records = self._valid_session_ends(self.sync_dir.claim_inbox(self.spec.external_id))
+        if not engine.provider.posts_session_end:  # e.g. Codex: the backend never hears of an end
+            return
         if records:
             mine, later = records[0], records[1:]
             timestamp, payload = mine.timestamp or utc_now(), dict(mine.hook_input)
@@ -531,6 +533,7 @@ class SessionWorker:
             pending_agents=self.state.pending_agents,
             on_agents_named=self._save_state,
             chunk_cap=self.settings.max_chunks_per_file,
+            provider=providers.get(self.spec.provider),
         )
 
     def _drop_engine(self, error: str) -> None:
@@ -554,6 +557,7 @@ class SessionWorker:
             external_id=spec.external_id,
             transcript_path=spec.transcript_path,
             cwd=spec.cwd or (old.cwd if old else ""),
+            provider=spec.provider,
             pid=os.getpid(),
             parent_pid=spec.parent_pid,
             inbox_path=self.sync_dir.inbox_path(spec.external_id),

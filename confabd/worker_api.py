@@ -92,6 +92,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     home: str
     settings: Settings
     cwd: str = ""
+    provider: str = "claude-code"  # the agent (confabd.providers): what the engine asks about its files
     parent_pid: int = 0
     parent_create_time: float = 0.0
     restarts: int = 0

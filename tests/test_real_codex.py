@@ -1,0 +1,127 @@
+"""End to end with the real Codex CLI (npm @openai/codex, pinned in tests/codex.py).
+
+Codex talks to a fake Responses API on 127.0.0.1; its SessionStart hook is installed in its
+config.toml by the real `confabctl install-hooks --provider codex` (with the trust hash Codex
+checks: a wrong one makes it skip the hook silently); a real master ships to the FakeBackend.
+The first run installs Codex with npm (424 MB; skipped when npm cannot reach the registry,
+a failure under CI=true); later runs reuse tests/.cache/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.codex import FakeResponses, codex_env, codex_home, install
+from tests.conftest import PYTHON
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def codex_bin() -> Path:
+    return install()
+
+
+@pytest.fixture
+def api():
+    with FakeResponses() as fake:
+        yield fake
+
+
+class RealCodex:
+    def __init__(self, cfd, api: FakeResponses, binary: Path):
+        self.cfd, self.binary = cfd, binary
+        self.directory = codex_home(cfd.home, api.url)
+        self.env = codex_env(cfd.env, cfd.home, self.directory)
+        self.project = cfd.root / "work"
+        self.project.mkdir()
+        self.procs: list[subprocess.Popen] = []
+
+    def install_hooks(self) -> None:
+        r = self.cfd.ctl("install-hooks", "--provider", "codex", env=self.env)
+        assert r.returncode == 0, r.stderr
+        config = (self.directory / "config.toml").read_text()
+        assert "# the user's own settings, kept by install-hooks" in config and "hooks = true" in config
+        assert "hook session-start --provider codex" in config and "trusted_hash" in config
+
+    def exec(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen([str(self.binary), "exec", "--skip-git-repo-check", "--sandbox", "read-only", *args],
+                                cwd=self.project, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.procs.append(proc)
+        out, err = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def rollouts(self) -> list[Path]:
+        return sorted((self.directory / "sessions").rglob("rollout-*.jsonl"))
+
+    def close(self) -> None:
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait(10)
+
+
+@pytest.fixture
+def codex(cfd, api, codex_bin):
+    real = RealCodex(cfd, api, codex_bin)
+    real.install_hooks()
+    yield real
+    real.close()
+
+
+def session_id_of(rollout: Path) -> str:
+    return rollout.name[-len("xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx.jsonl"):-len(".jsonl")]
+
+
+def wait_shipped(cfd, eid: str, rollout: Path, timeout: float = 30.0) -> None:
+    """The session finished (its codex exited) with the whole rollout at the backend."""
+    cfd.backend.wait_for(lambda: cfd.backend.file_bytes(eid, rollout.name) == rollout.read_bytes(), timeout=timeout)
+    wait_until(lambda: cfd.session(eid) is None, timeout, what="the session to finish after codex exited")
+    wait_until(lambda: not cfd.state_file(eid).exists(), timeout, what="its State to be removed")
+
+
+def test_codex_exec_ships_every_rollout_line_once(cfd, codex, api):
+    """`codex exec`: the hook registers the rollout, the master ships it, codex's exit ends it."""
+    backend = cfd.backend
+    cfd.master()
+    r = codex.exec("say hello")
+    assert r.returncode == 0 and "hello from fake" in r.stdout, r.stderr[-2000:]
+    assert api.requests("/responses"), "codex never asked the fake model"
+    [rollout] = codex.rollouts()
+    eid = session_id_of(rollout)
+    wait_shipped(cfd, eid, rollout)
+
+    data = rollout.read_bytes()
+    assert backend.lines(eid, rollout.name) == data.decode().splitlines()  # every line, once, in order
+    assert backend.file_types(eid) == {rollout.name: "transcript"}
+    assert backend.provider(eid) == "codex"
+    assert backend.events(eid) == []  # Codex has no end hook: no session_end is made up
+    meta = backend.metadata(eid)
+    assert meta["first_user_message"] == "say hello"  # codex exec writes no user_message line
+    assert meta["cwd"] == str(codex.project)
+    [sidecar] = backend.codex_rollouts()
+    assert sidecar["thread_uuid"] == eid and sidecar["rollout_path"] == str(rollout)
+    assert "parent_thread_uuid" not in sidecar and sidecar["source"] == "exec"
+
+    # resumed: the same rollout grows; only the new lines are sent
+    before = backend.chunk_counts(eid)[rollout.name]
+    r = codex.exec("resume", eid, "again")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert codex.rollouts() == [rollout] and rollout.read_bytes() != data
+    wait_shipped(cfd, eid, rollout)
+    assert backend.lines(eid, rollout.name) == rollout.read_text().splitlines()
+    assert backend.chunk_counts(eid)[rollout.name] > before
+    # one row; the sidecar rode on the first chunk of each worker's run (the resumed session's worker
+    # cannot know whether the finished one's sidecar was recorded: the upsert is idempotent)
+    assert len(backend.codex_rollouts()) == 1 and backend.sidecar_chunks() == 2
