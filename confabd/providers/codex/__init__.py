@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from typing import Any, Optional
 
 import msgspec
@@ -32,7 +31,6 @@ from . import rollouts
 
 log = logging.getLogger(__name__)
 
-SCAN_INTERVAL_S = 1.0  # the engine asks after every delivery round; the DB is asked at most this often
 # The server's limits on codex_rollout's fields (ValidateCodexRolloutMetadata).
 FIELD_LIMITS = {"rollout_path": 8192, "cwd": 8192, "model": 255, "source": 64, "thread_source": 255,
                 "agent_path": 8192, "agent_role": 255, "agent_nickname": 255}
@@ -52,11 +50,11 @@ class CodexLayout(Layout):
         self.db = rollouts.StateDB(rollouts.state_db_path(self.directory, {})) if self.directory else None
         self.children: dict[str, dict] = {}  # file name -> its DB row (+ "source")
         self.refused: set[str] = set()  # rollout paths that are not agent files (logged once)
-        self.scanned_at = float("-inf")
 
     def scan(self) -> dict[str, str]:
-        if self.db is not None and time.monotonic() - self.scanned_at >= SCAN_INTERVAL_S:
-            self.scanned_at = time.monotonic()
+        # Asked after every delivery round (a final sync included): one indexed local query, so
+        # not rate-limited, or a subagent that started just before the end could be missed.
+        if self.db is not None:
             for row in self.db.subtree(self.root):
                 self._consider(row)
         return {name: row["rollout_path"] for name, row in self.children.items()}
