@@ -98,6 +98,8 @@ class FakeResponses:
 
     def __init__(self, reply: str = "hello from fake"):
         self.reply = reply
+        self.released = threading.Event()  # cleared: every model request waits (a turn in progress)
+        self.released.set()
         self.log: list[dict] = []
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -110,6 +112,7 @@ class FakeResponses:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(5)
@@ -147,6 +150,7 @@ class FakeResponses:
                     self._send(404, b'{"error": {"message": "not here"}}')
                     return
                 n = len(api.requests("/responses"))
+                api.released.wait(120)
                 events = [
                     {"type": "response.created", "response": {"id": f"resp_{n}"}},
                     {"type": "response.output_item.done",

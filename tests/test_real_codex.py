@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.codex import FakeResponses, codex_env, codex_home, install
@@ -59,6 +60,13 @@ class RealCodex:
         self.procs.append(proc)
         out, err = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def start(self, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([str(self.binary), "exec", "--skip-git-repo-check", "--sandbox", "read-only", *args],
+                                cwd=self.project, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        return proc
 
     def rollouts(self) -> list[Path]:
         return sorted((self.directory / "sessions").rglob("rollout-*.jsonl"))
@@ -125,3 +133,47 @@ def test_codex_exec_ships_every_rollout_line_once(cfd, codex, api):
     # one row; the sidecar rode on the first chunk of each worker's run (the resumed session's worker
     # cannot know whether the finished one's sidecar was recorded: the upsert is idempotent)
     assert len(backend.codex_rollouts()) == 1 and backend.sidecar_chunks() == 2
+
+
+def test_a_master_killed_mid_session_is_replaced_and_codex_killed_ends_the_session(cfd, codex, api):
+    """kill -9 of the master while Codex waits for its model: the next master adopts the session as
+    a Codex one (State keeps the provider) and watches the same codex; kill -9 of codex then ends it,
+    with every line written so far shipped once."""
+    backend = cfd.backend
+    first = cfd.master()
+    api.released.clear()
+    proc = codex.start("a long task")
+    wait_until(lambda: codex.rollouts() and cfd.session(session_id_of(codex.rollouts()[0])), 60,
+               what="codex to start its session")
+    [rollout] = codex.rollouts()
+    eid = session_id_of(rollout)
+    wait_until(lambda: api.requests("/responses"), 60, what="codex to ask its model")
+    backend.wait_for(lambda: backend.file_bytes(eid, rollout.name) == rollout.read_bytes(), timeout=30)
+    parent = cfd.session(eid)["parent_pid"]
+    assert psutil.Process(parent).name() == "codex"  # the Rust binary, child of the node wrapper
+    first.kill9()
+    cfd.master()
+    adopted = cfd.session(eid)
+    assert adopted["provider"] == "codex" and adopted["parent_pid"] == parent
+    os.kill(parent, signal.SIGKILL)
+    wait_shipped(cfd, eid, rollout)
+    assert backend.lines(eid, rollout.name) == rollout.read_text().splitlines()
+    assert backend.events(eid) == [] and len(backend.codex_rollouts()) == 1
+
+
+def test_a_fork_is_shipped_as_its_own_session(cfd, codex, api):
+    """`codex exec fork` fires SessionStart with source "fork", which the Go client's matcher
+    (startup|resume|clear) does not match: ours does, and the fork's new rollout is its own session."""
+    backend = cfd.backend
+    cfd.master()
+    assert codex.exec("say hello").returncode == 0
+    [origin] = codex.rollouts()
+    wait_shipped(cfd, session_id_of(origin), origin)
+    r = codex.exec("fork", session_id_of(origin), "and now?")
+    assert r.returncode == 0, r.stderr[-2000:]
+    [fork] = [p for p in codex.rollouts() if p != origin]
+    fork_id = session_id_of(fork)
+    wait_shipped(cfd, fork_id, fork)
+    assert backend.lines(fork_id, fork.name) == fork.read_text().splitlines()
+    assert backend.session_id(fork_id) != backend.session_id(session_id_of(origin))
+    assert backend.lines(session_id_of(origin), origin.name) == origin.read_text().splitlines()  # untouched
