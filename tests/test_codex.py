@@ -232,6 +232,43 @@ def test_links_and_foreign_rollouts_named_by_the_db_are_not_read(backend, tree, 
     assert set(backend.files(root)) == {root_path.name}
 
 
+def test_a_compressed_subagent_rollout_is_shipped_decompressed_under_its_plain_name(backend, tree, tmp_path,
+                                                                                    monkeypatch):
+    import zstandard
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root, root_path = tree.rollout()
+    child, child_path = tree.rollout(parent=root, thread_source="subagent")
+    plain = child_path.read_bytes()
+    compressed = child_path.with_name(child_path.name + ".zst")
+    compressed.write_bytes(zstandard.ZstdCompressor().compress(plain))
+    child_path.unlink()
+    with sqlite3.connect(tree.db) as conn:
+        conn.execute("UPDATE threads SET rollout_path = ? WHERE id = ?", (str(compressed), child))
+    conn.close()
+    engine(backend, root, root_path).sync_until_idle()
+    assert backend.file_bytes(root, child_path.name) == plain and set(backend.files(root)) == {
+        root_path.name, child_path.name}
+    copy = tmp_path / "home" / ".confab" / "codex" / root / child_path.name
+    assert copy.read_bytes() == plain and oct(copy.stat().st_mode & 0o777) == "0o600"
+    [row] = [r for r in backend.codex_rollouts() if r["thread_uuid"] == child]
+    assert row["rollout_path"] == str(compressed)  # where Codex keeps it
+    # a resumed subagent gets a plain rollout again (Codex prefers it): read from there, same backend file
+    child_path.write_bytes(plain + b'{"type":"event_msg","payload":{"type":"agent_message","message":"more"}}\n')
+    engine(backend, root, root_path).sync_until_idle()
+    assert backend.file_bytes(root, child_path.name) == child_path.read_bytes()
+
+
+def test_a_compressed_root_without_a_plain_rollout_is_not_followed(tree):
+    thread, path = tree.rollout()
+    compressed = path.with_name(path.name + ".zst")
+    path.rename(compressed)
+    with pytest.raises(hook.Skip, match="compressed"):
+        hook.announce(payload(thread, compressed), env=tree.env())
+    path.write_text(compressed.read_text())  # not really compressed: only the plain one is read
+    assert hook.announce(payload(thread, compressed), env=tree.env())[1] == str(path)
+
+
 def test_the_title_of_a_codex_exec_session_comes_from_its_user_message_item(backend, tree):
     """codex 0.171 `exec` writes no event_msg/user_message: the item_completed UserMessage names the prompt."""
     root, root_path = tree.rollout(lines=0)

@@ -11,6 +11,9 @@
 - Sidecar: `codex_rollout` (records.CodexRollout) rides on each rollout's first chunk, and on every
   later one until a chunk carrying it was accepted (the server commits the lines before it records
   the sidecar, so a sidecar's 500 would otherwise lose it for good).
+- Compressed rollouts (`X.jsonl.zst`, Codex's own compression): shipped as `X.jsonl`, read from the
+  plain sibling when there is one, else from a private decompressed copy (~/.confab/codex/<root>/),
+  made once per compressed file (it never changes: Codex compresses finished rollouts).
 - Title: `codex exec` writes no `event_msg`/`user_message` line; the prompt is then taken from the
   `item_completed` UserMessage, else the first user `response_item` that is not Codex's own context.
 """
@@ -23,7 +26,9 @@ import re
 from typing import Any, Optional
 
 import msgspec
+import zstandard
 
+from ... import fileio
 from ...metadata import FIRST_MESSAGE_MAX_BYTES, clean_text, cut_utf8
 from ...records import CodexRollout
 from ..base import Facts, Layout, Provider
@@ -42,6 +47,10 @@ def sidecar(**fields: str) -> CodexRollout:
                            for k, v in fields.items()})
 
 
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)
+
+
 class CodexLayout(Layout):
     def __init__(self, transcript_path: str, external_id: str):
         self.transcript_path = transcript_path
@@ -57,11 +66,11 @@ class CodexLayout(Layout):
         if self.db is not None:
             for row in self.db.subtree(self.root):
                 self._consider(row)
-        return {name: row["rollout_path"] for name, row in self.children.items()}
+        return {name: row["local_path"] for name, row in self.children.items()}
 
     def _consider(self, row: dict) -> None:
-        path = row["rollout_path"]
-        name = os.path.basename(path)
+        path = rollouts.plain_sibling(row["rollout_path"])
+        name = rollouts.plain_name(path)
         if name in self.children or path in self.refused or path == self.transcript_path:
             return
         try:
@@ -71,13 +80,31 @@ class CodexLayout(Layout):
             return
         if not rollouts.regular_file(path):
             return  # not written yet (or a symlink: never followed); asked again next scan
+        if path.endswith(rollouts.ZST):
+            try:
+                path = self._decompressed(path, name)
+            except (OSError, zstandard.ZstdError) as exc:
+                self._refuse(path, f"cannot decompress it ({exc})")
+                return
         meta = rollouts.session_meta(path)
         if meta is None:
             return
         if thread != row["thread_uuid"] or (meta and rollouts.is_user_session(meta)):
             self._refuse(path, "not a subagent thread of this session")
             return
-        self.children[name] = dict(row, source=rollouts.flatten_source(meta.get("source")))
+        self.children[name] = dict(row, source=rollouts.flatten_source(meta.get("source")), local_path=path)
+
+    def _decompressed(self, path: str, name: str) -> str:
+        """A private plain copy of a compressed rollout, made once (atomically: a kill leaves none)."""
+        cache = fileio.ensure_private_dir(os.path.join(os.path.expanduser("~"), ".confab", "codex", self.root))
+        target = os.path.join(cache, name)
+        if rollouts.regular_file(target) and os.stat(target).st_mtime >= os.stat(path).st_mtime:
+            return target
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as src, open(target + ".tmp", "wb", opener=_private) as dst:
+            zstandard.ZstdDecompressor().copy_stream(src, dst)
+        os.replace(target + ".tmp", target)
+        return target
 
     def _refuse(self, path: str, why: str) -> None:
         self.refused.add(path)
@@ -88,13 +115,14 @@ class CodexLayout(Layout):
             return None
         self.scan()
         row = self.children.get(file_name)
-        return row["rollout_path"] if row else None
+        return row["local_path"] if row else None
 
     def owns(self, file_name: str, path: str) -> bool:
         return self.locate(file_name) == path
 
     def is_side_file_name(self, file_name: str) -> bool:
-        return isinstance(file_name, str) and rollouts.ROLLOUT_RE.match(file_name) is not None
+        return (isinstance(file_name, str) and rollouts.ROLLOUT_RE.match(file_name) is not None
+                and not file_name.endswith(rollouts.ZST))
 
     def chunk_extras(self, file_name: str, file_type: str, path: str) -> Optional[dict[str, Any]]:
         if file_type == "transcript":

@@ -41,6 +41,10 @@ def announce(payload: dict, env=None, home: str = "") -> tuple[str, str, str]:
         except rollouts.BadRollout:
             root, root_path = thread, path  # the DB names nothing usable: ship the firing session
         path, thread = root_path, root
+    path = rollouts.plain_sibling(path)
+    if path.endswith(rollouts.ZST):
+        raise Skip(f"rollout {path} is compressed and has no plain .jsonl beside it: a finished session, "
+                   "not one to follow (its subagents' compressed rollouts are read, docs/PROVIDERS.md)")
     meta = rollouts.session_meta(path)
     if meta and not rollouts.is_user_session(meta):
         raise Skip(f"rollout {path} is a {meta.get('thread_source') or 'agent'} thread, not a user's session; "

@@ -21,7 +21,8 @@ import stat
 import time
 
 UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-ROLLOUT_RE = re.compile(r"rollout-.+-(" + UUID + r")\.jsonl\Z")
+ROLLOUT_RE = re.compile(r"rollout-.+-(" + UUID + r")\.jsonl(?:\.zst)?\Z")  # Codex may compress rollouts
+ZST = ".zst"
 UUID_RE = re.compile(UUID + r"\Z")
 MAX_WALK = 16  # hops from a subagent to its root, as the Go client
 EDGE_RETRIES, EDGE_RETRY_S = 5, 0.05  # a subagent's SessionStart can come before its edge row
@@ -67,6 +68,19 @@ def check_rollout_path(path: object, directory: str) -> str:
             return match.group(1)
     raise BadRollout(f"transcript_path {path!r} is not under the Codex sessions directory {sessions} "
                      "(CODEX_HOME or CONFAB_CODEX_DIR moves it)")
+
+
+def plain_name(path: str) -> str:
+    """A rollout's base name as shipped: `X.jsonl` also for `X.jsonl.zst` (one backend file either way)."""
+    name = os.path.basename(path)
+    return name[: -len(ZST)] if name.endswith(ZST) else name
+
+
+def plain_sibling(path: str) -> str:
+    """For `X.jsonl.zst`, `X.jsonl` when it exists (Codex prefers it too); else `path`."""
+    if path.endswith(ZST) and regular_file(path[: -len(ZST)]):
+        return path[: -len(ZST)]
+    return path
 
 
 def regular_file(path: str) -> bool:
