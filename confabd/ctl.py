@@ -54,12 +54,14 @@ def hook(args):
     provider, args = hook_provider(args)
     if provider == "codex":
         return hook_codex(args)
+    if provider == "cursor":
+        return hook_cursor(args)
     sys.stdout.write(HOOK_RESPONSE + "\n")
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
     try:
         if provider != "claude-code":
-            raise HookError(f"unknown --provider {provider!r} (expected claude-code or codex)")
+            raise HookError(f"unknown --provider {provider!r} (expected claude-code, codex or cursor)")
         if event in ("session-start", "user-prompt-submit"):
             # Every prompt registers too (a no-op while a worker runs): a session whose SessionStart
             # never reached a master (hooks installed mid-session, --teleport, a refusal) is caught.
@@ -121,7 +123,35 @@ def hook_codex(args):
     return 0
 
 
-def read_hook_input():
+def hook_cursor(args):
+    """Cursor's sessionStart/sessionEnd (see confabd.providers.cursor.hook)."""
+    from .providers.cursor import hook as cursor
+
+    sys.stdout.write(cursor.RESPONSE + "\n")
+    sys.stdout.flush()
+    event = args[0] if len(args) == 1 else ""
+    try:
+        if event not in ("session-start", "session-end"):
+            raise HookError(f"usage: confabctl hook session-start|session-end --provider cursor (got {' '.join(args)!r})")
+        payload = read_hook_input(require_location=False)[3]
+        try:
+            session_id, transcript, cwd, model = cursor.announce(payload, home=paths.home_dir())
+        except cursor.BadInput as exc:
+            raise HookError(f"invalid Cursor hook input: {exc}; ignored") from None
+        if event == "session-start":
+            register(session_id, transcript, cwd, "cursor", model)
+        else:
+            hook_session_end((session_id, transcript, cwd, cursor.end_payload(payload, transcript)))
+    except HookError as exc:
+        err(f"hook {event or '?'} --provider cursor: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a hook must never fail Cursor
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        err(f"hook {event or '?'} --provider cursor: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
+def read_hook_input(require_location=True):
     """(session_id, transcript_path, cwd, payload) from the hook JSON on stdin."""
     if sys.stdin is None or sys.stdin.isatty():
         raise HookError("no hook input: expected Claude Code's hook JSON on stdin")
@@ -144,7 +174,7 @@ def read_hook_input():
                         "[A-Za-z0-9._-], not starting with '.'; ignored")
     cwd = payload.get("cwd") if isinstance(payload.get("cwd"), str) else ""
     transcript = payload.get("transcript_path")
-    if not isinstance(transcript, str) or not transcript:
+    if (not isinstance(transcript, str) or not transcript) and require_location:
         if not cwd:
             raise HookError("hook input has neither transcript_path nor cwd; ignored")
         transcript = default_transcript_path(cwd, session_id)
@@ -174,16 +204,18 @@ def hook_session_start(hook_input):
     register(session_id, transcript, cwd, "claude-code")
 
 
-def register(session_id, transcript, cwd, provider):
+def register(session_id, transcript, cwd, provider, model=""):
     message = {"type": "register", "external_id": session_id, "transcript_path": transcript,
                "cwd": cwd, "parent_pid": os.getppid(), "claude_pid_hint": claude_pid_hint(),
                "hook_pid": os.getpid()}
     if provider != "claude-code":  # an older master does not know the field: say it only when needed
         message["provider"] = provider
+    if model:
+        message["model"] = model
     try:
         reply = request_with_autostart(message)
     except (client.NoMaster, client.ProtocolError, OSError) as exc:
-        state = write_fallback_state(session_id, transcript, cwd, provider)
+        state = write_fallback_state(session_id, transcript, cwd, provider, model)
         raise HookError(f"{exc}; the session is recorded in {state} for the next master") from None
     if not reply.get("ok"):
         raise HookError(f"the master refused the session: {reply.get('error')}")
@@ -274,7 +306,7 @@ def append_session_end(session_id, payload):
     return path
 
 
-def write_fallback_state(session_id, transcript, cwd, provider="claude-code"):
+def write_fallback_state(session_id, transcript, cwd, provider="claude-code", model=""):
     """A State file for a session no master took, so the next master adopts it.
 
     The rare path: it may import psutil to record which Claude Code (pid and
@@ -292,6 +324,8 @@ def write_fallback_state(session_id, transcript, cwd, provider="claude-code"):
              "inbox_path": paths.inbox_path(directory, session_id), "started_at": utc_now()}
     if parent_pid:
         state.update(parent_pid=parent_pid, parent_create_time=create_time)
+    if model:
+        state["model"] = model
     fileio.atomic_write(path, client.dumps(state).encode())
     return path
 
@@ -326,8 +360,9 @@ def build_parser():
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
                     "(final sync, then the session_end event), without waiting for the upload.")
     p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
-    p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex"],
-                   help="the agent that runs the hook (codex: only session-start; docs/PROVIDERS.md)")
+    p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor"],
+                   help="the agent that runs the hook (codex: only session-start; cursor: session-start "
+                        "and session-end; docs/PROVIDERS.md)")
 
     # `register` says what it does (people expect `start` to start the daemon); `start` still works.
     p = sub.add_parser("register", aliases=["start"],
@@ -394,8 +429,9 @@ def build_parser():
         p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json; "
                                                           "with --provider codex, $CODEX_HOME/config.toml)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
-        p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex"],
-                       help="whose hooks: Claude Code's (the default) or Codex's SessionStart hook")
+        p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor"],
+                       help="whose hooks: Claude Code's (the default), Codex's SessionStart hook, or "
+                            "Cursor's sessionStart/sessionEnd in ~/.cursor/hooks.json")
     return parser
 
 
@@ -696,10 +732,15 @@ def cmd_logout(args):
     return run_logout(args)
 
 
-def cmd_install_hooks(args):
-    if args.provider == "codex":
-        from .providers.codex import install
+def provider_installer(name):
+    import importlib
 
+    return importlib.import_module(f".providers.{name}.install", __package__)
+
+
+def cmd_install_hooks(args):
+    if args.provider in ("codex", "cursor"):
+        install = provider_installer(args.provider)
         return install.install(args.settings, hook_command_prefix(), args.dry_run)
     from .hooks_install import install_hooks
 
@@ -707,10 +748,8 @@ def cmd_install_hooks(args):
 
 
 def cmd_uninstall_hooks(args):
-    if args.provider == "codex":
-        from .providers.codex import install
-
-        return install.uninstall(args.settings, args.dry_run)
+    if args.provider in ("codex", "cursor"):
+        return provider_installer(args.provider).uninstall(args.settings, args.dry_run)
     from .hooks_install import uninstall_hooks
 
     return uninstall_hooks(args.settings, args.dry_run)

@@ -117,8 +117,10 @@ class SessionSync:
         on_agents_named: Optional[Callable[[], None]] = None,
         chunk_cap: int = SERVER_CHUNK_CAP,
         provider: Optional[providers.Provider] = None,
+        model: str = "",
     ):
         self.provider = provider or providers.get()
+        self.model = model  # the agent's model as its hook said (Cursor): on every transcript chunk
         self.external_id = external_id
         self.transcript_path = transcript_path
         self.sink = sink
@@ -399,14 +401,28 @@ class SessionSync:
 
     def _metadata(self, f: TrackedFile, extras: Optional[dict]) -> Optional[ChunkMetadata]:
         """The transcript's title, summary and git info; and any file's sidecar (`extras`)."""
+        fields = self.locator.chunk_fields(f.name, f.file_type, f.path)
+        if fields.get("summary"):
+            fields["summary"] = self._redacted_text(fields["summary"])
         if f is not self.main:
-            return ChunkMetadata(**extras) if extras else None
+            return ChunkMetadata(**(extras or {}), **fields) if extras or fields else None
         facts = self.facts
+        fields = {"summary": facts.summary, "first_user_message": facts.first_user_message, "model": self.model,
+                  **{k: v for k, v in fields.items() if v}}
         git = None if self.git_info_sent else self.git_info
-        if not (git or facts.summary or facts.first_user_message or extras):
+        if not (git or extras or any(fields.values())):
             return None
-        return ChunkMetadata(git_info=git, summary=facts.summary, first_user_message=facts.first_user_message,
-                             **(extras or {}))
+        return ChunkMetadata(git_info=git, **fields, **(extras or {}))
+
+    def _redacted_text(self, text: str) -> str:
+        """Text that is not a line (a title from elsewhere) redacted as a line's string would be."""
+        if not self.redact:
+            return text
+        try:
+            value = msgspec.json.decode(self.redact(msgspec.json.encode(text)))
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return ""  # never the unredacted text
+        return value if isinstance(value, str) else ""
 
 
 def _truncated_stand_in(path: str, offset: int, size: int, line_no: int, file_type: str) -> bytes:

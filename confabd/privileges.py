@@ -46,7 +46,8 @@ MAX_HELPER_REPLY = 16 << 20
 # may not be readable by the user (e.g. a Python under /root), and a lazy import
 # would fail in the middle of a sync.
 WORKER_PRELOAD = ("confabd.worker", "confabd.redact", "confabd.sinks.http", "confabd.sinks.archive",
-                  "encodings.idna", "sqlite3", "confabd.providers.claude_code", "confabd.providers.codex")
+                  "encodings.idna", "sqlite3", "confabd.providers.claude_code", "confabd.providers.codex",
+                  "confabd.providers.cursor")
 
 
 class User(msgspec.Struct, frozen=True):

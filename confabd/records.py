@@ -84,6 +84,7 @@ class State(msgspec.Struct, omit_defaults=True):
     transcript_path: str
     cwd: str = ""
     provider: str = "claude-code"  # the agent (confabd.providers); the Go client's field too
+    model: str = ""  # the model the agent's start hook named (Cursor): on every transcript chunk
     pid: NonNegative = 0
     parent_pid: NonNegative = 0
     inbox_path: str = ""
@@ -195,6 +196,8 @@ class ChunkMetadata(msgspec.Struct, omit_defaults=True, frozen=True):
     summary: str = ""
     first_user_message: str = ""
     codex_rollout: Optional[CodexRollout] = None
+    latest_message_at: str = ""  # RFC 3339, UTC (Cursor: its lines carry no timestamps)
+    model: str = ""
 
 
 class ChunkRequest(msgspec.Struct, omit_defaults=True, frozen=True):

@@ -86,6 +86,7 @@ class Registration(msgspec.Struct, frozen=True):
     parent_pid: int = 0  # its Claude Code, 0: not watched
     parent_create_time: float = 0.0
     provider: str = "claude-code"  # the agent (confabd.providers)
+    model: str = ""  # what the agent's hook said its model is (Cursor)
 
 
 class Session:
@@ -97,6 +98,7 @@ class Session:
         self.transcript_path = registration.transcript_path
         self.cwd = registration.cwd
         self.provider = registration.provider
+        self.model = registration.model
         self.parent_pid = registration.parent_pid
         self.parent_create_time = registration.parent_create_time
         self.parent_fd: Optional[int] = None  # a pidfd: readable when the parent exits
@@ -225,7 +227,7 @@ class Sessions:
         elif parent_pid and not same_process(parent_pid, create_time):
             finish_reason = finish_reason or worker_api.parent_gone(parent_pid)
         session = Session(Registration(owner, state.external_id, state.transcript_path, state.cwd,
-                                       parent_pid, create_time, state.provider))
+                                       parent_pid, create_time, state.provider, state.model))
         session.restarts = state.worker_restarts
         session.confab_session_id = state.confab_session_id
         session.end_hook_input = hook_input
@@ -260,7 +262,7 @@ class Sessions:
             external_id=session.external_id, transcript_path=session.transcript_path,
             sync_dir=where.sync_dir, home=where.home, settings=where.settings, run_as=where.run_as,
             cwd=session.cwd, parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
-            provider=session.provider, restarts=session.restarts, finish_reason=session.finish_reason,
+            provider=session.provider, model=session.model, restarts=session.restarts, finish_reason=session.finish_reason,
             end_hook_input=session.end_hook_input)
         master_end, worker_end = self.ctx.Pipe(duplex=True)
         inherited = self.inherited_fds() + [master_end.fileno()]

@@ -534,6 +534,7 @@ class SessionWorker:
             on_agents_named=self._save_state,
             chunk_cap=self.settings.max_chunks_per_file,
             provider=providers.get(self.spec.provider),
+            model=self.state.model,
         )
 
     def _drop_engine(self, error: str) -> None:
@@ -558,6 +559,7 @@ class SessionWorker:
             transcript_path=spec.transcript_path,
             cwd=spec.cwd or (old.cwd if old else ""),
             provider=spec.provider,
+            model=spec.model or (old.model if old else ""),
             pid=os.getpid(),
             parent_pid=spec.parent_pid,
             inbox_path=self.sync_dir.inbox_path(spec.external_id),

@@ -93,6 +93,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     settings: Settings
     cwd: str = ""
     provider: str = "claude-code"  # the agent (confabd.providers): what the engine asks about its files
+    model: str = ""  # its hook's model (Cursor): stamped on every transcript chunk
     parent_pid: int = 0
     parent_create_time: float = 0.0
     restarts: int = 0

@@ -886,8 +886,10 @@ class FakeBackend:
             raise ApiError(400, "file_name is required")
         if len(body.file_name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
             raise ApiError(400, f"file_name exceeds {MAX_FILE_NAME_BYTES} bytes")
-        if "/" in body.file_name or "\\" in body.file_name or body.file_name in (".", ".."):
-            raise ApiError(400, "file_name must be a base name without a path")
+        # The server keeps a name's slashes as storage key segments (Cursor's subagents/<id>.jsonl);
+        # what it would make of empty, '.' or '..' segments no client should find out.
+        if "\\" in body.file_name or any(part in ("", ".", "..") for part in body.file_name.split("/")):
+            raise ApiError(400, "file_name must be a relative path of plain names")
         if body.file_type not in FILE_TYPES:
             raise ApiError(400, f"Invalid file_type: {body.file_type!r} (must be one of {', '.join(FILE_TYPES)})")
         if body.first_line < 1:

@@ -327,6 +327,6 @@ def test_install_keeps_the_users_settings_is_idempotent_and_uninstalls(cfd, tree
 
 def test_the_provider_names(tree):
     assert providers.get().name == "claude-code" and providers.get("codex") is CODEX
-    for name, why in (("cursor", "not supported yet"), ("", "unknown provider"), ("vim", "unknown provider")):
+    for name, why in (("opencode", "not supported yet"), ("", "unknown provider"), ("vim", "unknown provider")):
         with pytest.raises(providers.UnknownProvider, match=why):
             providers.get(name)

@@ -225,7 +225,10 @@ def test_file_name_and_file_type_rules(backend, http):
     assert_error(chunk(http, backend, sid, 1, ["a"], file_type="todo"), 400)
     assert_error(chunk(http, backend, sid, 1, ["a"], file_name="n" * 509 + ".jsonl"), 400)  # 515 bytes
     assert_error(chunk(http, backend, sid, 1, ["a"], file_name="é" * 257), 400)  # 514 bytes, 257 chars
-    assert_error(chunk(http, backend, sid, 1, ["a"], file_name="dir/x.jsonl"), 400)
+    for bad in ("../x.jsonl", "/x.jsonl", "a//x.jsonl", "a/./x.jsonl", "a\\x.jsonl", "dir/"):
+        assert_error(chunk(http, backend, sid, 1, ["a"], file_name=bad), 400)
+    # slashes are the server's key segments (Cursor's subagents/<id>.jsonl, Claude's workflow files)
+    assert chunk(http, backend, sid, 1, ["s"], file_name="subagents/x.jsonl", file_type="agent").ok
     assert chunk(http, backend, sid, 1, ["a"], file_name="n" * 506 + ".jsonl").ok  # exactly 512 bytes
     assert chunk(http, backend, sid, 1, ["w"], file_name="wf.jsonl", file_type="workflow_journal").ok
     assert chunk(http, backend, sid, 1, ["g"], file_name="agent-a1.jsonl", file_type="agent").ok

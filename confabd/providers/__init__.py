@@ -19,11 +19,12 @@ from .base import Provider
 
 CLAUDE_CODE = "claude-code"
 CODEX = "codex"
+CURSOR = "cursor"
 #: Wire name -> the module (under confabd.providers) that holds its `PROVIDER`.
-MODULES = {CLAUDE_CODE: "claude_code", CODEX: "codex"}
+MODULES = {CLAUDE_CODE: "claude_code", CODEX: "codex", CURSOR: "cursor"}
 NAMES = tuple(MODULES)
 #: Agents the server knows that confabd does not ship yet (docs/PROVIDERS.md).
-NOT_YET = ("opencode", "cursor")
+NOT_YET = ("opencode",)
 
 
 class UnknownProvider(ValueError):

@@ -34,7 +34,8 @@ class Layout:
     - `agents_named(text)` / `agent_file_name(id)`: side files named inside lines (Claude
       Code's agent ids), kept pending in State until their files appear.
     - `chunk_extras(name, file_type, path)`: extra ChunkMetadata fields (a sidecar) a chunk
-      of that file carries until one carrying them has been accepted.
+      of that file carries until one carrying them has been accepted; `chunk_fields(...)`: fields
+      every chunk of it carries.
     """
 
     def scan(self) -> dict[str, str]:
@@ -57,6 +58,11 @@ class Layout:
 
     def chunk_extras(self, file_name: str, file_type: str, path: str) -> Optional[dict[str, Any]]:
         return None
+
+    def chunk_fields(self, file_name: str, file_type: str, path: str) -> dict[str, str]:
+        """ChunkMetadata text fields a chunk of that file carries every time (Cursor's title and
+        recency). `summary` is redacted by the engine like the lines."""
+        return {}
 
 
 class Facts:
