@@ -540,7 +540,7 @@ def use_colour():
 
 STATE_COLOURS = {"failed": "31", "backoff": "33", "unreachable": "33", "syncing": "32", "finishing": "36"}
 # Columns in the order they are dropped when the terminal is too narrow (first dropped first).
-DROPPABLE = ("PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER")
+DROPPABLE = ("PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER", "AGENT")
 ROOM_FOR_ERROR = 20  # columns kept for the start of LAST ERROR
 SHORT_ID = 8  # like a short git hash: enough to tell sessions apart, `status ID` shows the whole one
 
@@ -558,7 +558,8 @@ def format_status(status, width=None, colour=False):
         return "\n".join(lines)
     wide = width is None or len(sessions) == 1
     rows = [status_row(s, wide) for s in sessions]
-    columns = ["SESSION"] + (["USER"] if any("USER" in r for r in rows) else []) + [
+    agents = ["AGENT"] if any(r["AGENT"] != "claude-code" for r in rows) else []  # only beside other agents
+    columns = ["SESSION"] + agents + (["USER"] if any("USER" in r for r in rows) else []) + [
         "PROJECT", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "LAST SYNC", "LAST ERROR"]
     table = [dict(zip(columns, columns))] + [{k: printable(v) for k, v in r.items()} for r in rows]
     for name in DROPPABLE:  # drop what matters least until the fixed columns leave room for an error
@@ -583,6 +584,7 @@ def status_row(s, wide):
     row = {
         "SESSION": s["external_id"] if wide or len(s["external_id"]) <= SHORT_ID + 1
         else s["external_id"][:SHORT_ID] + "…",
+        "AGENT": s.get("provider") or "claude-code",
         "PROJECT": os.path.basename((s.get("cwd") or "").rstrip("/")) or "-",
         "STATE": s["state"], "WORKER": str(s.get("worker_pid") or "-"), "PARENT": str(s.get("parent_pid") or "-"),
         "RESTARTS": str(s.get("restarts", 0)), "LINES": str(sum(f.get("last_synced_line", 0) for f in files)),
