@@ -39,9 +39,9 @@ from typing import Callable, Iterator, Optional
 
 import msgspec
 
-from . import worker_api
+from . import providers, worker_api
 from .config import Settings
-from .parents import CLAUDE_RE, process_identity, same_process
+from .parents import process_identity, same_process
 from .privileges import PrivilegeError
 from .records import State
 from .tenancy import USER_OWNER
@@ -220,7 +220,7 @@ class Sessions:
         parent_pid, create_time = state.parent_pid, state.parent_create_time
         if parent_pid and not create_time:  # e.g. written by the original Go client: check by name
             found = process_identity(parent_pid)
-            if found and CLAUDE_RE.search(found[2]):
+            if found and providers.get(state.provider).parent_re.search(found[2]):
                 create_time = found[1]
             else:
                 finish_reason = finish_reason or worker_api.parent_gone()

@@ -21,6 +21,7 @@ from confabd.sinks.base import Unavailable
 from confabd.sinks.http import HttpSink
 from tests.conftest import PYTHON
 from tests.fakebackend import FakeBackend
+from tests.waiting import wait_until
 
 CODEX = providers.get("codex")
 
@@ -332,3 +333,20 @@ def test_the_provider_names(tree):
     for name, why in (("opencode", "not supported yet"), ("", "unknown provider"), ("vim", "unknown provider")):
         with pytest.raises(providers.UnknownProvider, match=why):
             providers.get(name)
+
+
+def test_a_state_naming_an_unknown_provider_is_not_adopted_and_kept(cfd, tree):
+    """A State from a newer confabd (or a corrupt one) names an agent this one does not know: the
+    master says so and leaves it on disk, instead of starting a worker that crashes on it."""
+    root, root_path = tree.rollout()
+    good, good_path = tree.rollout()
+    cfd.sync_dir.mkdir(parents=True)
+    for eid, path, provider in ((root, root_path, "opencode"), (good, good_path, "codex")):
+        cfd.state_file(eid).write_text(json.dumps({"external_id": eid, "transcript_path": str(path),
+                                                   "provider": provider, "finishing": True}))
+    master = cfd.master()
+    cfd.backend.wait_for(lambda: cfd.backend.file_bytes(good, good_path.name) == good_path.read_bytes())
+    assert cfd.backend.provider(good) == "codex"  # adopted as the agent its State names
+    wait_until(lambda: "not supported yet" in master.log_text(), 10, what="the refusal in the log")
+    assert cfd.session(root) is None and cfd.state_file(root).exists()
+    assert cfd.backend.session_id(root) is None
