@@ -177,3 +177,45 @@ def test_a_fork_is_shipped_as_its_own_session(cfd, codex, api):
     assert backend.lines(fork_id, fork.name) == fork.read_text().splitlines()
     assert backend.session_id(fork_id) != backend.session_id(session_id_of(origin))
     assert backend.lines(session_id_of(origin), origin.name) == origin.read_text().splitlines()  # untouched
+
+
+def test_claude_code_codex_and_cursor_sessions_through_one_master(cfd, codex, api):
+    """The three agents' sessions at once, one master: each under its own provider, every line once."""
+    import shutil
+
+    from confabd.providers.cursor import paths as cursor_paths
+    from tests.conftest import fixture_lines
+    from tests.data import CURSOR
+    from tests.test_cursor import SID as CURSOR_ID, FakeCursor, start_payload
+
+    backend = cfd.backend
+    cfd.env["CONFAB_CURSOR_DIR"] = str(cfd.home / ".cursor")
+    cfd.master()
+    claude, cursor = cfd.claude(), FakeCursor(cfd)
+    try:
+        claude_id = "c7d3d95c-57f0-4359-8f4b-926a9bef5a3f"
+        claude_path = cfd.transcript(claude_id)
+        claude_path.write_bytes(b"".join(fixture_lines()))
+        assert claude.hook("session-start", cfd.payload(claude_id))[0] == 0
+        workspace = cfd.root / "cursor-work"
+        cursor_path = Path(cursor_paths.transcript_path(str(cfd.home / ".cursor"), str(workspace), CURSOR_ID))
+        cursor_path.parent.mkdir(parents=True)
+        shutil.copy(CURSOR / "main.jsonl", cursor_path)
+        assert cursor.hook("session-start", start_payload(workspace))[0] == 0
+        r = codex.exec("say hello")
+        assert r.returncode == 0, r.stderr[-2000:]
+        [rollout] = codex.rollouts()
+        codex_id = session_id_of(rollout)
+        wait_shipped(cfd, codex_id, rollout)
+        assert claude.hook("session-end", cfd.payload(claude_id, "SessionEnd", reason="other"))[0] == 0
+        assert cursor.hook("session-end", dict(start_payload(workspace), reason="completed"))[0] == 0
+        wait_until(lambda: not cfd.status()["sessions"], 30, what="every session to finish")
+        for eid, path, provider in ((claude_id, claude_path, "claude-code"), (codex_id, rollout, "codex"),
+                                    (CURSOR_ID, cursor_path, "cursor")):
+            assert backend.provider(eid) == provider
+            assert backend.lines(eid, path.name) == path.read_text().splitlines(), provider  # every line, once
+        assert [e["payload"]["reason"] for e in backend.events(claude_id)] == ["other"]
+        assert [e["payload"]["reason"] for e in backend.events(CURSOR_ID)] == ["completed"]
+        assert backend.events(codex_id) == []
+    finally:
+        cursor.close()
