@@ -56,12 +56,14 @@ def hook(args):
         return hook_codex(args)
     if provider == "cursor":
         return hook_cursor(args)
+    if provider == "opencode":
+        return hook_opencode(args)
     sys.stdout.write(HOOK_RESPONSE + "\n")
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
     try:
         if provider != "claude-code":
-            raise HookError(f"unknown --provider {provider!r} (expected claude-code, codex or cursor)")
+            raise HookError(f"unknown --provider {provider!r} (expected claude-code, codex, cursor or opencode)")
         if event in ("session-start", "user-prompt-submit"):
             # Every prompt registers too (a no-op while a worker runs): a session whose SessionStart
             # never reached a master (hooks installed mid-session, --teleport, a refusal) is caught.
@@ -120,6 +122,34 @@ def hook_codex(args):
         if isinstance(exc, SystemExit) and not exc.code:
             return 0
         err(f"hook {event or '?'} --provider codex: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
+def hook_opencode(args):
+    """What the confabd OpenCode plugin runs (see confabd.providers.opencode.hook); prints nothing."""
+    from .providers.opencode import hook as opencode
+
+    event = args[0] if len(args) == 1 else ""
+    try:
+        if event not in ("session-start", "session-end"):
+            raise HookError(f"usage: confabctl hook session-start|session-end --provider opencode (got {' '.join(args)!r})")
+        payload = read_hook_input(require_location=False)[3]
+        if event == "session-end":
+            session_id = payload["session_id"]
+            hook_session_end((session_id, "", "", {"session_id": session_id, "hook_event_name": "SessionEnd",
+                                                   "reason": "OpenCode disposed of the session"}))
+            return 0
+        try:
+            session_id, transcript, cwd, pid = opencode.announce(payload, home=paths.home_dir())
+        except opencode.Skip as exc:
+            raise HookError(str(exc)) from None
+        register(session_id, transcript, cwd, "opencode", hint=pid)
+    except HookError as exc:
+        err(f"hook {event or '?'} --provider opencode: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a hook must never fail OpenCode
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        err(f"hook {event or '?'} --provider opencode: unexpected {type(exc).__name__}: {exc}")
     return 0
 
 
@@ -204,9 +234,9 @@ def hook_session_start(hook_input):
     register(session_id, transcript, cwd, "claude-code")
 
 
-def register(session_id, transcript, cwd, provider, model=""):
+def register(session_id, transcript, cwd, provider, model="", hint=0):
     message = {"type": "register", "external_id": session_id, "transcript_path": transcript,
-               "cwd": cwd, "parent_pid": os.getppid(), "claude_pid_hint": claude_pid_hint(),
+               "cwd": cwd, "parent_pid": os.getppid(), "claude_pid_hint": hint or claude_pid_hint(),
                "hook_pid": os.getpid()}
     if provider != "claude-code":  # an older master does not know the field: say it only when needed
         message["provider"] = provider
@@ -360,7 +390,7 @@ def build_parser():
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
                     "(final sync, then the session_end event), without waiting for the upload.")
     p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
-    p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor"],
+    p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor", "opencode"],
                    help="the agent that runs the hook (codex: only session-start; cursor: session-start "
                         "and session-end; docs/PROVIDERS.md)")
 
@@ -429,9 +459,9 @@ def build_parser():
         p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json; "
                                                           "with --provider codex, $CODEX_HOME/config.toml)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
-        p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor"],
+        p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor", "opencode"],
                        help="whose hooks: Claude Code's (the default), Codex's SessionStart hook, or "
-                            "Cursor's sessionStart/sessionEnd in ~/.cursor/hooks.json")
+                            "Cursor's sessionStart/sessionEnd in ~/.cursor/hooks.json, or the OpenCode plugin")
     return parser
 
 
@@ -741,7 +771,7 @@ def provider_installer(name):
 
 
 def cmd_install_hooks(args):
-    if args.provider in ("codex", "cursor"):
+    if args.provider in ("codex", "cursor", "opencode"):
         install = provider_installer(args.provider)
         return install.install(args.settings, hook_command_prefix(), args.dry_run)
     from .hooks_install import install_hooks
@@ -750,7 +780,7 @@ def cmd_install_hooks(args):
 
 
 def cmd_uninstall_hooks(args):
-    if args.provider in ("codex", "cursor"):
+    if args.provider in ("codex", "cursor", "opencode"):
         return provider_installer(args.provider).uninstall(args.settings, args.dry_run)
     from .hooks_install import uninstall_hooks
 

@@ -222,6 +222,7 @@ class SessionSync:
     # -- delivery ------------------------------------------------------------
 
     def _deliver_all(self) -> int:
+        self.locator.collect()
         sent = 0
         for _ in range(DISCOVERY_ROUNDS):
             known = len(self.files)

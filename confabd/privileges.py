@@ -47,7 +47,7 @@ MAX_HELPER_REPLY = 16 << 20
 # would fail in the middle of a sync.
 WORKER_PRELOAD = ("confabd.worker", "confabd.redact", "confabd.sinks.http", "confabd.sinks.archive",
                   "encodings.idna", "sqlite3", "confabd.providers.claude_code", "confabd.providers.codex",
-                  "confabd.providers.cursor")
+                  "confabd.providers.cursor", "confabd.providers.opencode")
 
 
 class User(msgspec.Struct, frozen=True):

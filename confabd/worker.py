@@ -413,11 +413,14 @@ class SessionWorker:
         # when it exits): a user may sit minutes before the first prompt.
         limit = None if self.spec.parent_pid else time.monotonic() + self.settings.transcript_wait_s
         found = ABSENT
+        agent = providers.get(self.spec.provider)
         while not self._stopping():
+            agent.prepare(path, self.spec.external_id)
             found = self._try_lock()
             if found == LOCKED or (found == ABSENT and limit is not None and time.monotonic() > limit):
                 return found
             self._wait_commands(self.settings.transcript_poll_s if found != BUSY else LOCK_POLL_S)
+        agent.prepare(path, self.spec.external_id)  # ended before its first poll: still collected
         found = self._try_lock()
         if found == BUSY and not self.suspend:
             deadline = self._finish_deadline()

@@ -330,7 +330,8 @@ def test_install_keeps_the_users_settings_is_idempotent_and_uninstalls(cfd, tree
 
 def test_the_provider_names(tree):
     assert providers.get().name == "claude-code" and providers.get("codex") is CODEX
-    for name, why in (("opencode", "not supported yet"), ("", "unknown provider"), ("vim", "unknown provider")):
+    assert providers.NAMES == ("claude-code", "codex", "cursor", "opencode")  # the server's four
+    for name, why in (("Codex", "unknown provider"), ("", "unknown provider"), ("vim", "unknown provider")):
         with pytest.raises(providers.UnknownProvider, match=why):
             providers.get(name)
 
@@ -341,12 +342,12 @@ def test_a_state_naming_an_unknown_provider_is_not_adopted_and_kept(cfd, tree):
     root, root_path = tree.rollout()
     good, good_path = tree.rollout()
     cfd.sync_dir.mkdir(parents=True)
-    for eid, path, provider in ((root, root_path, "opencode"), (good, good_path, "codex")):
+    for eid, path, provider in ((root, root_path, "windsurf"), (good, good_path, "codex")):
         cfd.state_file(eid).write_text(json.dumps({"external_id": eid, "transcript_path": str(path),
                                                    "provider": provider, "finishing": True}))
     master = cfd.master()
     cfd.backend.wait_for(lambda: cfd.backend.file_bytes(good, good_path.name) == good_path.read_bytes())
     assert cfd.backend.provider(good) == "codex"  # adopted as the agent its State names
-    wait_until(lambda: "not supported yet" in master.log_text(), 10, what="the refusal in the log")
+    wait_until(lambda: "unknown provider 'windsurf'" in master.log_text(), 10, what="the refusal in the log")
     assert cfd.session(root) is None and cfd.state_file(root).exists()
     assert cfd.backend.session_id(root) is None

@@ -179,20 +179,29 @@ def test_a_fork_is_shipped_as_its_own_session(cfd, codex, api):
     assert backend.lines(session_id_of(origin), origin.name) == origin.read_text().splitlines()  # untouched
 
 
-def test_claude_code_codex_and_cursor_sessions_through_one_master(cfd, codex, api):
-    """The three agents' sessions at once, one master: each under its own provider, every line once."""
+def test_claude_code_codex_cursor_and_opencode_sessions_through_one_master(cfd, codex, api, tmp_path):
+    """The four agents' sessions at once, one master: Claude Code (stand-in), the real Codex, Cursor
+    (recorded shapes), OpenCode with a child session (a database as OpenCode writes it): each under its
+    own provider, every line once."""
     import shutil
 
     from confabd.providers.cursor import paths as cursor_paths
     from tests.conftest import fixture_lines
     from tests.data import CURSOR
     from tests.test_cursor import SID as CURSOR_ID, FakeCursor, start_payload
+    from tests.test_opencode import FakeOpenCode, OpenCodeStore
 
     backend = cfd.backend
     cfd.env["CONFAB_CURSOR_DIR"] = str(cfd.home / ".cursor")
+    store = OpenCodeStore(tmp_path / "opencode.db")
+    cfd.env["CONFAB_OPENCODE_DB"] = str(store.path)
     cfd.master()
-    claude, cursor = cfd.claude(), FakeCursor(cfd)
+    claude, cursor, opencode = cfd.claude(), FakeCursor(cfd), FakeOpenCode(cfd)
     try:
+        oc_root, oc_child = store.session("ses_root"), store.session("ses_kid", parent="ses_root")
+        store.turn(oc_root, "plan", "a plan")
+        store.turn(oc_child, "look", "looked")
+        assert opencode.hook("session-start", {"session_id": oc_root, "cwd": "/w", "parent_pid": opencode.pid})[0] == 0
         claude_id = "c7d3d95c-57f0-4359-8f4b-926a9bef5a3f"
         claude_path = cfd.transcript(claude_id)
         claude_path.write_bytes(b"".join(fixture_lines()))
@@ -209,6 +218,7 @@ def test_claude_code_codex_and_cursor_sessions_through_one_master(cfd, codex, ap
         wait_shipped(cfd, codex_id, rollout)
         assert claude.hook("session-end", cfd.payload(claude_id, "SessionEnd", reason="other"))[0] == 0
         assert cursor.hook("session-end", dict(start_payload(workspace), reason="completed"))[0] == 0
+        assert opencode.hook("session-end", {"session_id": oc_root})[0] == 0
         wait_until(lambda: not cfd.status()["sessions"], 30, what="every session to finish")
         for eid, path, provider in ((claude_id, claude_path, "claude-code"), (codex_id, rollout, "codex"),
                                     (CURSOR_ID, cursor_path, "cursor")):
@@ -217,5 +227,12 @@ def test_claude_code_codex_and_cursor_sessions_through_one_master(cfd, codex, ap
         assert [e["payload"]["reason"] for e in backend.events(claude_id)] == ["other"]
         assert [e["payload"]["reason"] for e in backend.events(CURSOR_ID)] == ["completed"]
         assert backend.events(codex_id) == []
+        oc_files = cfd.home / ".confab" / "opencode" / oc_root
+        assert backend.provider(oc_root) == "opencode" and backend.events(oc_root) == []
+        assert backend.lines(oc_root, "messages.jsonl") == (oc_files / "messages.jsonl").read_text().splitlines()
+        kid = f"opencode/{oc_child}/messages.jsonl"
+        assert backend.lines(oc_root, kid) == (oc_files / "children" / oc_child / "messages.jsonl").read_text().splitlines()
+        assert len(backend.lines(oc_root, kid)) == 2
     finally:
         cursor.close()
+        opencode.close()

@@ -20,11 +20,12 @@ from .base import Provider
 CLAUDE_CODE = "claude-code"
 CODEX = "codex"
 CURSOR = "cursor"
+OPENCODE = "opencode"
 #: Wire name -> the module (under confabd.providers) that holds its `PROVIDER`.
-MODULES = {CLAUDE_CODE: "claude_code", CODEX: "codex", CURSOR: "cursor"}
+MODULES = {CLAUDE_CODE: "claude_code", CODEX: "codex", CURSOR: "cursor", OPENCODE: "opencode"}
 NAMES = tuple(MODULES)
 #: Agents the server knows that confabd does not ship yet (docs/PROVIDERS.md).
-NOT_YET = ("opencode",)
+NOT_YET: tuple[str, ...] = ()
 
 
 class UnknownProvider(ValueError):

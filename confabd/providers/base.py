@@ -38,6 +38,9 @@ class Layout:
       every chunk of it carries.
     """
 
+    def collect(self) -> None:
+        """Before every sync pass: write the files an agent without transcripts keeps elsewhere (OpenCode)."""
+
     def scan(self) -> dict[str, str]:
         return {}
 
@@ -88,6 +91,9 @@ class Provider:
 
     def facts(self) -> Facts:
         return Facts()
+
+    def prepare(self, transcript_path: str, external_id: str) -> None:
+        """While the worker waits for the transcript to appear (OpenCode's collector writes it)."""
 
     def __repr__(self) -> str:
         return f"<provider {self.name}>"
