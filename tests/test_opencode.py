@@ -191,11 +191,14 @@ def test_an_opencode_session_and_its_child_are_shipped_once(cfd, store):
                                             "parent_id": root})[2].count("shipped with its root") == 1
         assert agent.hook("session-start", {"session_id": child, "cwd": ""})[2].count("child of") == 1  # from the DB
         store.turn(child, "check the tests", "they pass")
+        store.session("../../escape", parent=root)  # an id that is no file name: never a path
+        store.turn("../../escape", "x", "y")
         child_file = cfd.home / ".confab" / "opencode" / root / "children" / child / "messages.jsonl"
         name = f"opencode/{child}/messages.jsonl"
         backend.wait_for(lambda: backend.file_bytes(root, name) == child_file.read_bytes()
                          and len(backend.lines(root, name)) == 2, timeout=30)
         assert backend.file_types(root) == {"messages.jsonl": "transcript", name: "agent"}
+        assert not (cfd.home / ".confab" / "opencode" / "escape").exists()  # children/../../escape
         assert backend.metadata(root)["first_user_message"] == "plan the release"
         store.turn(root, "ship it", "shipped")
         assert agent.hook("session-end", {"session_id": root})[0] == 0  # the plugin's dispose

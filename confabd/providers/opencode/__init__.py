@@ -42,6 +42,8 @@ class OpenCodeLayout(Layout):
         self.collector.reconcile()
         for child in self.db.descendants(self.root):
             name = f"opencode/{child}/messages.jsonl"
+            if not _CHILD.match(name):  # an id that is not a plain name never becomes a path
+                continue
             if name not in self.children:
                 self.children[name] = Collector(self.db, child, os.path.join(self.children_dir, child,
                                                                              "messages.jsonl"))
