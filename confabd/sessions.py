@@ -223,9 +223,9 @@ class Sessions:
             if found and providers.get(state.provider).parent_re.search(found[2]):
                 create_time = found[1]
             else:
-                finish_reason = finish_reason or worker_api.parent_gone()
+                finish_reason = finish_reason or worker_api.parent_gone(agent=providers.get(state.provider).label)
         elif parent_pid and not same_process(parent_pid, create_time):
-            finish_reason = finish_reason or worker_api.parent_gone(parent_pid)
+            finish_reason = finish_reason or worker_api.parent_gone(parent_pid, providers.get(state.provider).label)
         session = Session(Registration(owner, state.external_id, state.transcript_path, state.cwd,
                                        parent_pid, create_time, state.provider, state.model))
         session.restarts = state.worker_restarts
@@ -510,7 +510,7 @@ class Sessions:
     def parent_exited(self, session: Session) -> None:
         self.unwatch_parent(session)
         if self.table.get(session.key) is session:
-            self.finish(session, worker_api.parent_exited(session.parent_pid))
+            self.finish(session, worker_api.parent_exited(session.parent_pid, providers.get(session.provider).label))
 
     def poll_parents(self) -> None:
         """Where pidfd is missing: is each parent still the process it was?"""

@@ -69,13 +69,13 @@ SESSION_DELETED = "session deleted from backend"
 FINISH_RESUMED = "finishing was already under way"  # State says finishing, nobody said why
 
 
-def parent_exited(pid: int) -> str:
-    return f"Claude Code (pid {pid}) exited"
+def parent_exited(pid: int, agent: str = "Claude Code") -> str:
+    return f"{agent} (pid {pid}) exited"
 
 
-def parent_gone(pid: int = 0) -> str:
+def parent_gone(pid: int = 0, agent: str = "Claude Code") -> str:
     """Found gone when a master adopted the session (it exited while no master watched)."""
-    return f"Claude Code (pid {pid}) is gone" if pid else "Claude Code is gone"
+    return f"{agent} (pid {pid}) is gone" if pid else f"{agent} is gone"
 
 
 EXIT_DONE = 0

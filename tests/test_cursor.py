@@ -138,7 +138,7 @@ def test_without_a_session_end_the_parents_exit_ends_it(cfd, cursor):
     cfd.backend.wait_for(lambda: cfd.backend.file_bytes(SID, transcript.name) == transcript.read_bytes(), timeout=30)
     cursor.proc.kill()
     cfd.backend.wait_for(lambda: cfd.backend.events(SID), timeout=30)
-    assert cfd.backend.events(SID)[0]["payload"]["confabd_reason"].endswith("exited")
+    assert cfd.backend.events(SID)[0]["payload"]["confabd_reason"] == f"Cursor (pid {cursor.pid}) exited"
     wait_until(lambda: cfd.session(SID) is None, 30, what="the session to finish")
 
 

@@ -23,7 +23,14 @@ def opencode_bin() -> Path:
     return install()
 
 
-def test_opencode_run_ships_its_messages_once(cfd, opencode_bin, tmp_path):
+def run(binary: Path, cwd: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(binary), "run", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=180, stdin=subprocess.DEVNULL, start_new_session=True)
+    assert proc.returncode == 0 and "hello from fake" in proc.stdout, (proc.stdout[-2000:], proc.stderr[-3000:])
+    return proc
+
+
+def test_opencode_run_and_resume_ship_its_messages_once(cfd, opencode_bin, tmp_path):
     backend = cfd.backend
     with FakeChat() as api:
         env = opencode_env(cfd.env, tmp_path / "oc", api.url)
@@ -35,17 +42,24 @@ def test_opencode_run_ships_its_messages_once(cfd, opencode_bin, tmp_path):
         cfd.master()
         work = tmp_path / "work"
         work.mkdir()
-        proc = subprocess.run([str(opencode_bin), "run", "say hello"], cwd=work, env=env, capture_output=True,
-                              text=True, timeout=180, stdin=subprocess.DEVNULL, start_new_session=True)
-        assert proc.returncode == 0 and "hello from fake" in proc.stdout, (proc.stdout[-2000:], proc.stderr[-3000:])
+        proc = run(opencode_bin, work, env, "say hello")
+        sessions = list((cfd.home / ".confab" / "opencode").iterdir())
+        eid = sessions[0].name
+        wait_until(lambda: cfd.session(eid) is None, 60, what="the session to finish after OpenCode exited")
+        before = len(backend.lines(eid, "messages.jsonl"))
+        # resumed: no session.created, the reconcile events announce it; only the new messages are sent
+        proc = run(opencode_bin, work, env, "--session", eid, "again")
     sessions = list((cfd.home / ".confab" / "opencode").iterdir())
     assert len(sessions) == 1, sessions
     eid = sessions[0].name
     messages = sessions[0] / "messages.jsonl"
     wait_until(lambda: cfd.session(eid) is None, 60, what="the session to finish after OpenCode exited")
     assert backend.provider(eid) == "opencode"
+    wait_until(lambda: backend.lines(eid, "messages.jsonl") == messages.read_text().splitlines(), 30,
+               what="the resumed session's messages at the backend")
     lines = messages.read_text().splitlines()
-    assert backend.lines(eid, "messages.jsonl") == lines and len(lines) >= 2
+    assert backend.lines(eid, "messages.jsonl") == lines and len(lines) >= before + 2 and before >= 2
+    assert len({json.loads(line)["info"]["id"] for line in lines}) == len(lines)  # no message twice
     roles = [json.loads(line)["info"]["role"] for line in lines]
     assert roles[:2] == ["user", "assistant"]
     first = json.loads(lines[0])["parts"][0]["text"]  # OpenCode 1.18 stores `run`'s message quoted
