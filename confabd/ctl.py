@@ -246,6 +246,7 @@ def register(session_id, transcript, cwd, provider, model="", hint=0):
         reply = request_with_autostart(message)
     except (client.NoMaster, client.ProtocolError, OSError) as exc:
         state = write_fallback_state(session_id, transcript, cwd, provider, model)
+        leave_note_for_system_master(session_id)
         raise HookError(f"{exc}; the session is recorded in {state} for the next master") from None
     if not reply.get("ok"):
         raise HookError(f"the master refused the session: {reply.get('error')}")
@@ -267,6 +268,11 @@ def request_with_autostart(message):
         return reply
     except client.NoMaster:
         pass
+    from .hostwide import autostart_refusal
+
+    refusal = autostart_refusal()
+    if refusal:
+        raise client.NoMaster(f"no confabd master answers on {path} nor on the system socket; {refusal}")
     try:
         launcher = client.spawn_master()
     except OSError as exc:
@@ -303,7 +309,10 @@ def hook_session_end(hook_input):
     try:
         reply, _path, _system = client.request_any(message, timeout=SESSION_END_TIMEOUT_S)
     except client.NoMaster as exc:
-        if os.path.exists(paths.state_path(sync_dir(), session_id)):
+        leave_note_for_system_master(session_id)
+        from .hostwide import autostart_refusal
+
+        if os.path.exists(paths.state_path(sync_dir(), session_id)) and not autostart_refusal():
             client.spawn_master()  # it adopts the session and finishes it from the inbox
             raise HookError(f"{exc}; the session end is recorded in {inbox}; "
                             "started a master to finish the session") from None
@@ -312,6 +321,14 @@ def hook_session_end(hook_input):
         raise HookError(f"the master did not confirm ({exc}); the session end is recorded in {inbox}") from None
     if not reply.get("ok"):
         raise HookError(f"the master could not finish the session: {reply.get('error')}")
+
+
+def leave_note_for_system_master(session_id):
+    """Where a system master is installed, tell it (once it is back) that this user has States."""
+    if not os.environ.get("CONFABD_SOCKET"):  # a master of one's own was named: nothing to tell
+        from .hostwide import leave_note
+
+        leave_note(session_id)
 
 
 def sync_dir():
@@ -386,7 +403,8 @@ def build_parser():
                     "on stdin, prints " + HOOK_RESPONSE + " and exits 0, always: a problem is said on stderr "
                     "and never breaks the Claude Code session. session-start (and user-prompt-submit, on every "
                     "prompt: a no-op while the session's worker runs) registers the session with the "
-                    "master (starting a user-mode master when none answers); session-end records the "
+                    "master (starting a user-mode master when none answers, unless the system config says "
+                    "user_masters = \"never\"); session-end records the "
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
                     "(final sync, then the session_end event), without waiting for the upload.")
     p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
@@ -406,6 +424,30 @@ def build_parser():
     p = sub.add_parser("stop", help="finish a session (final sync, session_end, cleanup)")
     p.add_argument("external_id", metavar="ID")
     p.add_argument("--wait", action="store_true", help="return only when the final sync is done")
+
+    p = sub.add_parser("retry", help="try a failed or backing-off session again now",
+                       description="Try a session again now instead of at its next backoff or failed_retry_s: "
+                                   "the crash count starts again, its worker is (re)started, and a file blocked "
+                                   "by a refused chunk or an oversized line is tried again. ID may be a "
+                                   "unique prefix.")
+    p.add_argument("external_id", metavar="ID")
+    p = sub.add_parser("forget", help="drop a failed session for good (State and inbox removed, no session_end)",
+                       description="Give up on a session whose worker does not run (failed, backoff, or a State "
+                                   "file no master runs): its State and inbox are removed and no session_end "
+                                   "is sent. What it delivered stays on the backend; lines not yet delivered "
+                                   "are not sent (its transcript is kept: `confabctl save` can still upload "
+                                   "them). Asks first, unless --yes. ID may be a unique prefix.")
+    p.add_argument("external_id", metavar="ID")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    sub.add_parser("reload", help="have the master re-read its settings (as SIGHUP) and say whether it took them",
+                   description="Ask the master, over its socket, to re-read its settings file as on SIGHUP. Exit 0 "
+                               "when the new settings were taken (running workers use them from their next "
+                               "cycle), 1 with the errors when they were not (the current settings are kept). "
+                               "The system master takes it from root only.")
+    sub.add_parser("handover", help="move your sessions from your own master to the system master",
+                   description="Where the system service runs: stop your own user-mode master (its live sessions "
+                               "are suspended, their State kept) and have the system master adopt every "
+                               "session in your sync dir. Exit 3 when no system master answers.")
 
     p = sub.add_parser("status", help="the master and its sessions")
     p.add_argument("external_id", nargs="?", metavar="ID")
@@ -764,6 +806,12 @@ def cmd_logout(args):
     return run_logout(args)
 
 
+def _verb(name, args):
+    from . import verbs
+
+    return getattr(verbs, name)(args)
+
+
 def provider_installer(name):
     import importlib
 
@@ -788,6 +836,8 @@ def cmd_uninstall_hooks(args):
 
 
 COMMANDS = {
+    "retry": lambda args: _verb("cmd_retry", args), "forget": lambda args: _verb("cmd_forget", args),
+    "reload": lambda args: _verb("cmd_reload", args), "handover": lambda args: _verb("cmd_handover", args),
     "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
     "shutdown": cmd_shutdown, "save": cmd_save, "archive": cmd_archive,
     "list": cmd_list, "redaction-test": cmd_redaction_test, "doctor": cmd_doctor, "login": cmd_login, "logout": cmd_logout, "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,

@@ -45,6 +45,7 @@ log = logging.getLogger("confabd.master")
 
 PARENT_POLL_S = 1.0  # fallback parent check when pidfd is unavailable
 HEARTBEAT_CHECK_S = 1.0  # how often workers are checked against worker_timeout_s
+SPOOL_CHECK_S = 10.0  # system mode: how often the spool is read for notes left while no master ran
 KILL_GRACE_S = 2.0  # after the shutdown timeout, before SIGKILL
 
 
@@ -119,7 +120,8 @@ class Arbiter:
                                      accepts=tenancy.accepts, guard=guarded,
                                      dir_mode=tenancy.dir_mode, socket_mode=tenancy.socket_mode)
         self.commands = Commands(self.sessions, tenancy, self.control, describe_master=self.describe,
-                                 shutdown=lambda: self.timers.call_later(0, lambda: self.shutdown("shutdown requested")))
+                                 shutdown=lambda: self.timers.call_later(0, lambda: self.shutdown("shutdown requested")),
+                                 reload=lambda: self.reload("confabctl reload"), adoption=self.adoption)
 
     # -- running -----------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class Arbiter:
             self.timers.every(interval, lambda: self.notify("WATCHDOG=1"))
         self.timers.every(PARENT_POLL_S, self.sessions.poll_parents)
         self.timers.every(HEARTBEAT_CHECK_S, self.sessions.check_heartbeats)
+        self.timers.every(SPOOL_CHECK_S, self.adoption.adopt_waiting)
 
     def preload_worker_code(self) -> None:
         """Import what workers run once, here, so forked workers share those pages.
@@ -231,17 +234,19 @@ class Arbiter:
 
     # -- reload and shutdown ---------------------------------------------------------
 
-    def reload(self) -> None:
+    def reload(self, why: str = "SIGHUP") -> str:
+        """Re-read the settings; "" when taken, else why not (the current ones are kept)."""
         if self.reload_settings is None:
-            return
+            return "this master was started without a settings file to re-read"
         try:
             self.settings = self.reload_settings()
         except (ConfigError, OSError) as exc:
-            log.error("SIGHUP: keeping the current settings: %s", exc)
-            return
+            log.error("%s: keeping the current settings: %s", why, exc)
+            return str(exc)
         self.tenancy.configure(self.settings)
-        log.info("SIGHUP: settings reloaded; telling %d workers", self.sessions.worker_count())
+        log.info("%s: settings reloaded; telling %d workers", why, self.sessions.worker_count())
         self.sessions.reload(self.settings)
+        return ""
 
     def shutdown(self, why: str) -> None:
         if self.sessions.stopping:

@@ -271,7 +271,13 @@ def run_master(args, opts: Options, kind, pidfile: PidFile, on_ready=None) -> in
     from .master import Arbiter
 
     def reload_settings() -> Settings:
-        return settings_from(args, opts.config_path, os.environ)
+        try:
+            return settings_from(args, opts.config_path, os.environ)
+        except ConfigError:  # a person fixing the file wants every problem (SIGHUP's log, `confabctl reload`)
+            problems = config_check.problems_in(opts.config_path, os.environ, required=bool(args.config))
+            if len(problems) > 1:
+                raise ConfigError("; ".join(problems)) from None
+            raise
 
     tenants = kind(opts.settings, sync_dir=opts.sync_dir, home=opts.home, registry_dir=opts.registry_dir)
     arbiter = Arbiter(opts.settings, tenants, socket_path=opts.socket_path, reload_settings=reload_settings,

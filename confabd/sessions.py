@@ -454,6 +454,29 @@ class Sessions:
         session.restarts += 1
         self.spawn(session)
 
+    def retry(self, session: Session) -> None:
+        """`confabctl retry`: now rather than after the backoff or failed_retry_s. The crash count
+        starts again; a worker that runs rebuilds its sink (a blocked file is tried again) and
+        drops its backoff; one that does not is started at once."""
+        session.crashes = 0
+        log.info("session %s: retry requested (was %s)", session.external_id, session.phase)
+        if session.alive:
+            self.send(session, worker_api.Retry())
+            return
+        self.timers.cancel(session.restart_timer)
+        session.last_error = ""
+        self.restart(session)
+        if session.alive:
+            self.send(session, worker_api.Retry())  # read at its first wait: its State's backoff goes too
+
+    def abandon(self, session: Session) -> None:
+        """`confabctl forget` of a session without a worker: gone from this master, no session_end.
+        (Its files are the tenancy's to remove.)"""
+        log.warning("session %s: forgotten on request (was %s); no session_end is sent",
+                    session.external_id, session.phase)
+        self.forget(session)
+        self.release_waiters(session, "the session was forgotten (confabctl forget)")
+
     # -- endings ----------------------------------------------------------------------
 
     def finish(self, session: Session, reason: str, hook_input: Optional[dict] = None) -> None:

@@ -484,6 +484,9 @@ class SessionWorker:
                 elif isinstance(command, api.Reload):
                     self.settings = command.settings
                     self.reload = True  # the sink and its credentials are rebuilt next cycle
+                elif isinstance(command, api.Retry):  # confabctl retry: a fresh sink, no backoff
+                    self.reload = True
+                    self._backoff_reset()
         except (EOFError, OSError):
             raise MasterGone() from None
 
@@ -522,7 +525,7 @@ class SessionWorker:
     def _make_engine(self) -> SessionSync:
         from .redact import Redactor
 
-        backend = load_backend_config(self.spec.home)
+        backend = load_backend_config(self.spec.home, default_url=self.settings.backend_url)
         sink = _Heartbeating(open_sink(self.settings, backend, self.spec.home), self._heartbeat_if_due)
         self.state.sink = sink.kind
         redactor = Redactor.from_config(backend.redaction)

@@ -11,6 +11,7 @@ Master -> worker (bytes of `encode(...)` via conn.send_bytes):
     Reload(settings)  the master's settings after a SIGHUP (as this worker's
                tenancy gives them): used from the next cycle, with the sink
                rebuilt and ~/.confab/config.json read again.
+    Retry()    `confabctl retry`: the sink rebuilt and the backoff dropped, at once.
 
 Worker -> master:
     Report     sent on every phase change and after each sync cycle, so
@@ -112,6 +113,11 @@ class Reload(msgspec.Struct, tag="reload", frozen=True):
     settings: Settings
 
 
+class Retry(msgspec.Struct, tag="retry", frozen=True):
+    """`confabctl retry`: now, without waiting out the backoff; the sink is rebuilt, so a
+    blocked file is tried again from the backend's line count."""
+
+
 class Report(msgspec.Struct, tag="report", frozen=True, kw_only=True):
     phase: Phase  # never BACKOFF or FAILED: those are the master's
     confab_session_id: str = ""
@@ -129,7 +135,7 @@ def heartbeat_interval(settings: Settings) -> float:
     return settings.worker_timeout_s / 3 if settings.worker_timeout_s > 0 else 0.0
 
 
-MasterToWorker = Union[Finish, Reload]
+MasterToWorker = Union[Finish, Reload, Retry]
 WorkerToMaster = Union[Report, Heartbeat]
 
 encode = msgspec.msgpack.encode

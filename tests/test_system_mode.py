@@ -118,7 +118,8 @@ class System:
         self.pidfile = self.root / "run" / "confabd.pid"
         self.registry = self.root / "lib" / "users"
         self.config = self.root / "confabd.toml"
-        self.config.write_text(SETTINGS)
+        self.spool = self.root / "spool"  # never the host's /var/spool/confabd
+        self.config.write_text(SETTINGS + f'spool_dir = "{self.spool}"\n')
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("CONFAB", "CLAUDE", "NOTIFY_", "WATCHDOG_", "XDG_RUNTIME"))}
         # The daemon's own key must never reach a user's worker: the backend does not accept it.
