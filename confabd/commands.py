@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import msgspec
 
-from . import __version__, control, worker_api
+from . import __version__, control, providers, worker_api
 from .control_server import Connection, ControlServer
 from .parents import find_claude, process_identity
 from .privileges import PrivilegeError
@@ -102,6 +102,10 @@ class Commands:
             return control.error(str(exc))
         if not request.transcript_path:
             return control.error("a transcript path is required")
+        try:
+            providers.check_name(request.provider)
+        except providers.UnknownProvider as exc:
+            return control.error(str(exc))
         transcript = os.path.abspath(request.transcript_path)
         answer = self.registration_answer(owner, external_id, transcript)
         if answer is not None:
@@ -144,7 +148,8 @@ class Commands:
             return control.error(parent)
         parent_pid, create_time = parent
         session = self.sessions.register(
-            Registration(owner, external_id, transcript, request.cwd, parent_pid, create_time))
+            Registration(owner, external_id, transcript, request.cwd, parent_pid, create_time, request.provider,
+                         request.model))
         if session is None:
             return control.reply(registered=False,
                                  note="the session is finishing; it starts again once that is done")
@@ -188,12 +193,14 @@ class Commands:
         """
         if request.hook_pid:
             hook_pid = self.tenancy.hook_pid(conn.peer, request.hook_pid)
-            parent_pid, create_time = find_claude(hook_pid, request.parent_pid, request.claude_pid_hint)
+            agent = providers.get(request.provider)
+            parent_pid, create_time = find_claude(hook_pid, request.parent_pid, request.claude_pid_hint,
+                                                  agent.parent_re)
             if parent_pid and not self.tenancy.owns_process(owner, parent_pid):
                 parent_pid, create_time = 0, 0.0
             if not parent_pid:
-                log.warning("session %s: no Claude Code process among the hook's ancestors; "
-                            "parent monitoring is off", external_id)
+                log.warning("session %s: no %s process among the hook's ancestors; "
+                            "parent monitoring is off", external_id, agent.label)
             return parent_pid, create_time
         if request.parent_pid:
             found = process_identity(request.parent_pid)

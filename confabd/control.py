@@ -45,6 +45,8 @@ class Register(Request, tag="register"):
     parent_pid: int = 0
     claude_pid_hint: int = 0
     hook_pid: int = 0
+    provider: str = "claude-code"  # the agent that announced the session (confabd.providers)
+    model: str = ""  # the model its hook named (Cursor), sent on every transcript chunk
 
 
 class Finish(Request, tag="finish"):

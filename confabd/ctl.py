@@ -51,10 +51,19 @@ class HookError(Exception):
 
 
 def hook(args):
+    provider, args = hook_provider(args)
+    if provider == "codex":
+        return hook_codex(args)
+    if provider == "cursor":
+        return hook_cursor(args)
+    if provider == "opencode":
+        return hook_opencode(args)
     sys.stdout.write(HOOK_RESPONSE + "\n")
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
     try:
+        if provider != "claude-code":
+            raise HookError(f"unknown --provider {provider!r} (expected claude-code, codex, cursor or opencode)")
         if event in ("session-start", "user-prompt-submit"):
             # Every prompt registers too (a no-op while a worker runs): a session whose SessionStart
             # never reached a master (hooks installed mid-session, --teleport, a refusal) is caught.
@@ -73,7 +82,106 @@ def hook(args):
     return 0
 
 
-def read_hook_input():
+def hook_provider(args):
+    """(`--provider NAME` of a hook command line, default claude-code; the other words)."""
+    rest, provider = [], "claude-code"
+    words = iter(args)
+    for word in words:
+        if word == "--provider":
+            provider = next(words, "")
+        elif word.startswith("--provider="):
+            provider = word.partition("=")[2]
+        else:
+            rest.append(word)
+    return provider, rest
+
+
+def hook_codex(args):
+    """Codex's SessionStart (see confabd.providers.codex.hook); Codex has no end hook to honour."""
+    from .providers.codex import hook as codex
+
+    sys.stdout.write(codex.RESPONSE + "\n")
+    sys.stdout.flush()
+    event = args[0] if len(args) == 1 else ""
+    try:
+        if event != "session-start":
+            raise HookError(f"{' '.join(args) or 'no event'!r} is not used for codex: only session-start is "
+                            "(a Codex session ends when its codex process exits); remove that hook from "
+                            "config.toml")
+        payload = read_hook_input()[3]
+        try:
+            external_id, transcript, cwd = codex.announce(payload, home=paths.home_dir())
+        except codex.rollouts.BadRollout as exc:
+            raise HookError(f"invalid Codex hook input: {exc}; ignored") from None
+        except codex.Skip as exc:
+            raise HookError(str(exc)) from None
+        register(external_id, transcript, cwd, "codex")
+    except HookError as exc:
+        err(f"hook {event or '?'} --provider codex: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a hook must never fail Codex
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        err(f"hook {event or '?'} --provider codex: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
+def hook_opencode(args):
+    """What the confabd OpenCode plugin runs (see confabd.providers.opencode.hook); prints nothing."""
+    from .providers.opencode import hook as opencode
+
+    event = args[0] if len(args) == 1 else ""
+    try:
+        if event not in ("session-start", "session-end"):
+            raise HookError(f"usage: confabctl hook session-start|session-end --provider opencode (got {' '.join(args)!r})")
+        payload = read_hook_input(require_location=False)[3]
+        if event == "session-end":
+            session_id = payload["session_id"]
+            hook_session_end((session_id, "", "", {"session_id": session_id, "hook_event_name": "SessionEnd",
+                                                   "reason": "OpenCode disposed of the session"}))
+            return 0
+        try:
+            session_id, transcript, cwd, pid = opencode.announce(payload, home=paths.home_dir())
+        except opencode.Skip as exc:
+            raise HookError(str(exc)) from None
+        register(session_id, transcript, cwd, "opencode", hint=pid)
+    except HookError as exc:
+        err(f"hook {event or '?'} --provider opencode: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a hook must never fail OpenCode
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        err(f"hook {event or '?'} --provider opencode: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
+def hook_cursor(args):
+    """Cursor's sessionStart/sessionEnd (see confabd.providers.cursor.hook)."""
+    from .providers.cursor import hook as cursor
+
+    sys.stdout.write(cursor.RESPONSE + "\n")
+    sys.stdout.flush()
+    event = args[0] if len(args) == 1 else ""
+    try:
+        if event not in ("session-start", "session-end"):
+            raise HookError(f"usage: confabctl hook session-start|session-end --provider cursor (got {' '.join(args)!r})")
+        payload = read_hook_input(require_location=False)[3]
+        try:
+            session_id, transcript, cwd, model = cursor.announce(payload, home=paths.home_dir())
+        except cursor.BadInput as exc:
+            raise HookError(f"invalid Cursor hook input: {exc}; ignored") from None
+        if event == "session-start":
+            register(session_id, transcript, cwd, "cursor", model)
+        else:
+            hook_session_end((session_id, transcript, cwd, cursor.end_payload(payload, transcript)))
+    except HookError as exc:
+        err(f"hook {event or '?'} --provider cursor: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a hook must never fail Cursor
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        err(f"hook {event or '?'} --provider cursor: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
+def read_hook_input(require_location=True):
     """(session_id, transcript_path, cwd, payload) from the hook JSON on stdin."""
     if sys.stdin is None or sys.stdin.isatty():
         raise HookError("no hook input: expected Claude Code's hook JSON on stdin")
@@ -96,7 +204,7 @@ def read_hook_input():
                         "[A-Za-z0-9._-], not starting with '.'; ignored")
     cwd = payload.get("cwd") if isinstance(payload.get("cwd"), str) else ""
     transcript = payload.get("transcript_path")
-    if not isinstance(transcript, str) or not transcript:
+    if (not isinstance(transcript, str) or not transcript) and require_location:
         if not cwd:
             raise HookError("hook input has neither transcript_path nor cwd; ignored")
         transcript = default_transcript_path(cwd, session_id)
@@ -123,13 +231,21 @@ def claude_pid_hint():
 
 def hook_session_start(hook_input):
     session_id, transcript, cwd, _payload = hook_input
+    register(session_id, transcript, cwd, "claude-code")
+
+
+def register(session_id, transcript, cwd, provider, model="", hint=0):
     message = {"type": "register", "external_id": session_id, "transcript_path": transcript,
-               "cwd": cwd, "parent_pid": os.getppid(), "claude_pid_hint": claude_pid_hint(),
+               "cwd": cwd, "parent_pid": os.getppid(), "claude_pid_hint": hint or claude_pid_hint(),
                "hook_pid": os.getpid()}
+    if provider != "claude-code":  # an older master does not know the field: say it only when needed
+        message["provider"] = provider
+    if model:
+        message["model"] = model
     try:
         reply = request_with_autostart(message)
     except (client.NoMaster, client.ProtocolError, OSError) as exc:
-        state = write_fallback_state(session_id, transcript, cwd)
+        state = write_fallback_state(session_id, transcript, cwd, provider, model)
         leave_note_for_system_master(session_id)
         raise HookError(f"{exc}; the session is recorded in {state} for the next master") from None
     if not reply.get("ok"):
@@ -237,23 +353,26 @@ def append_session_end(session_id, payload):
     return path
 
 
-def write_fallback_state(session_id, transcript, cwd):
+def write_fallback_state(session_id, transcript, cwd, provider="claude-code", model=""):
     """A State file for a session no master took, so the next master adopts it.
 
     The rare path: it may import psutil to record which Claude Code (pid and
     create time) ran the hook, so the next master watches the right process.
     """
     from .parents import find_claude
+    from .providers import get
 
     directory = fileio.ensure_private_dir(sync_dir())
     path = paths.state_path(directory, session_id)
     if os.path.exists(path):
         return path
-    parent_pid, create_time = find_claude(os.getpid(), os.getppid(), claude_pid_hint())
-    state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd,
+    parent_pid, create_time = find_claude(os.getpid(), os.getppid(), claude_pid_hint(), get(provider).parent_re)
+    state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd, "provider": provider,
              "inbox_path": paths.inbox_path(directory, session_id), "started_at": utc_now()}
     if parent_pid:
         state.update(parent_pid=parent_pid, parent_create_time=create_time)
+    if model:
+        state["model"] = model
     fileio.atomic_write(path, client.dumps(state).encode())
     return path
 
@@ -289,6 +408,9 @@ def build_parser():
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
                     "(final sync, then the session_end event), without waiting for the upload.")
     p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
+    p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor", "opencode"],
+                   help="the agent that runs the hook (codex: only session-start; cursor: session-start "
+                        "and session-end; docs/PROVIDERS.md)")
 
     # `register` says what it does (people expect `start` to start the daemon); `start` still works.
     p = sub.add_parser("register", aliases=["start"],
@@ -384,8 +506,12 @@ def build_parser():
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
         p = sub.add_parser(name, help=f"{text} the SessionStart/UserPromptSubmit/SessionEnd hooks in "
                                       "~/.claude/settings.json")
-        p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json)")
+        p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json; "
+                                                          "with --provider codex, $CODEX_HOME/config.toml)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
+        p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor", "opencode"],
+                       help="whose hooks: Claude Code's (the default), Codex's SessionStart hook, or "
+                            "Cursor's sessionStart/sessionEnd in ~/.cursor/hooks.json, or the OpenCode plugin")
     return parser
 
 
@@ -496,7 +622,7 @@ def use_colour():
 
 STATE_COLOURS = {"failed": "31", "backoff": "33", "unreachable": "33", "syncing": "32", "finishing": "36"}
 # Columns in the order they are dropped when the terminal is too narrow (first dropped first).
-DROPPABLE = ("SINK", "PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER")
+DROPPABLE = ("SINK", "PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER", "AGENT")
 ROOM_FOR_ERROR = 20  # columns kept for the start of LAST ERROR
 SHORT_ID = 8  # like a short git hash: enough to tell sessions apart, `status ID` shows the whole one
 
@@ -517,7 +643,8 @@ def format_status(status, width=None, colour=False):
         lines.append(fit("lines go to " + printable(describe_sink(sinks.pop())), width))
     wide = width is None or len(sessions) == 1
     rows = [status_row(s, wide) for s in sessions]
-    columns = ["SESSION"] + (["USER"] if any("USER" in r for r in rows) else []) + [
+    agents = ["AGENT"] if any(r["AGENT"] != "claude-code" for r in rows) else []  # only beside other agents
+    columns = ["SESSION"] + agents + (["USER"] if any("USER" in r for r in rows) else []) + [
         "PROJECT", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "BEHIND", "LAST SYNC"] + (
         ["SINK"] if sinks else []) + ["LAST ERROR"]
     table = [dict(zip(columns, columns))] + [{k: printable(v) for k, v in r.items()} for r in rows]
@@ -543,6 +670,7 @@ def status_row(s, wide):
     row = {
         "SESSION": s["external_id"] if wide or len(s["external_id"]) <= SHORT_ID + 1
         else s["external_id"][:SHORT_ID] + "…",
+        "AGENT": s.get("provider") or "claude-code",
         "PROJECT": os.path.basename((s.get("cwd") or "").rstrip("/")) or "-",
         "STATE": s["state"], "WORKER": str(s.get("worker_pid") or "-"), "PARENT": str(s.get("parent_pid") or "-"),
         "RESTARTS": str(s.get("restarts", 0)), "LINES": str(sum(f.get("last_synced_line", 0) for f in files)),
@@ -741,13 +869,24 @@ def _verb(name, args):
     return getattr(verbs, name)(args)
 
 
+def provider_installer(name):
+    import importlib
+
+    return importlib.import_module(f".providers.{name}.install", __package__)
+
+
 def cmd_install_hooks(args):
+    if args.provider in ("codex", "cursor", "opencode"):
+        install = provider_installer(args.provider)
+        return install.install(args.settings, hook_command_prefix(), args.dry_run)
     from .hooks_install import install_hooks
 
     return install_hooks(args.settings, hook_command_prefix(), args.dry_run)
 
 
 def cmd_uninstall_hooks(args):
+    if args.provider in ("codex", "cursor", "opencode"):
+        return provider_installer(args.provider).uninstall(args.settings, args.dry_run)
     from .hooks_install import uninstall_hooks
 
     return uninstall_hooks(args.settings, args.dry_run)

@@ -39,9 +39,9 @@ from typing import Callable, Iterator, Optional
 
 import msgspec
 
-from . import worker_api
+from . import providers, worker_api
 from .config import Settings
-from .parents import CLAUDE_RE, process_identity, same_process
+from .parents import process_identity, same_process
 from .privileges import PrivilegeError
 from .records import State
 from .tenancy import USER_OWNER
@@ -85,6 +85,8 @@ class Registration(msgspec.Struct, frozen=True):
     cwd: str = ""
     parent_pid: int = 0  # its Claude Code, 0: not watched
     parent_create_time: float = 0.0
+    provider: str = "claude-code"  # the agent (confabd.providers)
+    model: str = ""  # what the agent's hook said its model is (Cursor)
 
 
 class Session:
@@ -95,6 +97,8 @@ class Session:
         self.owner = registration.owner  # who it belongs to (tenancy.py): its worker runs as them
         self.transcript_path = registration.transcript_path
         self.cwd = registration.cwd
+        self.provider = registration.provider
+        self.model = registration.model
         self.parent_pid = registration.parent_pid
         self.parent_create_time = registration.parent_create_time
         self.parent_fd: Optional[int] = None  # a pidfd: readable when the parent exits
@@ -183,6 +187,7 @@ class Sessions:
         files = {name: {"last_synced_line": n} for name, n in (report.files if report else {}).items()}
         return {
             "external_id": session.external_id,
+            "provider": session.provider,
             "state": session.phase,
             "worker_pid": session.proc.pid if session.proc else None,
             "parent_pid": session.parent_pid or None,
@@ -218,14 +223,14 @@ class Sessions:
         parent_pid, create_time = state.parent_pid, state.parent_create_time
         if parent_pid and not create_time:  # e.g. written by the original Go client: check by name
             found = process_identity(parent_pid)
-            if found and CLAUDE_RE.search(found[2]):
+            if found and providers.get(state.provider).parent_re.search(found[2]):
                 create_time = found[1]
             else:
-                finish_reason = finish_reason or worker_api.parent_gone()
+                finish_reason = finish_reason or worker_api.parent_gone(agent=providers.get(state.provider).label)
         elif parent_pid and not same_process(parent_pid, create_time):
-            finish_reason = finish_reason or worker_api.parent_gone(parent_pid)
+            finish_reason = finish_reason or worker_api.parent_gone(parent_pid, providers.get(state.provider).label)
         session = Session(Registration(owner, state.external_id, state.transcript_path, state.cwd,
-                                       parent_pid, create_time))
+                                       parent_pid, create_time, state.provider, state.model))
         session.restarts = state.worker_restarts
         session.confab_session_id = state.confab_session_id
         session.end_hook_input = hook_input
@@ -260,7 +265,7 @@ class Sessions:
             external_id=session.external_id, transcript_path=session.transcript_path,
             sync_dir=where.sync_dir, home=where.home, settings=where.settings, run_as=where.run_as,
             cwd=session.cwd, parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
-            restarts=session.restarts, finish_reason=session.finish_reason,
+            provider=session.provider, model=session.model, restarts=session.restarts, finish_reason=session.finish_reason,
             end_hook_input=session.end_hook_input)
         master_end, worker_end = self.ctx.Pipe(duplex=True)
         inherited = self.inherited_fds() + [master_end.fileno()]
@@ -532,7 +537,7 @@ class Sessions:
     def parent_exited(self, session: Session) -> None:
         self.unwatch_parent(session)
         if self.table.get(session.key) is session:
-            self.finish(session, worker_api.parent_exited(session.parent_pid))
+            self.finish(session, worker_api.parent_exited(session.parent_pid, providers.get(session.provider).label))
 
     def poll_parents(self) -> None:
         """Where pidfd is missing: is each parent still the process it was?"""

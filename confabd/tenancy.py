@@ -247,7 +247,8 @@ class UserTenancy:
         state = State(external_id=session.external_id, transcript_path=session.transcript_path,
                       cwd=session.cwd, pid=os.getpid(), parent_pid=session.parent_pid,
                       inbox_path=self.files.inbox_path(session.external_id), started_at=utc_now(),
-                      parent_create_time=session.parent_create_time)
+                      parent_create_time=session.parent_create_time, provider=session.provider,
+                      model=session.model)
         try:
             if self.files.load_state(session.external_id) is None:
                 self.files.save_state(state)

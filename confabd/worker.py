@@ -34,7 +34,7 @@ from typing import Optional
 
 import msgspec
 
-from . import privileges, worker_api as api
+from . import privileges, providers, worker_api as api
 from .worker_api import Phase
 from .backlog import LineCounter
 from .config import ConfigError, load_backend_config
@@ -357,6 +357,8 @@ class SessionWorker:
         the live inbox for that run's worker.
         """
         records = self._valid_session_ends(self.sync_dir.claim_inbox(self.spec.external_id))
+        if not engine.provider.posts_session_end:  # e.g. Codex: the backend never hears of an end
+            return
         if records:
             mine, later = records[0], records[1:]
             timestamp, payload = mine.timestamp or utc_now(), dict(mine.hook_input)
@@ -423,11 +425,14 @@ class SessionWorker:
         # when it exits): a user may sit minutes before the first prompt.
         limit = None if self.spec.parent_pid else time.monotonic() + self.settings.transcript_wait_s
         found = ABSENT
+        agent = providers.get(self.spec.provider)
         while not self._stopping():
+            agent.prepare(path, self.spec.external_id)
             found = self._try_lock()
             if found == LOCKED or (found == ABSENT and limit is not None and time.monotonic() > limit):
                 return found
             self._wait_commands(self.settings.transcript_poll_s if found != BUSY else LOCK_POLL_S)
+        agent.prepare(path, self.spec.external_id)  # ended before its first poll: still collected
         found = self._try_lock()
         if found == BUSY and not self.suspend:
             deadline = self._finish_deadline()
@@ -548,6 +553,8 @@ class SessionWorker:
             pending_agents=self.state.pending_agents,
             on_agents_named=self._save_state,
             chunk_cap=self.settings.max_chunks_per_file,
+            provider=providers.get(self.spec.provider),
+            model=self.state.model,
         )
 
     def _drop_engine(self, error: str) -> None:
@@ -571,6 +578,8 @@ class SessionWorker:
             external_id=spec.external_id,
             transcript_path=spec.transcript_path,
             cwd=spec.cwd or (old.cwd if old else ""),
+            provider=spec.provider,
+            model=spec.model or (old.model if old else ""),
             pid=os.getpid(),
             parent_pid=spec.parent_pid,
             inbox_path=self.sync_dir.inbox_path(spec.external_id),

@@ -72,13 +72,13 @@ SESSION_DELETED = "session deleted from backend"
 FINISH_RESUMED = "finishing was already under way"  # State says finishing, nobody said why
 
 
-def parent_exited(pid: int) -> str:
-    return f"Claude Code (pid {pid}) exited"
+def parent_exited(pid: int, agent: str = "Claude Code") -> str:
+    return f"{agent} (pid {pid}) exited"
 
 
-def parent_gone(pid: int = 0) -> str:
+def parent_gone(pid: int = 0, agent: str = "Claude Code") -> str:
     """Found gone when a master adopted the session (it exited while no master watched)."""
-    return f"Claude Code (pid {pid}) is gone" if pid else "Claude Code is gone"
+    return f"{agent} (pid {pid}) is gone" if pid else f"{agent} is gone"
 
 
 EXIT_DONE = 0
@@ -95,6 +95,8 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     home: str
     settings: Settings
     cwd: str = ""
+    provider: str = "claude-code"  # the agent (confabd.providers): what the engine asks about its files
+    model: str = ""  # its hook's model (Cursor): stamped on every transcript chunk
     parent_pid: int = 0
     parent_create_time: float = 0.0
     restarts: int = 0
