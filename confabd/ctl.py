@@ -504,14 +504,16 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="the checks as a JSON list")
 
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
-        p = sub.add_parser(name, help=f"{text} the SessionStart/UserPromptSubmit/SessionEnd hooks in "
-                                      "~/.claude/settings.json")
-        p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json; "
+        p = sub.add_parser(name, help=f"{text} confabd's hooks (or plugin) for every coding agent found here, "
+                                      "or for the one --provider names")
+        p.add_argument("--settings", metavar="FILE", help="settings file of one agent (without --provider: "
+                                                          "Claude Code's, default ~/.claude/settings.json; "
                                                           "with --provider codex, $CODEX_HOME/config.toml)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
-        p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor", "opencode"],
-                       help="whose hooks: Claude Code's (the default), Codex's SessionStart hook, or "
-                            "Cursor's sessionStart/sessionEnd in ~/.cursor/hooks.json, or the OpenCode plugin")
+        p.add_argument("--provider", default=None, choices=["claude-code", "codex", "cursor", "opencode"],
+                       help="only this agent: Claude Code's hooks, Codex's SessionStart hook, "
+                            "Cursor's sessionStart/sessionEnd in ~/.cursor/hooks.json, or the OpenCode plugin "
+                            "(default: every agent whose directory exists or whose program is on PATH)")
     return parser
 
 
@@ -875,21 +877,39 @@ def provider_installer(name):
     return importlib.import_module(f".providers.{name}.install", __package__)
 
 
-def cmd_install_hooks(args):
-    if args.provider in ("codex", "cursor", "opencode"):
-        install = provider_installer(args.provider)
-        return install.install(args.settings, hook_command_prefix(), args.dry_run)
+def install_one(provider, settings, dry_run):
+    if provider in ("codex", "cursor", "opencode"):
+        install = provider_installer(provider)
+        return install.install(settings, hook_command_prefix(), dry_run)
     from .hooks_install import install_hooks
 
-    return install_hooks(args.settings, hook_command_prefix(), args.dry_run)
+    return install_hooks(settings, hook_command_prefix(), dry_run)
+
+
+def uninstall_one(provider, settings, dry_run):
+    if provider in ("codex", "cursor", "opencode"):
+        return provider_installer(provider).uninstall(settings, dry_run)
+    from .hooks_install import uninstall_hooks
+
+    return uninstall_hooks(settings, dry_run)
+
+
+def cmd_install_hooks(args):
+    from .providers import detect
+
+    one = detect.one_or_all(args.provider, args.settings)
+    if one:
+        return install_one(one, args.settings, args.dry_run)
+    return detect.for_each_agent(lambda name: install_one(name, None, args.dry_run), "installing")
 
 
 def cmd_uninstall_hooks(args):
-    if args.provider in ("codex", "cursor", "opencode"):
-        return provider_installer(args.provider).uninstall(args.settings, args.dry_run)
-    from .hooks_install import uninstall_hooks
+    from .providers import detect
 
-    return uninstall_hooks(args.settings, args.dry_run)
+    one = detect.one_or_all(args.provider, args.settings)
+    if one:
+        return uninstall_one(one, args.settings, args.dry_run)
+    return detect.for_each_agent(lambda name: uninstall_one(name, None, args.dry_run), "removing")
 
 
 COMMANDS = {

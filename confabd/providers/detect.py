@@ -1,0 +1,104 @@
+"""Which coding agents this user has, and `install-hooks`/`uninstall-hooks` for each of them.
+
+An agent counts as installed when its own directory exists (it creates it on its first run, and
+that is where our hook or plugin goes) or its program is on PATH:
+
+| agent | its directory | its program |
+|---|---|---|
+| claude-code | `$CLAUDE_CONFIG_DIR`, else `~/.claude` | `claude` |
+| codex | `$CONFAB_CODEX_DIR`, else `$CODEX_HOME`, else `~/.codex` | `codex` |
+| cursor | `$CONFAB_CURSOR_DIR`, else `~/.cursor` | `cursor-agent` |
+| opencode | `$CONFAB_OPENCODE_CONFIG_DIR`, else `$XDG_CONFIG_HOME/opencode`, else `~/.config/opencode` | `opencode` |
+
+A parent such as `~/.config` is never enough: it exists on every desktop. Nothing is installed for
+an agent that is not found; `--provider NAME` still names exactly one agent, found or not (the
+user asked for it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import Callable, List, NamedTuple, Optional
+
+from . import CLAUDE_CODE, CODEX, CURSOR, NAMES, OPENCODE
+
+LABELS = {CLAUDE_CODE: "Claude Code", CODEX: "Codex", CURSOR: "Cursor", OPENCODE: "OpenCode"}
+PROGRAMS = {CLAUDE_CODE: "claude", CODEX: "codex", CURSOR: "cursor-agent", OPENCODE: "opencode"}
+
+
+class Agent(NamedTuple):
+    name: str  # the provider's wire name
+    directory: str  # where its settings live (whether or not it exists)
+    found: str  # why it counts as installed ("~/.codex", "codex on PATH"); "" when not found
+
+
+def agent_dir(name: str, env=None) -> str:
+    env = os.environ if env is None else env
+    if name == CLAUDE_CODE:
+        return env.get("CLAUDE_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".claude")
+    if name == CODEX:
+        from .codex.rollouts import codex_dir
+
+        return codex_dir(env)
+    if name == CURSOR:
+        from .cursor.paths import cursor_dir
+
+        return cursor_dir(env)
+    from .opencode.install import config_dir
+
+    return config_dir(env)
+
+
+def detect(name: str, env=None) -> Agent:
+    env = os.environ if env is None else env
+    directory = agent_dir(name, env)
+    if os.path.isdir(directory):
+        return Agent(name, directory, directory)
+    program = shutil.which(PROGRAMS[name], path=env.get("PATH"))
+    return Agent(name, directory, f"{PROGRAMS[name]} on PATH ({program})" if program else "")
+
+
+def agents(env=None) -> List[Agent]:
+    """Every agent confabd ships, found or not, in a fixed order."""
+    return [detect(name, env) for name in NAMES]
+
+
+def installed(env=None) -> List[Agent]:
+    return [a for a in agents(env) if a.found]
+
+
+def _why_not(agent: Agent) -> str:
+    return f"not found (no {agent.directory}, no {PROGRAMS[agent.name]} on PATH)"
+
+
+def for_each_agent(run: Callable[[str], int], verb: str, out=None, env=None) -> int:
+    """`run(name)` for every installed agent, a line per agent first; the worst exit code.
+
+    No agent at all is an error (exit 1): the user would otherwise think something was installed."""
+    out = out if out is not None else sys.stdout
+    every = agents(env)
+    if not any(a.found for a in every):
+        for agent in every:
+            print(f"{LABELS[agent.name]}: {_why_not(agent)}", file=out)
+        print(f"confabctl: no coding agent found; name one with --provider ({', '.join(NAMES)})",
+              file=sys.stderr)
+        return 1
+    worst = 0
+    for agent in every:
+        if not agent.found:
+            print(f"{LABELS[agent.name]}: {_why_not(agent)}; skipped", file=out)
+            continue
+        print(f"{LABELS[agent.name]} (found: {agent.found}): {verb}", file=out)
+        out.flush()
+        worst = max(worst, run(agent.name))
+    return worst
+
+
+def one_or_all(provider: Optional[str], settings: Optional[str]) -> Optional[str]:
+    """The one agent a command line names: `--provider`, or Claude Code for a bare `--settings FILE`
+    (its settings.json, as before providers); None means every agent found."""
+    if provider:
+        return provider
+    return CLAUDE_CODE if settings else None
