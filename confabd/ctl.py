@@ -470,7 +470,7 @@ def build_parser():
                                    "with --all (--since limits it to recent ones). Lines the backend already "
                                    "holds are not sent again, so running it again resumes where it stopped.")
     p.add_argument("targets", metavar="PATH|ID", nargs="*")
-    p.add_argument("--all", action="store_true", help="every Claude Code session on this machine (a backup of "
+    p.add_argument("--all", action="store_true", help="every local session of every coding agent (a backup of "
                                                       "the history Claude Code deletes after 30 days)")
     p.add_argument("--since", metavar="AGE", help="with --all: only sessions written within AGE (5d, 12h, 30m)")
 
@@ -478,8 +478,11 @@ def build_parser():
     p.add_argument("file", metavar="FILE")
     p.add_argument("--show", action="store_true", help="print each changed line as it would be sent")
 
-    p = sub.add_parser("list", help="local Claude Code sessions, newest first: id, age, what confabd holds, title")
+    p = sub.add_parser("list", help="local sessions of every coding agent, newest first: id, agent, age, "
+                                    "what confabd holds, title")
     p.add_argument("--since", metavar="AGE", help="only sessions written within AGE (5d, 12h, 30m, 2w)")
+    p.add_argument("--provider", default=None, choices=["claude-code", "codex", "cursor", "opencode"],
+                   help="only this agent's sessions")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("archive", help="the local archive (when no backend is configured)")
@@ -804,7 +807,7 @@ def cmd_save(args):
         err(f"save: {exc}")
         return EXIT_USAGE if args.since else EXIT_FAIL
     if args.all and not paths_to_save:
-        print("no Claude Code sessions to save")
+        print("no sessions to save")
         return EXIT_OK
     failed = 0
     for n, path in enumerate(paths_to_save, 1):

@@ -1,5 +1,8 @@
 """`confabctl save PATH|ID`: upload one transcript and its subagent files once, now.
 
+Any agent's session: its provider is told by where the file is (local_sessions.provider_of), and
+its provider object says which files belong to it and what rides on its chunks, as in a worker.
+
 The same engine as the workers, so the same exactly-once rules: a transcript
 already partly on the backend continues from the backend's line count. While a
 worker syncs the session (it holds an flock on the transcript), save refuses
@@ -17,6 +20,7 @@ from typing import Optional, TextIO
 
 import backoff
 
+from . import local_sessions, providers
 from .config import ConfigError, Settings, load_backend_config
 from .engine import SessionSync, TrackedFile
 from .errors import ConfabdError
@@ -35,8 +39,11 @@ def find_transcript(target: str, home: str) -> str:
         return os.path.abspath(target)
     validate_external_id(target)
     matches = sorted(glob.glob(os.path.join(home, ".claude", "projects", "*", glob.escape(target) + ".jsonl")))
+    if not matches:  # another agent's session
+        matches = sorted(s.path for s in local_sessions.local_sessions(home) if s.external_id == target)
     if not matches:
-        raise ConfabdError(f"no transcript for session {target} under {home}/.claude/projects/")
+        raise ConfabdError(f"no transcript for session {target} under {home}/.claude/projects/ "
+                           "or of any other agent (`confabctl list` shows them)")
     return matches[-1]
 
 
@@ -44,10 +51,12 @@ def run_save(target: str, home: str, settings: Settings, progress: Optional[bool
              out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     try:
         path = find_transcript(target, home)
-        external_id = validate_external_id(os.path.basename(path)[: -len(".jsonl")])
+        provider, external_id = local_sessions.provider_of(path, home)  # by where the file is
+        validate_external_id(external_id)
         with open(path, "rb") as lock:
             _refuse_if_live(lock, path)
-            return _upload(path, external_id, home, settings, _ProgressBar(err) if _wants_bar(progress, err) else None, out)
+            return _upload(path, external_id, home, settings, _ProgressBar(err) if _wants_bar(progress, err) else None,
+                           out, providers.get(provider))
     except (ConfabdError, ConfigError, SinkError, ValueError, OSError) as exc:
         print(f"confabctl save: {exc}", file=err)
         return 1
@@ -62,7 +71,8 @@ def _refuse_if_live(lock, path: str) -> None:
         ) from None
 
 
-def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out: TextIO) -> int:
+def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out: TextIO,
+            provider: Optional[providers.Provider] = None) -> int:
     backend = load_backend_config(home)
     sink = open_sink(settings, backend, home)
     from .redact import Redactor
@@ -73,6 +83,7 @@ def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out
         redact=redactor.redact_line if redactor else None,
         oversized_lines=settings.oversized_lines,
         on_chunk=bar.advance if bar else None,
+        provider=provider,  # its files, sidecars and metadata (the provider's layout and facts)
     )
     engine.hurry = True  # one upload, now: no chunk spacing
     started = time.monotonic()
