@@ -199,5 +199,8 @@ def test_a_cursor_session_in_the_local_archive_exports_its_subagent_files(tmp_pa
         assert r.returncode == 0, r.stderr
         assert (out / transcript.name).read_bytes() == transcript.read_bytes()
         assert (out / "subagents" / "sub-1.jsonl").read_bytes() == subagent.read_bytes()
+        listing = cfd.ctl("archive", "list", "--json")
+        assert listing.returncode == 0, listing.stderr
+        assert [(s["external_id"], s["provider"]) for s in json.loads(listing.stdout)["sessions"]] == [(SID, "cursor")]
     finally:
         cfd.close()
