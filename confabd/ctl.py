@@ -743,7 +743,8 @@ def cmd_metrics(args):
     if args.json:
         import json
 
-        text = json.dumps({"sessions": reply.get("sessions", {}), "sinks": reply.get("sinks", [])}, indent=2) + "\n"
+        text = json.dumps({"sessions": reply.get("sessions", {}), "providers": reply.get("providers", {}),
+                           "sinks": reply.get("sinks", [])}, indent=2) + "\n"
     else:
         text = reply["text"]
     if not args.output:
