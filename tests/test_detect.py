@@ -64,16 +64,24 @@ def test_every_agent_found_gets_its_hooks_once_and_loses_only_ours(cfd, tmp_path
     assert not (home / ".cursor").exists()
 
 
-def test_no_agent_found_installs_nothing_and_says_so(cfd, tmp_path):
+def test_no_agent_found_means_claude_code_the_default_and_says_so(cfd, tmp_path):
+    """confabd installed before any agent ran (install-user.sh on a fresh account): Claude Code's hooks,
+    as install-hooks always did; nothing for the other agents."""
     home = tmp_path / "bare"
     home.mkdir()
     env = dict(agent_env(cfd, tmp_path), HOME=str(home))
-    for verb in ("install-hooks", "uninstall-hooks"):
-        r = cfd.ctl(verb, env=env)
-        assert r.returncode == 1
-        assert "no coding agent found; name one with --provider" in r.stderr
-        assert f"Claude Code: not found (no {home / '.claude'}, no claude on PATH)" in r.stdout
-        assert list(home.iterdir()) == []
+    r = cfd.ctl("install-hooks", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"Claude Code: not found (no {home / '.claude'}, no claude on PATH)" in r.stdout
+    assert "no coding agent found: installing Claude Code's hooks (the default agent)" in r.stdout
+    assert [p.name for p in home.iterdir()] == [".claude"]
+    assert "SessionStart" in json.loads((home / ".claude" / "settings.json").read_text())["hooks"]
+    # now Claude Code is found (its dir): uninstall takes its hooks out and touches nothing else
+    r = cfd.ctl("uninstall-hooks", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"Claude Code (found: {home / '.claude'}): removing" in r.stdout
+    assert json.loads((home / ".claude" / "settings.json").read_text()) == {}
+    assert [p.name for p in home.iterdir()] == [".claude"]
 
 
 def test_the_agents_own_variables_say_where_it_is(cfd, tmp_path):

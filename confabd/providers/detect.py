@@ -11,8 +11,9 @@ that is where our hook or plugin goes) or its program is on PATH:
 | opencode | `$CONFAB_OPENCODE_CONFIG_DIR`, else `$XDG_CONFIG_HOME/opencode`, else `~/.config/opencode` | `opencode` |
 
 A parent such as `~/.config` is never enough: it exists on every desktop. Nothing is installed for
-an agent that is not found; `--provider NAME` still names exactly one agent, found or not (the
-user asked for it).
+an agent that is not found, once any agent is; when none is, Claude Code's hooks are (the default
+agent: what `install-hooks` always did, and what install-user.sh relies on before Claude Code's
+first run). `--provider NAME` still names exactly one agent, found or not (the user asked for it).
 """
 
 from __future__ import annotations
@@ -76,15 +77,17 @@ def _why_not(agent: Agent) -> str:
 def for_each_agent(run: Callable[[str], int], verb: str, out=None, env=None) -> int:
     """`run(name)` for every installed agent, a line per agent first; the worst exit code.
 
-    No agent at all is an error (exit 1): the user would otherwise think something was installed."""
+    No agent found at all (confabd installed before any agent's first run, as install-user.sh does):
+    Claude Code, confabd's default agent, as `install-hooks` always did, and it says so."""
     out = out if out is not None else sys.stdout
     every = agents(env)
     if not any(a.found for a in every):
         for agent in every:
             print(f"{LABELS[agent.name]}: {_why_not(agent)}", file=out)
-        print(f"confabctl: no coding agent found; name one with --provider ({', '.join(NAMES)})",
-              file=sys.stderr)
-        return 1
+        print(f"no coding agent found: {verb} Claude Code's hooks (the default agent); "
+              f"--provider NAME names another ({', '.join(NAMES)})", file=out)
+        out.flush()
+        return run(CLAUDE_CODE)
     worst = 0
     for agent in every:
         if not agent.found:
