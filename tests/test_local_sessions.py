@@ -117,3 +117,30 @@ def test_save_all_takes_every_agents_sessions(cfd):
     assert {backend.provider(i) for i in ("cccc3333-claude", root, CURSOR_SID)} == {"claude-code", "codex", "cursor"}
     assert backend_has_file(backend, "cccc3333-claude", claude)
     assert backend_has_file(backend, root, rollout) and backend_has_file(backend, CURSOR_SID, transcript)
+
+
+def test_save_an_opencode_session_collects_it_and_its_child_from_the_database_first(cfd, tmp_path):
+    """The plugin announced it (messages.jsonl and source.json, as the hook leaves them); save collects
+    what the database has since, the child session too, and ships it as opencode."""
+    from confabd.providers.opencode.hook import remember_source
+    from tests.test_opencode import OpenCodeStore
+
+    backend = cfd.backend
+    store = OpenCodeStore(tmp_path / "opencode.db")
+    root = store.session("ses_saved_root")
+    child = store.session("ses_saved_child", parent=root)
+    store.turn(root, "plan the release", "here is a plan")
+    store.turn(child, "check the tests", "they pass")
+    store.turn(root, "ship it", "shipped")
+    messages = cfd.home / ".confab" / "opencode" / root / "messages.jsonl"
+    messages.parent.mkdir(parents=True)
+    messages.touch()
+    remember_source(str(messages), str(store.path))
+    assert [(r["provider"], r["external_id"]) for r in listed(cfd)] == [("opencode", root)]
+    r = cfd.ctl("save", root)
+    assert r.returncode == 0, r.stderr
+    assert backend.provider(root) == "opencode"
+    assert len(backend.lines(root, "messages.jsonl")) == 4
+    assert backend.file_bytes(root, "messages.jsonl") == messages.read_bytes()
+    assert len(backend.lines(root, f"opencode/{child}/messages.jsonl")) == 2
+    assert backend.metadata(root)["first_user_message"] == "plan the release"
