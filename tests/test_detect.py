@@ -125,3 +125,16 @@ def test_uninstalling_cursor_hooks_that_were_never_there_writes_no_file(cfd, tmp
     assert r.returncode == 0, r.stderr
     assert not (cfd.home / ".cursor" / "hooks.json").exists()
     assert os.listdir(cfd.home / ".cursor") == []
+
+
+def test_one_agent_that_cannot_be_installed_does_not_stop_the_others(cfd, tmp_path):
+    """OpenCode's plugins dir is a file: its install fails, said on stderr, exit 1; the agents after it
+    and before it still get their hooks."""
+    (cfd.home / ".cursor").mkdir()
+    (cfd.home / ".config" / "opencode").mkdir(parents=True)
+    (cfd.home / ".config" / "opencode" / "plugins").write_text("not a directory\n")
+    r = cfd.ctl("install-hooks", env=agent_env(cfd, tmp_path))
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and "OpenCode" in r.stderr, r.stderr
+    assert "SessionStart" in json.loads((cfd.home / ".claude" / "settings.json").read_text())["hooks"]
+    assert "sessionStart" in json.loads((cfd.home / ".cursor" / "hooks.json").read_text())["hooks"]

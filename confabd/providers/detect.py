@@ -95,8 +95,19 @@ def for_each_agent(run: Callable[[str], int], verb: str, out=None, env=None) -> 
             continue
         print(f"{LABELS[agent.name]} (found: {agent.found}): {verb}", file=out)
         out.flush()
-        worst = max(worst, run(agent.name))
+        worst = max(worst, _run_one(run, agent))
     return worst
+
+
+def _run_one(run: Callable[[str], int], agent: Agent) -> int:
+    """One agent's installer; a file it cannot write fails that agent only, said plainly."""
+    try:
+        return run(agent.name)
+    except OSError as exc:
+        print(f"confabctl: {LABELS[agent.name]}: {exc.strerror or exc}"
+              f"{': ' + exc.filename if isinstance(exc.filename, str) else ''}; the other agents go on "
+              f"(once it is fixed: the same command with --provider {agent.name})", file=sys.stderr)
+        return 1
 
 
 def one_or_all(provider: Optional[str], settings: Optional[str]) -> Optional[str]:
