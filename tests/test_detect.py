@@ -128,8 +128,8 @@ def test_uninstalling_cursor_hooks_that_were_never_there_writes_no_file(cfd, tmp
 
 
 def test_one_agent_that_cannot_be_installed_does_not_stop_the_others(cfd, tmp_path):
-    """OpenCode's plugins dir is a file: its install fails, said on stderr, exit 1; the agents after it
-    and before it still get their hooks."""
+    """OpenCode's plugins dir is a file: its install fails, said on stderr (was: a "cannot talk to the
+    master" from ctl's catch-all), exit 1; the other agents still get their hooks."""
     (cfd.home / ".cursor").mkdir()
     (cfd.home / ".config" / "opencode").mkdir(parents=True)
     (cfd.home / ".config" / "opencode" / "plugins").write_text("not a directory\n")
