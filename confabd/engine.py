@@ -108,6 +108,7 @@ class SessionSync:
         *,
         cwd: str = "",
         redact: Optional[Callable[[bytes], bytes]] = None,
+        redact_lines: Optional[Callable[[list[bytes]], list[bytes]]] = None,
         oversized_lines: str = "stand-in",
         budget: int = CHUNK_BUDGET,
         progress: Optional[dict[str, FileProgress]] = None,
@@ -121,6 +122,7 @@ class SessionSync:
         self.sink = sink
         self.cwd = cwd
         self.redact = redact
+        self.redact_lines = redact_lines  # `redact` over a batch at once (Redactor.redact_lines), when given
         self.oversized_lines = oversized_lines
         self.budget = budget
         self.on_chunk = on_chunk
@@ -129,6 +131,9 @@ class SessionSync:
         # chunk (and before we heard) still leaves the IDs for the next worker.
         self.on_agents_named = on_agents_named
         self.chunk_cap = chunk_cap
+        # The sink's encoding of a block of lines, when it has one (the HTTP sink's JSON):
+        # each block read is then encoded once, for the budget and for the body.
+        self._encode: Optional[Callable[[list[bytes]], bytes]] = getattr(sink, "encode_lines", None)
         self.hurry = False  # a final sync or `save`: no chunk spacing
         self.session_id = ""
         self.needs_init = True
@@ -229,7 +234,7 @@ class SessionSync:
     def _deliver_file(self, f: TrackedFile) -> int:
         sent = 0
         while not f.blocked_at and self._may_send(f):
-            batch = f.reader.read_batch((f.server_line or 0) + 1, self.budget, f.max_lines)
+            batch = f.reader.read_batch((f.server_line or 0) + 1, self.budget, f.max_lines, self._encode)
             if batch is None or (not batch.lines and not batch.oversized):
                 return sent
             if batch.oversized:
@@ -250,6 +255,8 @@ class SessionSync:
         return time.monotonic() - f.last_chunk_at >= chunk_spacing(f.chunks, self.chunk_cap)
 
     def _redacted(self, lines: list[bytes]) -> list[bytes]:
+        if self.redact_lines:
+            return self.redact_lines(lines)
         return [self.redact(line) for line in lines] if self.redact else lines
 
     def _upload(self, f: TrackedFile, batch: Batch, lines: list[bytes]) -> int:
@@ -261,6 +268,7 @@ class SessionSync:
             first_line=batch.first_line,
             lines=lines,
             metadata=self._metadata() if f is self.main else None,
+            encoded=self._encoded(batch, lines),
         )
         try:
             last = self.sink.upload_chunk(chunk)
@@ -293,6 +301,21 @@ class SessionSync:
             self.git_info_sent = True
         self._advance(f, batch, last, len(lines))
         return len(lines)
+
+    def _encoded(self, batch: Batch, outgoing: list[bytes]) -> tuple:
+        """The batch's encoded blocks for the lines as sent: a block redaction
+        changed is encoded again (the others are kept as read)."""
+        if not batch.encoded or outgoing is batch.lines:
+            return batch.encoded
+        if len(outgoing) != len(batch.lines):
+            return ()
+        blocks, start = [], 0
+        for count, body in batch.encoded:
+            end = start + count
+            changed = any(outgoing[i] is not batch.lines[i] for i in range(start, end))
+            blocks.append((count, self._encode(outgoing[start:end]) if changed else body))
+            start = end
+        return tuple(blocks)
 
     def _advance(self, f: TrackedFile, batch: Batch, last: int, count: int) -> None:
         expected = batch.first_line + count - 1
