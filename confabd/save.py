@@ -15,14 +15,12 @@ import sys
 import time
 from typing import Optional, TextIO
 
-import backoff
-
 from .config import ConfigError, Settings, load_backend_config
 from .engine import SessionSync, TrackedFile
 from .errors import ConfabdError
 from .records import validate_external_id
-from .sinks import open_sink, retry_wait
-from .sinks.base import SinkError, Unavailable
+from .sinks import open_sink, retry_until
+from .sinks.base import SinkError
 
 SAVE_RETRY_SECONDS = 120
 
@@ -71,14 +69,14 @@ def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out
     engine = SessionSync(
         external_id, path, sink,
         redact=redactor.redact_line if redactor else None,
+        redact_lines=redactor.redact_lines if redactor else None,
         oversized_lines=settings.oversized_lines,
         on_chunk=bar.advance if bar else None,
     )
     engine.hurry = True  # one upload, now: no chunk spacing
     started = time.monotonic()
     try:
-        retrying = backoff.on_exception(retry_wait, Unavailable, max_time=SAVE_RETRY_SECONDS, jitter=None)
-        sent = retrying(engine.sync_until_idle)()
+        sent = retry_until(engine.sync_until_idle, SAVE_RETRY_SECONDS)
     finally:
         sink.close()
         if bar:

@@ -86,7 +86,7 @@ rm -rf "$STAGE"
 mkdir -p "$(dirname "$VENV")"
 "$PYTHON" -m venv "$VENV"
 PIP_CONSTRAINT="$HERE/constraints.txt" "$VENV/bin/python" -m pip install -q --no-compile \
-	--only-binary=:all: "$OUT"/wheels/confabd-*.whl
+	--only-binary=:all: "$(echo "$OUT"/wheels/confabd-*.whl)[fast]"
 "$VENV/bin/python" -m pip uninstall -q -y pip setuptools
 # Relocate: bin/ keeps only the interpreter symlinks (entry points are
 # /usr/bin/confabd and /usr/bin/confabctl); nothing may name the staging dir.
@@ -110,7 +110,7 @@ if grep -rlF "$STAGE" "$VENV" >/dev/null 2>&1; then
 fi
 # Smoke test of the staged tree (its interpreter symlink resolves to the
 # target python, which then uses the staged site-packages).
-"$VENV/bin/python3" -IB -c 'import confabd, msgspec, psutil, requests, daemon, zstandard, backoff; print("venv ok: confabd", confabd.__version__)'
+"$VENV/bin/python3" -IB -c 'import confabd, msgspec, psutil, requests, daemon, zstandard, hyperscan; print("venv ok: confabd", confabd.__version__)'
 # Relative from its final place /usr/lib/confabd/venv/bin to /usr/bin.
 ln -sfn "../../../../bin/python$PYVER" "$VENV/bin/python$PYVER"
 STAMP=${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}

@@ -170,7 +170,7 @@ def test_deb_contents(packages):
     names = list(entries)
     # the private venv: our package and every runtime dependency, no pip, no bytecode
     site = [n for n in names if "/site-packages/" in n]
-    for dist in ("confabd", "msgspec", "psutil", "requests", "daemon", "zstandard", "backoff"):
+    for dist in ("confabd", "msgspec", "psutil", "requests", "daemon", "zstandard"):
         assert any(re.search(rf"/site-packages/{dist}/__init__\.py$", n) for n in site), dist
     assert not [n for n in names if "/site-packages/pip/" in n or "/site-packages/setuptools/" in n]
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
