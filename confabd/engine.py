@@ -108,7 +108,7 @@ class SessionSync:
         *,
         cwd: str = "",
         redact: Optional[Callable[[bytes], bytes]] = None,
-        redact_lines: Optional[Callable[[list[bytes]], list[bytes]]] = None,
+        redact_lines: Optional[Callable[..., list[bytes]]] = None,
         oversized_lines: str = "stand-in",
         budget: int = CHUNK_BUDGET,
         progress: Optional[dict[str, FileProgress]] = None,
@@ -234,7 +234,9 @@ class SessionSync:
     def _deliver_file(self, f: TrackedFile) -> int:
         sent = 0
         while not f.blocked_at and self._may_send(f):
-            batch = f.reader.read_batch((f.server_line or 0) + 1, self.budget, f.max_lines, self._encode)
+            redacted_blocks: dict[int, list[bytes]] = {}
+            batch = f.reader.read_batch((f.server_line or 0) + 1, self.budget, f.max_lines,
+                                        self._block_encoder(redacted_blocks))
             if batch is None or (not batch.lines and not batch.oversized):
                 return sent
             if batch.oversized:
@@ -243,10 +245,37 @@ class SessionSync:
                     return sent
             else:
                 lines = batch.lines
-            outgoing = self._redacted(lines)
+            outgoing = self._outgoing(batch, lines, redacted_blocks)
             self._learn(f, lines, outgoing)
             sent += self._upload(f, batch, outgoing)
         return sent
+
+    def _block_encoder(self, redacted_blocks: dict[int, list[bytes]]):
+        """The reader's `encode`: the sink's encoding of a block's lines as they will
+        be sent, so redacted first (one first pass per 1 MiB block, and the budget
+        charges what is sent); the redacted lines are kept in `redacted_blocks` by
+        the id of their encoding, which the batch holds."""
+        if self._encode is None:
+            return None
+        if not (self.redact or self.redact_lines):
+            return lambda lines, _block: self._encode(lines)
+
+        def encode(lines: list[bytes], block: bytes) -> bytes:
+            outgoing = self.redact_lines(lines, block) if self.redact_lines else self._redacted(lines)
+            body = self._encode(outgoing)
+            redacted_blocks[id(body)] = outgoing
+            return body
+
+        return encode
+
+    def _outgoing(self, batch: Batch, lines: list[bytes], redacted_blocks: dict[int, list[bytes]]) -> list[bytes]:
+        """`lines` as they are sent: the encoded blocks' redacted lines, the rest redacted now."""
+        if not redacted_blocks or lines is not batch.lines:
+            return self._redacted(lines)
+        outgoing: list[bytes] = []
+        for _, body in batch.encoded:
+            outgoing += redacted_blocks[id(body)]
+        return outgoing + self._redacted(lines[len(outgoing):])
 
     def _may_send(self, f: TrackedFile) -> bool:
         """Chunk spacing (see chunk_spacing): a final sync always may."""
@@ -268,7 +297,7 @@ class SessionSync:
             first_line=batch.first_line,
             lines=lines,
             metadata=self._metadata() if f is self.main else None,
-            encoded=self._encoded(batch, lines),
+            encoded=batch.encoded,  # the encoding of `lines` as sent (_block_encoder)
         )
         try:
             last = self.sink.upload_chunk(chunk)
@@ -301,21 +330,6 @@ class SessionSync:
             self.git_info_sent = True
         self._advance(f, batch, last, len(lines))
         return len(lines)
-
-    def _encoded(self, batch: Batch, outgoing: list[bytes]) -> tuple:
-        """The batch's encoded blocks for the lines as sent: a block redaction
-        changed is encoded again (the others are kept as read)."""
-        if not batch.encoded or outgoing is batch.lines:
-            return batch.encoded
-        if len(outgoing) != len(batch.lines):
-            return ()
-        blocks, start = [], 0
-        for count, body in batch.encoded:
-            end = start + count
-            changed = any(outgoing[i] is not batch.lines[i] for i in range(start, end))
-            blocks.append((count, self._encode(outgoing[start:end]) if changed else body))
-            start = end
-        return tuple(blocks)
 
     def _advance(self, f: TrackedFile, batch: Batch, last: int, count: int) -> None:
         expected = batch.first_line + count - 1

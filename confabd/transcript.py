@@ -142,15 +142,16 @@ class LineReader:
         self._open_flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
 
     def read_batch(self, first_line: int, budget: int, max_lines: Optional[int] = None,
-                   encode: Optional[Callable[[list[bytes]], bytes]] = None) -> Optional[Batch]:
+                   encode: Optional[Callable[[list[bytes], bytes], bytes]] = None) -> Optional[Batch]:
         """Lines from `first_line` on, as many as fit `budget` (encoded size).
 
         None when the file does not exist. An empty batch when there is no new
         complete line. When the very next line alone exceeds the budget, the
         batch is empty and `oversized` gives that line's length.
 
-        `encode` (the sink's, when it sends an encoding): a block's lines as the
-        bytes they take in the body. Each whole block is then encoded once and
+        `encode` (the engine's, when the sink sends an encoding): a block's lines
+        (and the block as read: the lines, each ending in a newline) as the bytes
+        they take in the body. Each whole block is then encoded once and
         charged its exact size, and the encoding travels in `Batch.encoded`.
         """
         try:
@@ -226,7 +227,7 @@ class LineReader:
                 parts.pop()  # the empty string after the last newline
                 if max_lines is None or len(lines) + len(parts) <= max_lines:
                     if encode is not None and len(complete) + 2 * len(parts) <= budget - used:
-                        body = encode(parts)
+                        body = encode(parts, complete)
                         cost = len(body) + 1  # and the comma before the next block
                         cost = cost if cost <= budget - used else None
                     else:

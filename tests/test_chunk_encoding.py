@@ -101,7 +101,7 @@ def test_blocks_are_encoded_once_and_charged_exactly(tmp_path, small_blocks):
     path = tmp_path / f"{EID}.jsonl"
     path.write_bytes(corpus())
     sink = HttpSink("http://127.0.0.1:9", "cfb_" + "k" * 40)
-    batch = transcript.LineReader(str(path)).read_batch(1, BUDGET, None, sink.encode_lines)
+    batch = transcript.LineReader(str(path)).read_batch(1, BUDGET, None, lambda lines, _block: sink.encode_lines(lines))
     covered = sum(count for count, _ in batch.encoded)
     assert 1 < len(batch.encoded) and 0 < covered <= len(batch.lines)
     start = 0
