@@ -116,6 +116,7 @@ class SessionSync:
         on_chunk: Optional[Callable[[TrackedFile, int], None]] = None,
         on_agents_named: Optional[Callable[[], None]] = None,
         chunk_cap: int = SERVER_CHUNK_CAP,
+        on_read: Optional[Callable[[TrackedFile, int], None]] = None,
     ):
         self.external_id = external_id
         self.transcript_path = transcript_path
@@ -131,6 +132,7 @@ class SessionSync:
         # chunk (and before we heard) still leaves the IDs for the next worker.
         self.on_agents_named = on_agents_named
         self.chunk_cap = chunk_cap
+        self.on_read = on_read  # (file, bytes) per block read for a chunk, before it is sent (save's progress)
         # The sink's encoding of a block of lines, when it has one (the HTTP sink's JSON):
         # each block read is then encoded once, for the budget and for the body.
         self._encode: Optional[Callable[[list[bytes]], bytes]] = getattr(sink, "encode_lines", None)
@@ -236,7 +238,7 @@ class SessionSync:
         while not f.blocked_at and self._may_send(f):
             redacted_blocks: dict[int, list[bytes]] = {}
             batch = f.reader.read_batch((f.server_line or 0) + 1, self.budget, f.max_lines,
-                                        self._block_encoder(redacted_blocks))
+                                        self._block_encoder(redacted_blocks, f))
             if batch is None or (not batch.lines and not batch.oversized):
                 return sent
             if batch.oversized:
@@ -250,17 +252,20 @@ class SessionSync:
             sent += self._upload(f, batch, outgoing)
         return sent
 
-    def _block_encoder(self, redacted_blocks: dict[int, list[bytes]]):
+    def _block_encoder(self, redacted_blocks: dict[int, list[bytes]], f: TrackedFile):
         """The reader's `encode`: the sink's encoding of a block's lines as they will
         be sent, so redacted first (one first pass per 1 MiB block, and the budget
         charges what is sent); the redacted lines are kept in `redacted_blocks` by
         the id of their encoding, which the batch holds."""
         if self._encode is None:
             return None
-        if not (self.redact or self.redact_lines):
-            return lambda lines, _block: self._encode(lines)
+        redacting, on_read = bool(self.redact or self.redact_lines), self.on_read
 
         def encode(lines: list[bytes], block: bytes) -> bytes:
+            if on_read:
+                on_read(f, len(block))
+            if not redacting:
+                return self._encode(lines)
             outgoing = self.redact_lines(lines, block) if self.redact_lines else self._redacted(lines)
             body = self._encode(outgoing)
             redacted_blocks[id(body)] = outgoing
