@@ -199,9 +199,9 @@ def test_deb_venv_is_relocated(deb_root):
     assert pythons[:2] == ["python", "python3"], pythons
     versioned = [p for p in pythons if re.fullmatch(r"python3\.\d+", p)]
     assert versioned and os.readlink(venv / "bin" / versioned[0]) == f"../../../../bin/{versioned[0]}"
-    for entry in ("confabd", "confabctl"):
+    for entry, flags in (("confabd", "-IB"), ("confabctl", "-IBS")):  # confabctl, the hook: no site either
         first = (deb_root / "usr/bin" / entry).read_text().splitlines()[0]
-        assert first == "#!/usr/lib/confabd/venv/bin/python3 -IB", first
+        assert first == "#!/usr/lib/confabd/venv/bin/python3 " + flags, first
 
 
 @pytest.mark.packaging
