@@ -102,3 +102,21 @@ def test_without_hyperscan_the_fallback_is_taken(monkeypatch):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=60)
     assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr
+
+
+@needs_hyperscan
+def test_the_compiled_database_is_cached_privately_and_a_bad_cache_is_replaced(tmp_path):
+    anchors = [("ghp_", "", False), ("sk-", "(?:proj-)?[A-Za-z0-9_-]{20}", False)]
+    cache = tmp_path / "cache"
+    lines = [b"x", b"ghp_" + b"a" * 36, b"sk-" + b"b" * 20]
+    assert flagged_lines(lines, compile_first_pass(anchors, str(cache))) == [1, 2]
+    (saved,) = cache.iterdir()
+    assert saved.name.startswith("redact-") and saved.stat().st_mode & 0o777 == 0o600
+    assert cache.stat().st_mode & 0o777 == 0o700
+    good = saved.read_bytes()
+    assert flagged_lines(lines, compile_first_pass(anchors, str(cache))) == [1, 2]  # loaded, same answer
+    saved.write_bytes(b"not a database" + good[14:])
+    assert flagged_lines(lines, compile_first_pass(anchors, str(cache))) == [1, 2]  # compiled again
+    assert saved.read_bytes() == good
+    other = compile_first_pass([("AKIA", "", False)], str(cache))  # other patterns: another file
+    assert flagged_lines(lines + [b"AKIA"], other) == [3] and len(list(cache.iterdir())) == 2
