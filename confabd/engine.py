@@ -373,7 +373,8 @@ class SessionSync:
         """Agent IDs from the lines as read; the session's title and summary from
         the lines as sent (redacted), so metadata never holds what the lines do not."""
         joined = b"\n".join(lines)
-        if f is self.main:
+        if f is self.main and (outgoing is lines or self.facts.may_learn_from(joined)):
+            # (redacted lines are joined again only for a batch that can tell something)
             self.facts.learn(outgoing, joined if outgoing is lines else None)
         named = {a for a in agent_ids_in(joined) if a not in self._pending_agents
                  and agent_file_name(a) not in self.files}
