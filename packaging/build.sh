@@ -95,6 +95,9 @@ rm -rf "$VENV/include"
 find "$VENV" -name direct_url.json -delete
 find "$VENV" -name __pycache__ -prune -exec rm -rf {} +
 sed -i "s#$STAGE##g" "$VENV/pyvenv.cfg"
+# C sources some wheels carry beside their compiled module (hyperscan's extension.c)
+# are not needed at run time (rpmlint: devel-file-in-non-devel-package).
+find "$VENV/lib" -name '*.c' -type f -delete
 # Library files are not programs (some carry a stray exec bit or shebang).
 find "$VENV/lib" -type f ! -name '*.so*' -exec chmod 0644 {} +
 # Shared objects from the wheels carry debug symbols; strip as dh_strip would.
