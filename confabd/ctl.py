@@ -51,10 +51,19 @@ class HookError(Exception):
 
 
 def hook(args):
+    provider, args = hook_provider(args)
+    if provider == "codex":
+        return hook_codex(args)
+    if provider == "cursor":
+        return hook_cursor(args)
+    if provider == "opencode":
+        return hook_opencode(args)
     sys.stdout.write(HOOK_RESPONSE + "\n")
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
     try:
+        if provider != "claude-code":
+            raise HookError(f"unknown --provider {provider!r} (expected claude-code, codex, cursor or opencode)")
         if event in ("session-start", "user-prompt-submit"):
             # Every prompt registers too (a no-op while a worker runs): a session whose SessionStart
             # never reached a master (hooks installed mid-session, --teleport, a refusal) is caught.
@@ -73,7 +82,106 @@ def hook(args):
     return 0
 
 
-def read_hook_input():
+def hook_provider(args):
+    """(`--provider NAME` of a hook command line, default claude-code; the other words)."""
+    rest, provider = [], "claude-code"
+    words = iter(args)
+    for word in words:
+        if word == "--provider":
+            provider = next(words, "")
+        elif word.startswith("--provider="):
+            provider = word.partition("=")[2]
+        else:
+            rest.append(word)
+    return provider, rest
+
+
+def hook_codex(args):
+    """Codex's SessionStart (see confabd.providers.codex.hook); Codex has no end hook to honour."""
+    from .providers.codex import hook as codex
+
+    sys.stdout.write(codex.RESPONSE + "\n")
+    sys.stdout.flush()
+    event = args[0] if len(args) == 1 else ""
+    try:
+        if event != "session-start":
+            raise HookError(f"{' '.join(args) or 'no event'!r} is not used for codex: only session-start is "
+                            "(a Codex session ends when its codex process exits); remove that hook from "
+                            "config.toml")
+        payload = read_hook_input()[3]
+        try:
+            external_id, transcript, cwd = codex.announce(payload, home=paths.home_dir())
+        except codex.rollouts.BadRollout as exc:
+            raise HookError(f"invalid Codex hook input: {exc}; ignored") from None
+        except codex.Skip as exc:
+            raise HookError(str(exc)) from None
+        register(external_id, transcript, cwd, "codex")
+    except HookError as exc:
+        err(f"hook {event or '?'} --provider codex: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a hook must never fail Codex
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        err(f"hook {event or '?'} --provider codex: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
+def hook_opencode(args):
+    """What the confabd OpenCode plugin runs (see confabd.providers.opencode.hook); prints nothing."""
+    from .providers.opencode import hook as opencode
+
+    event = args[0] if len(args) == 1 else ""
+    try:
+        if event not in ("session-start", "session-end"):
+            raise HookError(f"usage: confabctl hook session-start|session-end --provider opencode (got {' '.join(args)!r})")
+        payload = read_hook_input(require_location=False)[3]
+        if event == "session-end":
+            session_id = payload["session_id"]
+            hook_session_end((session_id, "", "", {"session_id": session_id, "hook_event_name": "SessionEnd",
+                                                   "reason": "OpenCode disposed of the session"}))
+            return 0
+        try:
+            session_id, transcript, cwd, pid = opencode.announce(payload, home=paths.home_dir())
+        except opencode.Skip as exc:
+            raise HookError(str(exc)) from None
+        register(session_id, transcript, cwd, "opencode", hint=pid)
+    except HookError as exc:
+        err(f"hook {event or '?'} --provider opencode: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a hook must never fail OpenCode
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        err(f"hook {event or '?'} --provider opencode: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
+def hook_cursor(args):
+    """Cursor's sessionStart/sessionEnd (see confabd.providers.cursor.hook)."""
+    from .providers.cursor import hook as cursor
+
+    sys.stdout.write(cursor.RESPONSE + "\n")
+    sys.stdout.flush()
+    event = args[0] if len(args) == 1 else ""
+    try:
+        if event not in ("session-start", "session-end"):
+            raise HookError(f"usage: confabctl hook session-start|session-end --provider cursor (got {' '.join(args)!r})")
+        payload = read_hook_input(require_location=False)[3]
+        try:
+            session_id, transcript, cwd, model = cursor.announce(payload, home=paths.home_dir())
+        except cursor.BadInput as exc:
+            raise HookError(f"invalid Cursor hook input: {exc}; ignored") from None
+        if event == "session-start":
+            register(session_id, transcript, cwd, "cursor", model)
+        else:
+            hook_session_end((session_id, transcript, cwd, cursor.end_payload(payload, transcript)))
+    except HookError as exc:
+        err(f"hook {event or '?'} --provider cursor: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a hook must never fail Cursor
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        err(f"hook {event or '?'} --provider cursor: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
+def read_hook_input(require_location=True):
     """(session_id, transcript_path, cwd, payload) from the hook JSON on stdin."""
     if sys.stdin is None or sys.stdin.isatty():
         raise HookError("no hook input: expected Claude Code's hook JSON on stdin")
@@ -96,7 +204,7 @@ def read_hook_input():
                         "[A-Za-z0-9._-], not starting with '.'; ignored")
     cwd = payload.get("cwd") if isinstance(payload.get("cwd"), str) else ""
     transcript = payload.get("transcript_path")
-    if not isinstance(transcript, str) or not transcript:
+    if (not isinstance(transcript, str) or not transcript) and require_location:
         if not cwd:
             raise HookError("hook input has neither transcript_path nor cwd; ignored")
         transcript = default_transcript_path(cwd, session_id)
@@ -123,13 +231,22 @@ def claude_pid_hint():
 
 def hook_session_start(hook_input):
     session_id, transcript, cwd, _payload = hook_input
+    register(session_id, transcript, cwd, "claude-code")
+
+
+def register(session_id, transcript, cwd, provider, model="", hint=0):
     message = {"type": "register", "external_id": session_id, "transcript_path": transcript,
-               "cwd": cwd, "parent_pid": os.getppid(), "claude_pid_hint": claude_pid_hint(),
+               "cwd": cwd, "parent_pid": os.getppid(), "claude_pid_hint": hint or claude_pid_hint(),
                "hook_pid": os.getpid()}
+    if provider != "claude-code":  # an older master does not know the field: say it only when needed
+        message["provider"] = provider
+    if model:
+        message["model"] = model
     try:
         reply = request_with_autostart(message)
     except (client.NoMaster, client.ProtocolError, OSError) as exc:
-        state = write_fallback_state(session_id, transcript, cwd)
+        state = write_fallback_state(session_id, transcript, cwd, provider, model)
+        leave_note_for_system_master(session_id)
         raise HookError(f"{exc}; the session is recorded in {state} for the next master") from None
     if not reply.get("ok"):
         raise HookError(f"the master refused the session: {reply.get('error')}")
@@ -151,6 +268,11 @@ def request_with_autostart(message):
         return reply
     except client.NoMaster:
         pass
+    from .hostwide import autostart_refusal
+
+    refusal = autostart_refusal()
+    if refusal:
+        raise client.NoMaster(f"no confabd master answers on {path} nor on the system socket; {refusal}")
     try:
         launcher = client.spawn_master()
     except OSError as exc:
@@ -187,7 +309,10 @@ def hook_session_end(hook_input):
     try:
         reply, _path, _system = client.request_any(message, timeout=SESSION_END_TIMEOUT_S)
     except client.NoMaster as exc:
-        if os.path.exists(paths.state_path(sync_dir(), session_id)):
+        leave_note_for_system_master(session_id)
+        from .hostwide import autostart_refusal
+
+        if os.path.exists(paths.state_path(sync_dir(), session_id)) and not autostart_refusal():
             client.spawn_master()  # it adopts the session and finishes it from the inbox
             raise HookError(f"{exc}; the session end is recorded in {inbox}; "
                             "started a master to finish the session") from None
@@ -196,6 +321,14 @@ def hook_session_end(hook_input):
         raise HookError(f"the master did not confirm ({exc}); the session end is recorded in {inbox}") from None
     if not reply.get("ok"):
         raise HookError(f"the master could not finish the session: {reply.get('error')}")
+
+
+def leave_note_for_system_master(session_id):
+    """Where a system master is installed, tell it (once it is back) that this user has States."""
+    if not os.environ.get("CONFABD_SOCKET"):  # a master of one's own was named: nothing to tell
+        from .hostwide import leave_note
+
+        leave_note(session_id)
 
 
 def sync_dir():
@@ -220,23 +353,26 @@ def append_session_end(session_id, payload):
     return path
 
 
-def write_fallback_state(session_id, transcript, cwd):
+def write_fallback_state(session_id, transcript, cwd, provider="claude-code", model=""):
     """A State file for a session no master took, so the next master adopts it.
 
     The rare path: it may import psutil to record which Claude Code (pid and
     create time) ran the hook, so the next master watches the right process.
     """
     from .parents import find_claude
+    from .providers import get
 
     directory = fileio.ensure_private_dir(sync_dir())
     path = paths.state_path(directory, session_id)
     if os.path.exists(path):
         return path
-    parent_pid, create_time = find_claude(os.getpid(), os.getppid(), claude_pid_hint())
-    state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd,
+    parent_pid, create_time = find_claude(os.getpid(), os.getppid(), claude_pid_hint(), get(provider).parent_re)
+    state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd, "provider": provider,
              "inbox_path": paths.inbox_path(directory, session_id), "started_at": utc_now()}
     if parent_pid:
         state.update(parent_pid=parent_pid, parent_create_time=create_time)
+    if model:
+        state["model"] = model
     fileio.atomic_write(path, client.dumps(state).encode())
     return path
 
@@ -267,10 +403,14 @@ def build_parser():
                     "on stdin, prints " + HOOK_RESPONSE + " and exits 0, always: a problem is said on stderr "
                     "and never breaks the Claude Code session. session-start (and user-prompt-submit, on every "
                     "prompt: a no-op while the session's worker runs) registers the session with the "
-                    "master (starting a user-mode master when none answers); session-end records the "
+                    "master (starting a user-mode master when none answers, unless the system config says "
+                    "user_masters = \"never\"); session-end records the "
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
                     "(final sync, then the session_end event), without waiting for the upload.")
     p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
+    p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor", "opencode"],
+                   help="the agent that runs the hook (codex: only session-start; cursor: session-start "
+                        "and session-end; docs/PROVIDERS.md)")
 
     # `register` says what it does (people expect `start` to start the daemon); `start` still works.
     p = sub.add_parser("register", aliases=["start"],
@@ -285,9 +425,41 @@ def build_parser():
     p.add_argument("external_id", metavar="ID")
     p.add_argument("--wait", action="store_true", help="return only when the final sync is done")
 
+    p = sub.add_parser("retry", help="try a failed or backing-off session again now",
+                       description="Try a session again now instead of at its next backoff or failed_retry_s: "
+                                   "the crash count starts again, its worker is (re)started, and a file blocked "
+                                   "by a refused chunk or an oversized line is tried again. ID may be a "
+                                   "unique prefix.")
+    p.add_argument("external_id", metavar="ID")
+    p = sub.add_parser("forget", help="drop a failed session for good (State and inbox removed, no session_end)",
+                       description="Give up on a session whose worker does not run (failed, backoff, or a State "
+                                   "file no master runs): its State and inbox are removed and no session_end "
+                                   "is sent. What it delivered stays on the backend; lines not yet delivered "
+                                   "are not sent (its transcript is kept: `confabctl save` can still upload "
+                                   "them). Asks first, unless --yes. ID may be a unique prefix.")
+    p.add_argument("external_id", metavar="ID")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    sub.add_parser("reload", help="have the master re-read its settings (as SIGHUP) and say whether it took them",
+                   description="Ask the master, over its socket, to re-read its settings file as on SIGHUP. Exit 0 "
+                               "when the new settings were taken (running workers use them from their next "
+                               "cycle), 1 with the errors when they were not (the current settings are kept). "
+                               "The system master takes it from root only.")
+    sub.add_parser("handover", help="move your sessions from your own master to the system master",
+                   description="Where the system service runs: stop your own user-mode master (its live sessions "
+                               "are suspended, their State kept) and have the system master adopt every "
+                               "session in your sync dir. Exit 3 when no system master answers.")
+
     p = sub.add_parser("status", help="the master and its sessions")
     p.add_argument("external_id", nargs="?", metavar="ID")
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+
+    p = sub.add_parser("metrics", help="the master's numbers as Prometheus text (sessions by state, lines, "
+                                       "bytes, chunks, errors, restarts, lag; per sink)",
+                       description="Print the master's metrics in the Prometheus text format: the numbers "
+                                   "`status --json` shows. --output writes them atomically to a file instead "
+                                   "(mode 0644), e.g. node_exporter's textfile directory from a timer.")
+    p.add_argument("--output", metavar="FILE", help="write to FILE (atomically: a temporary file, then rename)")
+    p.add_argument("--json", action="store_true", help="the same numbers as JSON: sessions by state, per sink totals")
 
     p = sub.add_parser("ping", help="exit 0 if a master answers")
     p.add_argument("--json", action="store_true", help="print {pid, version, socket} as JSON")
@@ -334,8 +506,12 @@ def build_parser():
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
         p = sub.add_parser(name, help=f"{text} the SessionStart/UserPromptSubmit/SessionEnd hooks in "
                                       "~/.claude/settings.json")
-        p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json)")
+        p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json; "
+                                                          "with --provider codex, $CODEX_HOME/config.toml)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
+        p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor", "opencode"],
+                       help="whose hooks: Claude Code's (the default), Codex's SessionStart hook, or "
+                            "Cursor's sessionStart/sessionEnd in ~/.cursor/hooks.json, or the OpenCode plugin")
     return parser
 
 
@@ -418,6 +594,8 @@ def cmd_status(args):
     if reply is None:
         return EXIT_FAIL
     result = {"master": reply["master"], "sessions": reply["sessions"]}
+    if "sinks" in reply:  # an older master has none
+        result["sinks"] = reply["sinks"]
     if args.json:
         import json
 
@@ -444,7 +622,7 @@ def use_colour():
 
 STATE_COLOURS = {"failed": "31", "backoff": "33", "unreachable": "33", "syncing": "32", "finishing": "36"}
 # Columns in the order they are dropped when the terminal is too narrow (first dropped first).
-DROPPABLE = ("PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER")
+DROPPABLE = ("SINK", "PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER", "AGENT")
 ROOM_FOR_ERROR = 20  # columns kept for the start of LAST ERROR
 SHORT_ID = 8  # like a short git hash: enough to tell sessions apart, `status ID` shows the whole one
 
@@ -460,10 +638,15 @@ def format_status(status, width=None, colour=False):
     if not sessions:
         lines.append("no sessions")
         return "\n".join(lines)
+    sinks = {s.get("sink") for s in sessions if s.get("sink")}
+    if len(sinks) == 1:  # where the lines go, said once (a column when sessions differ)
+        lines.append(fit("lines go to " + printable(describe_sink(sinks.pop())), width))
     wide = width is None or len(sessions) == 1
     rows = [status_row(s, wide) for s in sessions]
-    columns = ["SESSION"] + (["USER"] if any("USER" in r for r in rows) else []) + [
-        "PROJECT", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "LAST SYNC", "LAST ERROR"]
+    agents = ["AGENT"] if any(r["AGENT"] != "claude-code" for r in rows) else []  # only beside other agents
+    columns = ["SESSION"] + agents + (["USER"] if any("USER" in r for r in rows) else []) + [
+        "PROJECT", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "BEHIND", "LAST SYNC"] + (
+        ["SINK"] if sinks else []) + ["LAST ERROR"]
     table = [dict(zip(columns, columns))] + [{k: printable(v) for k, v in r.items()} for r in rows]
     for name in DROPPABLE:  # drop what matters least until the fixed columns leave room for an error
         if width is None or table_width(table, columns[:-1]) + 2 + ROOM_FOR_ERROR <= width:
@@ -487,14 +670,22 @@ def status_row(s, wide):
     row = {
         "SESSION": s["external_id"] if wide or len(s["external_id"]) <= SHORT_ID + 1
         else s["external_id"][:SHORT_ID] + "…",
+        "AGENT": s.get("provider") or "claude-code",
         "PROJECT": os.path.basename((s.get("cwd") or "").rstrip("/")) or "-",
         "STATE": s["state"], "WORKER": str(s.get("worker_pid") or "-"), "PARENT": str(s.get("parent_pid") or "-"),
         "RESTARTS": str(s.get("restarts", 0)), "LINES": str(sum(f.get("last_synced_line", 0) for f in files)),
+        "BEHIND": str(s["behind"]) if isinstance(s.get("behind"), int) else "-",
+        "SINK": describe_sink(s.get("sink") or "-"),
         "LAST SYNC": (s.get("last_sync_at") or "-").replace("T", " ")[:19], "LAST ERROR": s.get("last_error") or "",
     }
     if "uid" in s:
         row["USER"] = user_name(s["uid"])
     return row
+
+
+def describe_sink(sink):
+    """`archive:<path>` as "the local archive <path>"; a backend URL as it is."""
+    return f"the local archive {sink[len('archive:'):]}" if sink.startswith("archive:") else sink
 
 
 def user_name(uid):
@@ -538,6 +729,42 @@ def cmd_ping(args):
     else:
         print(f"confabd master {reply.get('pid')} (version {reply.get('version')}) is alive")
     return EXIT_OK
+
+
+def cmd_metrics(args):
+    reply = ask({"type": "metrics"})
+    if reply is None:
+        return EXIT_FAIL
+    if args.json:
+        import json
+
+        text = json.dumps({"sessions": reply.get("sessions", {}), "sinks": reply.get("sinks", [])}, indent=2) + "\n"
+    else:
+        text = reply["text"]
+    if not args.output:
+        sys.stdout.write(text)
+        return EXIT_OK
+    write_readable_file(args.output, text.encode())
+    return EXIT_OK
+
+
+def write_readable_file(path, data):
+    """`data` to `path` all at once (a reader never sees half a file), readable by others (0644):
+    node_exporter reads the textfile directory as its own user. The temporary name does not end
+    in .prom, so the collector never reads it."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, 0o644)  # whatever the umask
+            f.write(data)
+            f.flush()
+            os.fsync(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        fileio.unlink_if_present(tmp)
+        raise
 
 
 def cmd_shutdown(args):
@@ -647,20 +874,39 @@ def cmd_logout(args):
     return run_logout(args)
 
 
+def _verb(name, args):
+    from . import verbs
+
+    return getattr(verbs, name)(args)
+
+
+def provider_installer(name):
+    import importlib
+
+    return importlib.import_module(f".providers.{name}.install", __package__)
+
+
 def cmd_install_hooks(args):
+    if args.provider in ("codex", "cursor", "opencode"):
+        install = provider_installer(args.provider)
+        return install.install(args.settings, hook_command_prefix(), args.dry_run)
     from .hooks_install import install_hooks
 
     return install_hooks(args.settings, hook_command_prefix(), args.dry_run)
 
 
 def cmd_uninstall_hooks(args):
+    if args.provider in ("codex", "cursor", "opencode"):
+        return provider_installer(args.provider).uninstall(args.settings, args.dry_run)
     from .hooks_install import uninstall_hooks
 
     return uninstall_hooks(args.settings, args.dry_run)
 
 
 COMMANDS = {
-    "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
+    "retry": lambda args: _verb("cmd_retry", args), "forget": lambda args: _verb("cmd_forget", args),
+    "reload": lambda args: _verb("cmd_reload", args), "handover": lambda args: _verb("cmd_handover", args),
+    "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "metrics": cmd_metrics, "ping": cmd_ping,
     "shutdown": cmd_shutdown, "save": cmd_save, "archive": cmd_archive,
     "list": cmd_list, "redaction-test": cmd_redaction_test, "doctor": cmd_doctor, "login": cmd_login, "logout": cmd_logout, "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
 }

@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Optional
 
 import msgspec
 
-from .discovery import SubagentLocator, agent_file_name, agent_ids_in, is_agent_file_name
-from .metadata import SessionFacts, init_metadata
+from . import providers
+from .metadata import init_metadata
 from .records import ChunkMetadata, FileProgress, GitInfo, InitRequest
 from .sinks.base import (
     AuthFailed,
@@ -86,6 +86,7 @@ class TrackedFile:
         self.error = ""  # why this file is stuck, if it is
         self.blocked_at = 0  # a line this file cannot get past (too large, or refused by the sink)
         self.chunks = 0  # chunks the sink accepted for this file (as far as we heard)
+        self.sidecar_sent = False  # its provider's sidecar was accepted (see Layout.chunk_extras)
         self.last_chunk_at = float("-inf")  # time.monotonic() of the last accepted chunk
 
     def progress(self) -> FileProgress:
@@ -94,7 +95,7 @@ class TrackedFile:
         offset = c.offset if c.line == line else 0
         return FileProgress(last_synced_line=line, byte_offset=offset, inode=c.inode if offset else 0,
                             file_type=self.file_type, path=self.path, tail=c.tail if offset else "",
-                            chunks=self.chunks)
+                            chunks=self.chunks, sidecar_sent=self.sidecar_sent)
 
 
 class SessionSync:
@@ -116,8 +117,12 @@ class SessionSync:
         on_chunk: Optional[Callable[[TrackedFile, int], None]] = None,
         on_agents_named: Optional[Callable[[], None]] = None,
         chunk_cap: int = SERVER_CHUNK_CAP,
+        provider: Optional[providers.Provider] = None,
+        model: str = "",
         on_read: Optional[Callable[[TrackedFile, int], None]] = None,
     ):
+        self.provider = provider or providers.get()
+        self.model = model  # the agent's model as its hook said (Cursor): on every transcript chunk
         self.external_id = external_id
         self.transcript_path = transcript_path
         self.sink = sink
@@ -139,10 +144,10 @@ class SessionSync:
         self.hurry = False  # a final sync or `save`: no chunk spacing
         self.session_id = ""
         self.needs_init = True
-        self.facts = SessionFacts()
+        self.facts = self.provider.facts()
         self.git_info: Optional[GitInfo] = None
         self.git_info_sent = False
-        self.locator = SubagentLocator(transcript_path)
+        self.locator = self.provider.layout(transcript_path, external_id)
         self.files: dict[str, TrackedFile] = {}
         self._pending_agents: set[str] = set(pending_agents)
         main_name = transcript_path.rsplit("/", 1)[-1]
@@ -158,6 +163,7 @@ class SessionSync:
             external_id=self.external_id,
             transcript_path=self.transcript_path,
             metadata=init_metadata(self.cwd or self.facts.cwd, self.facts.git_branch),
+            provider=self.provider.name,
         )
         self.git_info = request.metadata.git_info
         response = self.sink.init(request)
@@ -165,7 +171,7 @@ class SessionSync:
         known = {name: f.last_synced_line for name, f in response.files.items()}
         for name in known:
             if name not in self.files and not self._track_agent_file(name):
-                if not is_agent_file_name(name):  # a hostile or confused backend: never a path to open
+                if not self.locator.is_side_file_name(name):  # a hostile or confused backend: never a path to open
                     log.warning("%s: ignoring the sink's file name %s (not one this client sends)",
                                 self.external_id, printable(repr(name))[:200])
         for f in self.files.values():
@@ -223,6 +229,7 @@ class SessionSync:
     # -- delivery ------------------------------------------------------------
 
     def _deliver_all(self) -> int:
+        self.locator.collect()
         sent = 0
         for _ in range(DISCOVERY_ROUNDS):
             known = len(self.files)
@@ -295,13 +302,14 @@ class SessionSync:
 
     def _upload(self, f: TrackedFile, batch: Batch, lines: list[bytes]) -> int:
         """Send `lines` (already redacted) as the chunk at `batch.first_line`."""
+        extras = None if f.sidecar_sent else self.locator.chunk_extras(f.name, f.file_type, f.path)
         chunk = Chunk(
             session_id=self.session_id,
             file_name=f.name,
             file_type=f.file_type,
             first_line=batch.first_line,
             lines=lines,
-            metadata=self._metadata() if f is self.main else None,
+            metadata=self._metadata(f, extras),
             encoded=batch.encoded,  # the encoding of `lines` as sent (_block_encoder)
         )
         try:
@@ -333,6 +341,8 @@ class SessionSync:
             raise
         if chunk.metadata is not None and chunk.metadata.git_info is not None:
             self.git_info_sent = True
+        if extras:
+            f.sidecar_sent = True  # after a failed chunk (a sidecar's 500 too) the next one carries it again
         self._advance(f, batch, last, len(lines))
         return len(lines)
 
@@ -373,11 +383,12 @@ class SessionSync:
         """Agent IDs from the lines as read; the session's title and summary from
         the lines as sent (redacted), so metadata never holds what the lines do not."""
         joined = b"\n".join(lines)
-        if f is self.main and (outgoing is lines or self.facts.may_learn_from(joined)):
+        may_learn = getattr(self.facts, "may_learn_from", None)  # (Claude Code's facts know their needles)
+        if f is self.main and (outgoing is lines or may_learn is None or may_learn(joined)):
             # (redacted lines are joined again only for a batch that can tell something)
             self.facts.learn(outgoing, joined if outgoing is lines else None)
-        named = {a for a in agent_ids_in(joined) if a not in self._pending_agents
-                 and agent_file_name(a) not in self.files}
+        named = {a for a in self.locator.agents_named(joined) if a not in self._pending_agents
+                 and self.locator.agent_file_name(a) not in self.files}
         if not named:
             return
         room = MAX_PENDING_AGENTS - len(self._pending_agents)
@@ -391,7 +402,7 @@ class SessionSync:
 
     def _discover(self) -> None:
         for agent_id in list(self._pending_agents):
-            name = agent_file_name(agent_id)
+            name = self.locator.agent_file_name(agent_id)
             if name in self.files or self._track_agent_file(name):
                 self._pending_agents.discard(agent_id)
         for name, path in self.locator.scan().items():
@@ -419,6 +430,7 @@ class SessionSync:
             if f is None:
                 continue
             f.chunks = p.chunks
+            f.sidecar_sent = p.sidecar_sent
             if p.byte_offset:
                 f.reader.remember(p.last_synced_line, p.byte_offset, p.inode, p.tail)
 
@@ -432,12 +444,30 @@ class SessionSync:
             return
         self.facts.learn(self._redacted(head.split(b"\n")[:-1]))
 
-    def _metadata(self) -> Optional[ChunkMetadata]:
+    def _metadata(self, f: TrackedFile, extras: Optional[dict]) -> Optional[ChunkMetadata]:
+        """The transcript's title, summary and git info; and any file's sidecar (`extras`)."""
+        fields = self.locator.chunk_fields(f.name, f.file_type, f.path)
+        if fields.get("summary"):
+            fields["summary"] = self._redacted_text(fields["summary"])
+        if f is not self.main:
+            return ChunkMetadata(**(extras or {}), **fields) if extras or fields else None
         facts = self.facts
+        fields = {"summary": facts.summary, "first_user_message": facts.first_user_message, "model": self.model,
+                  **{k: v for k, v in fields.items() if v}}
         git = None if self.git_info_sent else self.git_info
-        if not (git or facts.summary or facts.first_user_message):
+        if not (git or extras or any(fields.values())):
             return None
-        return ChunkMetadata(git_info=git, summary=facts.summary, first_user_message=facts.first_user_message)
+        return ChunkMetadata(git_info=git, **fields, **(extras or {}))
+
+    def _redacted_text(self, text: str) -> str:
+        """Text that is not a line (a title from elsewhere) redacted as a line's string would be."""
+        if not self.redact:
+            return text
+        try:
+            value = msgspec.json.decode(self.redact(msgspec.json.encode(text)))
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return ""  # never the unredacted text
+        return value if isinstance(value, str) else ""
 
 
 def _truncated_stand_in(path: str, offset: int, size: int, line_no: int, file_type: str) -> bytes:

@@ -28,11 +28,12 @@ def process_identity(pid: int) -> Optional[tuple[int, float, str]]:
         return None
 
 
-def find_claude(hook_pid: int, parent_pid: int, hint: int) -> tuple[int, float]:
+def find_claude(hook_pid: int, parent_pid: int, hint: int, pattern: re.Pattern = CLAUDE_RE) -> tuple[int, float]:
     """The Claude Code process that ran a hook: (pid, create_time), (0, 0.0) if not found.
 
     CLAUDE_PID (`hint`) wins when it is a live ancestor of the hook; otherwise
-    the hook's parent or grandparent whose command line names `claude`.
+    the hook's parent or grandparent whose command line names `claude` (or matches
+    `pattern`: the session's provider says how its agent's process is recognised).
     """
     ancestors: list[psutil.Process] = []
     try:
@@ -56,7 +57,7 @@ def find_claude(hook_pid: int, parent_pid: int, hint: int) -> tuple[int, float]:
                     break
     for proc in ancestors[:2]:
         try:
-            if CLAUDE_RE.search(" ".join(proc.cmdline()) or proc.name()):
+            if pattern.search(" ".join(proc.cmdline()) or proc.name()):
                 return proc.pid, proc.create_time()
         except psutil.Error:
             continue

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 
 import msgspec
 
-from . import paths
+from . import paths, providers
 from .errors import CorruptRecord
 from .records import State
 from .store import SyncDir
@@ -46,7 +46,8 @@ MAX_HELPER_REPLY = 16 << 20
 # may not be readable by the user (e.g. a Python under /root), and a lazy import
 # would fail in the middle of a sync.
 WORKER_PRELOAD = ("confabd.worker", "confabd.redact", "confabd.sinks.http", "confabd.sinks.archive",
-                  "encodings.idna", "sqlite3")
+                  "encodings.idna", "sqlite3", "confabd.providers.claude_code", "confabd.providers.codex",
+                  "confabd.providers.cursor", "confabd.providers.opencode")
 
 
 class User(msgspec.Struct, frozen=True):
@@ -302,6 +303,10 @@ def adoption_record(sync_dir: str, external_id: str) -> Optional[tuple[State, bo
         raise CorruptRecord(path, str(exc)) from None
     if state.external_id != external_id:
         raise CorruptRecord(path, f"it names session {state.external_id!r}, not {external_id!r}")
+    try:
+        providers.check_name(state.provider)
+    except providers.UnknownProvider as exc:
+        raise CorruptRecord(path, str(exc)) from None
     ended = any(r.type == "session_end" for r in files.read_inbox(external_id))
     return state, ended
 

@@ -61,6 +61,9 @@ class FileProgress(msgspec.Struct, omit_defaults=True):
     path: str = ""
     tail: str = ""
     chunks: NonNegative = 0
+    # The file's sidecar (a provider's extra chunk metadata, e.g. codex_rollout) was
+    # accepted with one of its chunks; until then every chunk carries it.
+    sidecar_sent: bool = False
 
 
 class Backoff(msgspec.Struct, omit_defaults=True):
@@ -80,6 +83,8 @@ class State(msgspec.Struct, omit_defaults=True):
     external_id: str
     transcript_path: str
     cwd: str = ""
+    provider: str = "claude-code"  # the agent (confabd.providers); the Go client's field too
+    model: str = ""  # the model the agent's start hook named (Cursor): on every transcript chunk
     pid: NonNegative = 0
     parent_pid: NonNegative = 0
     inbox_path: str = ""
@@ -171,10 +176,28 @@ class InitResponse(msgspec.Struct, frozen=True):
     files: dict[str, ServerFile] = {}
 
 
+class CodexRollout(msgspec.Struct, omit_defaults=True, frozen=True):
+    """The `codex_rollout` sidecar of a Codex rollout's chunk (providers.md §3.4)."""
+
+    thread_uuid: str
+    rollout_path: str
+    parent_thread_uuid: str = ""  # omitted for a root (the server refuses "")
+    cwd: str = ""
+    model: str = ""
+    source: str = ""
+    thread_source: str = ""
+    agent_path: str = ""
+    agent_role: str = ""
+    agent_nickname: str = ""
+
+
 class ChunkMetadata(msgspec.Struct, omit_defaults=True, frozen=True):
     git_info: Optional[GitInfo] = None
     summary: str = ""
     first_user_message: str = ""
+    codex_rollout: Optional[CodexRollout] = None
+    latest_message_at: str = ""  # RFC 3339, UTC (Cursor: its lines carry no timestamps)
+    model: str = ""
 
 
 class ChunkRequest(msgspec.Struct, omit_defaults=True, frozen=True):

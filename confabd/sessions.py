@@ -39,9 +39,9 @@ from typing import Callable, Iterator, Optional
 
 import msgspec
 
-from . import worker_api
+from . import providers, worker_api
 from .config import Settings
-from .parents import CLAUDE_RE, process_identity, same_process
+from .parents import process_identity, same_process
 from .privileges import PrivilegeError
 from .records import State
 from .tenancy import USER_OWNER
@@ -85,6 +85,8 @@ class Registration(msgspec.Struct, frozen=True):
     cwd: str = ""
     parent_pid: int = 0  # its Claude Code, 0: not watched
     parent_create_time: float = 0.0
+    provider: str = "claude-code"  # the agent (confabd.providers)
+    model: str = ""  # what the agent's hook said its model is (Cursor)
 
 
 class Session:
@@ -95,6 +97,8 @@ class Session:
         self.owner = registration.owner  # who it belongs to (tenancy.py): its worker runs as them
         self.transcript_path = registration.transcript_path
         self.cwd = registration.cwd
+        self.provider = registration.provider
+        self.model = registration.model
         self.parent_pid = registration.parent_pid
         self.parent_create_time = registration.parent_create_time
         self.parent_fd: Optional[int] = None  # a pidfd: readable when the parent exits
@@ -143,6 +147,9 @@ class Sessions:
         self.table: dict[tuple[int, str], Session] = {}
         self.stopping = False  # shutdown: no new sessions, no restarts
         self.on_slot_freed: Callable[[int], None] = lambda owner: None  # adoption.py: a session ended
+        # metrics.py: every report (counts, reachability), and what a status row adds from them
+        self.on_report_taken: Callable[[Session, worker_api.Report], None] = lambda session, report: None
+        self.delivery_fields: Callable[[Session], dict] = lambda session: {}
 
     # -- looking up ----------------------------------------------------------------
 
@@ -180,6 +187,7 @@ class Sessions:
         files = {name: {"last_synced_line": n} for name, n in (report.files if report else {}).items()}
         return {
             "external_id": session.external_id,
+            "provider": session.provider,
             "state": session.phase,
             "worker_pid": session.proc.pid if session.proc else None,
             "parent_pid": session.parent_pid or None,
@@ -190,7 +198,7 @@ class Sessions:
             "files": files,
             "last_sync_at": (report and report.last_sync_at) or None,
             "last_error": session.last_error or (report and report.last_error) or None,
-        } | self.tenancy.describe_owner(session.owner)
+        } | self.delivery_fields(session) | self.tenancy.describe_owner(session.owner)
 
     # -- beginnings ----------------------------------------------------------------
 
@@ -215,14 +223,14 @@ class Sessions:
         parent_pid, create_time = state.parent_pid, state.parent_create_time
         if parent_pid and not create_time:  # e.g. written by the original Go client: check by name
             found = process_identity(parent_pid)
-            if found and CLAUDE_RE.search(found[2]):
+            if found and providers.get(state.provider).parent_re.search(found[2]):
                 create_time = found[1]
             else:
-                finish_reason = finish_reason or worker_api.parent_gone()
+                finish_reason = finish_reason or worker_api.parent_gone(agent=providers.get(state.provider).label)
         elif parent_pid and not same_process(parent_pid, create_time):
-            finish_reason = finish_reason or worker_api.parent_gone(parent_pid)
+            finish_reason = finish_reason or worker_api.parent_gone(parent_pid, providers.get(state.provider).label)
         session = Session(Registration(owner, state.external_id, state.transcript_path, state.cwd,
-                                       parent_pid, create_time))
+                                       parent_pid, create_time, state.provider, state.model))
         session.restarts = state.worker_restarts
         session.confab_session_id = state.confab_session_id
         session.end_hook_input = hook_input
@@ -257,7 +265,7 @@ class Sessions:
             external_id=session.external_id, transcript_path=session.transcript_path,
             sync_dir=where.sync_dir, home=where.home, settings=where.settings, run_as=where.run_as,
             cwd=session.cwd, parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
-            restarts=session.restarts, finish_reason=session.finish_reason,
+            provider=session.provider, model=session.model, restarts=session.restarts, finish_reason=session.finish_reason,
             end_hook_input=session.end_hook_input)
         master_end, worker_end = self.ctx.Pipe(duplex=True)
         inherited = self.inherited_fds() + [master_end.fileno()]
@@ -315,6 +323,7 @@ class Sessions:
                 continue
             if isinstance(message, worker_api.Report):
                 self.take_report(session, message)
+                self.on_report_taken(session, message)
         if eof:
             self.unregister(session.pipe)  # the sentinel tells the rest
 
@@ -449,6 +458,29 @@ class Sessions:
         session.restarts += 1
         self.spawn(session)
 
+    def retry(self, session: Session) -> None:
+        """`confabctl retry`: now rather than after the backoff or failed_retry_s. The crash count
+        starts again; a worker that runs rebuilds its sink (a blocked file is tried again) and
+        drops its backoff; one that does not is started at once."""
+        session.crashes = 0
+        log.info("session %s: retry requested (was %s)", session.external_id, session.phase)
+        if session.alive:
+            self.send(session, worker_api.Retry())
+            return
+        self.timers.cancel(session.restart_timer)
+        session.last_error = ""
+        self.restart(session)
+        if session.alive:
+            self.send(session, worker_api.Retry())  # read at its first wait: its State's backoff goes too
+
+    def abandon(self, session: Session) -> None:
+        """`confabctl forget` of a session without a worker: gone from this master, no session_end.
+        (Its files are the tenancy's to remove.)"""
+        log.warning("session %s: forgotten on request (was %s); no session_end is sent",
+                    session.external_id, session.phase)
+        self.forget(session)
+        self.release_waiters(session, "the session was forgotten (confabctl forget)")
+
     # -- endings ----------------------------------------------------------------------
 
     def finish(self, session: Session, reason: str, hook_input: Optional[dict] = None) -> None:
@@ -505,7 +537,7 @@ class Sessions:
     def parent_exited(self, session: Session) -> None:
         self.unwatch_parent(session)
         if self.table.get(session.key) is session:
-            self.finish(session, worker_api.parent_exited(session.parent_pid))
+            self.finish(session, worker_api.parent_exited(session.parent_pid, providers.get(session.provider).label))
 
     def poll_parents(self) -> None:
         """Where pidfd is missing: is each parent still the process it was?"""

@@ -69,8 +69,18 @@ ENDPOINTS = {
     "/api/v1/auth/validate": "validate",
     "/auth/device/code": "device_code",
     "/auth/device/token": "device_token",
+    # what this server supports (public, no key): a dict of capabilities, see FakeBackend.capabilities
+    "/api/v1/capabilities": "capabilities",
 }
 ACCOUNT_ENDPOINTS = ("validate", "device_code", "device_token")
+#: The server's static answer (internal/api/capabilities.go). Absent keys mean false; an older
+#: server has no such endpoint (404): set ``backend.capabilities = None``.
+CAPABILITIES = {"workflow_files": True, "workflow_journal": True, "opencode_subagents": True}
+#: codex_rollout's field limits (ValidateCodexRolloutMetadata), in characters as the server says.
+CODEX_ROLLOUT_LIMITS = {"rollout_path": 8192, "cwd": 8192, "model": 255, "source": 64, "thread_source": 255,
+                        "agent_path": 8192, "agent_role": 255, "agent_nickname": 255}
+MAX_MODEL = 255
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 #: The server keys a session by (user, provider, external id); init's provider is one of these.
 PROVIDERS = ("claude-code", "codex", "opencode", "cursor")
 DEVICE_POLL_INTERVAL_S = 5  # the server's `interval`; clients poll every max(interval, 5 s)
@@ -313,6 +323,31 @@ def _decode_json(data: bytes, schema: type) -> tuple[Any, bool]:
         raise ApiError(400, INVALID_BODY) from None
 
 
+def _validate_codex_rollout(rollout: dict) -> None:
+    """ValidateCodexRolloutMetadata, with its messages (all 400)."""
+    for key, value in rollout.items():
+        if not isinstance(value, str):
+            raise ApiError(400, INVALID_BODY)
+    thread = rollout.get("thread_uuid") or ""
+    if not thread:
+        raise ApiError(400, "thread_uuid is required")
+    if not UUID_RE.match(thread):
+        raise ApiError(400, "thread_uuid must be a valid UUID")
+    if "parent_thread_uuid" in rollout:
+        parent = rollout["parent_thread_uuid"]
+        if parent == "":
+            raise ApiError(400, "parent_thread_uuid must not be empty when provided (omit the field for root rollouts)")
+        if not UUID_RE.match(parent):
+            raise ApiError(400, "parent_thread_uuid must be a valid UUID")
+        if parent.lower() == thread.lower():
+            raise ApiError(400, "parent_thread_uuid must not equal thread_uuid")
+    if not rollout.get("rollout_path"):
+        raise ApiError(400, "rollout_path is required")
+    for key, limit in CODEX_ROLLOUT_LIMITS.items():
+        if len(rollout.get(key) or "") > limit:
+            raise ApiError(400, f"{key} exceeds maximum length of {limit} characters")
+
+
 def _parse_rfc3339(text: str) -> None:
     """Raise unless ``text`` is an RFC 3339 timestamp with an offset (Go's time.Time)."""
     try:
@@ -371,6 +406,11 @@ class FakeBackend:
         self._slow_downs = 0
         self._device_polls = 0
         self._log: list[dict] = []
+        # Per server feature, merged into GET /api/v1/capabilities: tests set or add keys.
+        self.capabilities: Optional[dict[str, bool]] = dict(CAPABILITIES)
+        self._codex_rollouts: dict[tuple[str, str], dict] = {}  # (owner, thread_uuid) -> the row
+        self._sidecar_chunks = 0  # accepted chunks that carried a codex_rollout
+        self._sidecar_failures = 0  # "Failed to record codex rollout" still to give (after the commit)
         self._connections = 0
         self._open_sockets: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -380,12 +420,14 @@ class FakeBackend:
     # ---- lifecycle ------------------------------------------------------
 
     def start(self) -> "FakeBackend":
-        """Bind 127.0.0.1 (ephemeral port by default) and serve in a thread."""
+        """Bind 127.0.0.1 (ephemeral port by default) and serve in a thread. Started again
+        after `stop()` (an outage), it serves on the same port, with everything it held."""
         if self._server is not None:
             return self
         self._stopping.clear()
         self._server = _Server(("127.0.0.1", self._port), self.handler_class, self)
         host, port = self._server.server_address[:2]
+        self._port = port
         self.url = f"http://{host}:{port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -500,6 +542,27 @@ class FakeBackend:
         with self._lock:
             session = self._find(external_id)
             return dict(session.metadata) if session else {}
+
+    def provider(self, external_id: str) -> Optional[str]:
+        with self._lock:
+            session = self._find(external_id)
+            return session.provider if session else None
+
+    def codex_rollouts(self) -> list[dict]:
+        """The codex_rollouts table: one row per (user, thread_uuid), as the server keeps it."""
+        with self._lock:
+            return [dict(row) for row in self._codex_rollouts.values()]
+
+    def sidecar_chunks(self) -> int:
+        """How many accepted chunks carried a codex_rollout (the upsert ran for each)."""
+        with self._lock:
+            return self._sidecar_chunks
+
+    def fail_codex_rollout_next(self, n: int = 1) -> None:
+        """The next n chunks carrying codex_rollout are committed, then answered 500
+        "Failed to record codex rollout" without the row recorded, as the server does."""
+        with self._lock:
+            self._sidecar_failures += n
 
     def delete_session(self, external_id: str) -> None:
         """Delete like the owner would on the web: chunk/event for it now get 404,
@@ -654,6 +717,12 @@ class FakeBackend:
     def _process(self, req: _Request) -> _Reply:
         if req.endpoint in ACCOUNT_ENDPOINTS:
             return self._account(req)
+        if req.endpoint == "capabilities":
+            if req.method != "GET":
+                return _Reply(405, {"error": "Method not allowed"})
+            with self._lock:
+                caps = None if self.capabilities is None else dict(self.capabilities)
+            return _Reply(404, {"error": "Not found"}) if caps is None else _Reply(200, caps)
         decoded_size = None
         try:
             if req.method != "POST":
@@ -781,12 +850,34 @@ class FakeBackend:
                 raise ApiError(
                     400, f"first_line must be {held + 1} (got {body.first_line}) - chunks must be contiguous"
                 )
+            rollout = (body.metadata or {}).get("codex_rollout")
+            if rollout is not None and session.provider != "codex":
+                raise ApiError(400, "codex_rollout metadata is only supported for codex sessions")
             if state is None:
                 state = session.files[body.file_name] = _File(body.file_type)
             state.lines.extend(body.lines)
             state.chunks += 1
-            session.merge_metadata(body.metadata)
+            # The server applies chunk metadata to the session only for transcript chunks; sidecars for any.
+            if body.file_type == "transcript":
+                session.merge_metadata({k: v for k, v in (body.metadata or {}).items() if k != "codex_rollout"})
+            if rollout is not None:
+                if self._sidecar_failures:  # committed above, as the server does, then the sidecar fails
+                    self._sidecar_failures -= 1
+                    raise ApiError(500, "Failed to record codex rollout")
+                self._record_codex_rollout(owner, session, body.file_name, rollout)
             return {"last_synced_line": len(state.lines)}, lossy
+
+    def _record_codex_rollout(self, owner: str, session: _Session, file_name: str, rollout: dict) -> None:
+        """The server's upsert (internal/db/codex/rollouts.go): first parent wins, empty strings keep
+        what is stored, the hosted session and file always move. Caller holds the lock."""
+        self._sidecar_chunks += 1
+        row = self._codex_rollouts.setdefault((owner, rollout["thread_uuid"]), {})
+        for key, value in rollout.items():
+            if key == "parent_thread_uuid" and row.get(key):
+                continue
+            if value != "" or key not in row:
+                row[key] = value
+        row.update(hosted_session_id=session.session_id, hosted_file_name=file_name)
 
     @staticmethod
     def _validate_chunk(body: ChunkRequest) -> None:
@@ -797,8 +888,10 @@ class FakeBackend:
             raise ApiError(400, "file_name is required")
         if len(body.file_name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
             raise ApiError(400, f"file_name exceeds {MAX_FILE_NAME_BYTES} bytes")
-        if "/" in body.file_name or "\\" in body.file_name or body.file_name in (".", ".."):
-            raise ApiError(400, "file_name must be a base name without a path")
+        # The server keeps a name's slashes as storage key segments (Cursor's subagents/<id>.jsonl);
+        # what it would make of empty, '.' or '..' segments no client should find out.
+        if "\\" in body.file_name or any(part in ("", ".", "..") for part in body.file_name.split("/")):
+            raise ApiError(400, "file_name must be a relative path of plain names")
         if body.file_type not in FILE_TYPES:
             raise ApiError(400, f"Invalid file_type: {body.file_type!r} (must be one of {', '.join(FILE_TYPES)})")
         if body.first_line < 1:
@@ -816,6 +909,15 @@ class FakeBackend:
             raise ApiError(400, f"metadata.summary exceeds {MAX_SUMMARY_BYTES} characters")
         if len((meta.get("first_user_message") or "").encode()) > MAX_FIRST_USER_MESSAGE_BYTES:
             raise ApiError(400, f"metadata.first_user_message exceeds {MAX_FIRST_USER_MESSAGE_BYTES} characters")
+        _require_type(meta, "model", str)
+        if len(meta.get("model") or "") > MAX_MODEL:
+            raise ApiError(400, f"model exceeds maximum length of {MAX_MODEL} characters")
+        _require_type(meta, "latest_message_at", str)
+        if meta.get("latest_message_at"):
+            _parse_rfc3339(meta["latest_message_at"])
+        _require_type(meta, "codex_rollout", dict)
+        if meta.get("codex_rollout") is not None:
+            _validate_codex_rollout(meta["codex_rollout"])
 
     def _event(self, owner: str, data: bytes) -> tuple[dict, bool]:
         body, lossy = _decode_json(data, EventRequest)

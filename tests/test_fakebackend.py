@@ -225,7 +225,10 @@ def test_file_name_and_file_type_rules(backend, http):
     assert_error(chunk(http, backend, sid, 1, ["a"], file_type="todo"), 400)
     assert_error(chunk(http, backend, sid, 1, ["a"], file_name="n" * 509 + ".jsonl"), 400)  # 515 bytes
     assert_error(chunk(http, backend, sid, 1, ["a"], file_name="é" * 257), 400)  # 514 bytes, 257 chars
-    assert_error(chunk(http, backend, sid, 1, ["a"], file_name="dir/x.jsonl"), 400)
+    for bad in ("../x.jsonl", "/x.jsonl", "a//x.jsonl", "a/./x.jsonl", "a\\x.jsonl", "dir/"):
+        assert_error(chunk(http, backend, sid, 1, ["a"], file_name=bad), 400)
+    # slashes are the server's key segments (Cursor's subagents/<id>.jsonl, Claude's workflow files)
+    assert chunk(http, backend, sid, 1, ["s"], file_name="subagents/x.jsonl", file_type="agent").ok
     assert chunk(http, backend, sid, 1, ["a"], file_name="n" * 506 + ".jsonl").ok  # exactly 512 bytes
     assert chunk(http, backend, sid, 1, ["w"], file_name="wf.jsonl", file_type="workflow_journal").ok
     assert chunk(http, backend, sid, 1, ["g"], file_name="agent-a1.jsonl", file_type="agent").ok
@@ -443,3 +446,61 @@ def new_session_with_key(http, remote, key):
     r = init(http, remote, key=key)
     assert r.status_code == 200, r.text
     return r.json()["session_id"]
+
+
+# -- provider rules (providers.md §1.8, §3.4) -----------------------------------------------
+
+THREAD = "01a23340-aae7-79e3-8f92-d579bc5e9b3b"
+CHILD = "01a23340-aae7-79e3-8f92-d579bc5e9b3c"
+
+
+def test_capabilities_are_public_and_a_dict_tests_can_extend_or_remove(http, backend):
+    r = http.get(f"{backend.url}/api/v1/capabilities", timeout=10)  # no key: public
+    assert r.status_code == 200
+    assert r.json() == {"workflow_files": True, "workflow_journal": True, "opencode_subagents": True}
+    backend.capabilities["something_new"] = False
+    assert http.get(f"{backend.url}/api/v1/capabilities", timeout=10).json()["something_new"] is False
+    backend.capabilities = None  # an older server
+    assert http.get(f"{backend.url}/api/v1/capabilities", timeout=10).status_code == 404
+
+
+def test_codex_rollout_only_on_codex_sessions_and_with_the_servers_field_rules(http, backend):
+    claude = init(http, backend).json()["session_id"]
+    rollout = {"thread_uuid": THREAD, "rollout_path": "/h/.codex/sessions/r.jsonl"}
+    r = chunk(http, backend, claude, 1, ["{}"], metadata={"codex_rollout": rollout})
+    assert (r.status_code, r.json()["error"]) == (400, "codex_rollout metadata is only supported for codex sessions")
+    codex = init(http, backend, external_id=THREAD, provider="codex").json()["session_id"]
+    for bad, message in (
+            ({"rollout_path": "/r"}, "thread_uuid is required"),
+            ({"thread_uuid": "nope", "rollout_path": "/r"}, "thread_uuid must be a valid UUID"),
+            (dict(rollout, parent_thread_uuid=""), "parent_thread_uuid must not be empty when provided "
+                                                   "(omit the field for root rollouts)"),
+            (dict(rollout, parent_thread_uuid=THREAD), "parent_thread_uuid must not equal thread_uuid"),
+            ({"thread_uuid": THREAD}, "rollout_path is required"),
+            (dict(rollout, source="x" * 65), "source exceeds maximum length of 64 characters")):
+        r = chunk(http, backend, codex, 1, ["{}"], file_name="r.jsonl", metadata={"codex_rollout": bad})
+        assert (r.status_code, r.json()["error"]) == (400, message)
+    assert backend.lines(THREAD, "r.jsonl") == []
+    r = chunk(http, backend, codex, 1, ["{}"], file_name="c.jsonl", file_type="agent",
+              metadata={"codex_rollout": dict(rollout, thread_uuid=CHILD, parent_thread_uuid=THREAD)})
+    assert r.status_code == 200
+    [row] = backend.codex_rollouts()
+    assert row["parent_thread_uuid"] == THREAD and row["hosted_file_name"] == "c.jsonl"
+
+
+def test_a_failed_codex_rollout_is_committed_first_as_the_server_does(http, backend):
+    codex = init(http, backend, external_id=THREAD, provider="codex").json()["session_id"]
+    backend.fail_codex_rollout_next(1)
+    rollout = {"thread_uuid": THREAD, "rollout_path": "/r"}
+    r = chunk(http, backend, codex, 1, ["{}"], file_name="r.jsonl", metadata={"codex_rollout": rollout})
+    assert (r.status_code, r.json()["error"]) == (500, "Failed to record codex rollout")
+    assert backend.lines(THREAD, "r.jsonl") == ["{}"] and backend.codex_rollouts() == []
+
+
+def test_chunk_metadata_counts_only_on_transcript_chunks(http, backend):
+    sid = init(http, backend).json()["session_id"]
+    assert chunk(http, backend, sid, 1, ["{}"], file_name="agent-abcdef.jsonl", file_type="agent",
+                 metadata={"first_user_message": "from an agent"}).status_code == 200
+    assert "first_user_message" not in backend.metadata("sess-1")
+    r = chunk(http, backend, sid, 1, ["{}"], metadata={"model": "m" * 256})
+    assert (r.status_code, r.json()["error"]) == (400, "model exceeds maximum length of 255 characters")

@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 import msgspec
 
+from ..file_names import MAX_FILE_NAME_BYTES, file_name_problem
 from ..errors import ConfabdError
 from ..records import ChunkMetadata, InitRequest, InitResponse, ServerFile
 from .base import Chunk, PositionMismatch, RequestRejected, SessionGone
@@ -43,7 +44,6 @@ BUSY_TIMEOUT_S = 60.0
 # archives cleanly would also upload cleanly.
 FILE_TYPES = ("transcript", "agent", "workflow_journal")
 EVENT_TYPES = ("session_end",)
-MAX_FILE_NAME_BYTES = 512
 MAX_SUMMARY_BYTES = 2048  # bytes of UTF-8, as the server counts
 MAX_FIRST_USER_MESSAGE_BYTES = 8192
 
@@ -285,13 +285,9 @@ def _validate_chunk(chunk: Chunk) -> None:
 
 
 def _chunk_problem(chunk: Chunk) -> Optional[str]:
-    name = chunk.file_name
-    if not name:
-        return "file_name is required"
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
-        return f"file_name exceeds {MAX_FILE_NAME_BYTES} bytes"
-    if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
-        return "file_name must be a base name without a path"
+    problem = file_name_problem(chunk.file_name)
+    if problem:
+        return problem
     if chunk.file_type not in FILE_TYPES:
         return f"Invalid file_type: {chunk.file_type!r} (must be one of {', '.join(FILE_TYPES)})"
     if chunk.first_line < 1:
@@ -398,16 +394,26 @@ def export_session(path: str, external_id: str, out_dir: str) -> list[str]:
             raise LookupError(f"session {external_id!r} is not in the archive {path}")
         files = conn.execute("SELECT id, file_name FROM files WHERE session = ? ORDER BY id", (row[0],)).fetchall()
         os.makedirs(out_dir, exist_ok=True)
-        return [_export_file(conn, file_id, os.path.join(out_dir, _safe_name(name))) for file_id, name in files]
+        return [_export_file(conn, file_id, _target(out_dir, _safe_name(name))) for file_id, name in files]
     finally:
         conn.close()
 
 
 def _safe_name(name: str) -> str:
     """File names were checked on the way in; check again before writing to disk."""
-    if os.path.basename(name) != name or name in ("", ".", ".."):
+    if file_name_problem(name):
         raise ArchiveError(f"refusing to export a file named {name!r}")
     return name
+
+
+def _target(out_dir: str, name: str) -> str:
+    """`<out_dir>/<name>`, its directories made (a name like `subagents/x.jsonl`), never a link followed out."""
+    target = os.path.join(out_dir, *name.split("/"))
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    if os.path.realpath(parent) != os.path.join(os.path.realpath(out_dir), *name.split("/")[:-1]):
+        raise ArchiveError(f"refusing to export {name!r}: a directory on its way is a link")
+    return target
 
 
 def _export_file(conn: sqlite3.Connection, file_id: int, target: str) -> str:

@@ -1,0 +1,167 @@
+"""The real Codex CLI for end-to-end tests: install it once, and a fake Responses API for it.
+
+- `install()` puts a pinned `@openai/codex` from the npm registry into `tests/.cache/` (gitignored)
+  once per machine and returns the `codex` executable; it skips when npm or the registry cannot be
+  reached, and fails instead under CI=true (CI must run these tests).
+- `FakeResponses` is a small ThreadingHTTPServer on 127.0.0.1 that answers `POST /v1/responses`
+  with the three SSE events Codex needs for one assistant message (providers.md §7.1), and logs
+  every request.
+- `codex_home()` writes a CODEX_HOME whose config.toml points Codex at that server.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+CODEX_VERSION = "0.171.0"
+CACHE = Path(__file__).resolve().parent / ".cache"
+INSTALL_TIMEOUT_S = 900
+FAKE_KEY_VAR = "FAKE_OPENAI_KEY"
+
+
+def _unavailable(why: str):
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"the real Codex is required under CI: {why}")
+    pytest.skip(why)
+
+
+def install(version: str = CODEX_VERSION) -> Path:
+    """The `codex` executable of `version`, installed into tests/.cache/ on first use."""
+    prefix = CACHE / f"codex-{version}"
+    codex = prefix / "node_modules" / ".bin" / "codex"
+    if _works(codex, version):
+        return codex
+    npm = shutil.which("npm")
+    if npm is None:
+        _unavailable("npm is not on PATH: cannot install the real Codex")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".install.lock", "w") as lock:  # parallel test runs install once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _works(codex, version):
+            return codex
+        shutil.rmtree(prefix, ignore_errors=True)
+        prefix.mkdir(parents=True)
+        try:
+            r = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(prefix),
+                                f"@openai/codex@{version}"], capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(prefix, ignore_errors=True)
+            _unavailable(f"npm install @openai/codex@{version} took over {INSTALL_TIMEOUT_S} s")
+        if r.returncode != 0 or not _works(codex, version):
+            shutil.rmtree(prefix, ignore_errors=True)
+            tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
+            _unavailable(f"cannot install @openai/codex@{version} with npm (exit {r.returncode}): {' | '.join(tail)}")
+    return codex
+
+
+def _works(codex: Path, version: str) -> bool:
+    if not codex.exists():
+        return False
+    try:
+        r = subprocess.run([str(codex), "--version"], capture_output=True, text=True, timeout=60,
+                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent"})
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and r.stdout.strip().endswith(version)
+
+
+def codex_home(home: Path, api_url: str) -> Path:
+    """$HOME/.codex with a config.toml that sends every model request to `api_url`."""
+    directory = home / ".codex"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.toml").write_text(
+        '# the user\'s own settings, kept by install-hooks\n'
+        'model = "gpt-fake"\nmodel_provider = "fake"\n\n'
+        '[model_providers.fake]\nname = "fake"\n'
+        f'base_url = "{api_url}/v1"\nwire_api = "responses"\nenv_key = "{FAKE_KEY_VAR}"\n')
+    return directory
+
+
+def codex_env(base: dict, home: Path, directory: Path) -> dict:
+    env = {k: v for k, v in base.items() if not k.startswith(("OPENAI", "CODEX"))}
+    env.update(HOME=str(home), CODEX_HOME=str(directory), **{FAKE_KEY_VAR: "sk-fake"}, NO_COLOR="1",
+               RUST_LOG="error")
+    return env
+
+
+class FakeResponses:
+    """A fake OpenAI Responses API: every `POST .../responses` answers one assistant message."""
+
+    def __init__(self, reply: str = "hello from fake"):
+        self.reply = reply
+        self.released = threading.Event()  # cleared: every model request waits (a turn in progress)
+        self.released.set()
+        self.log: list[dict] = []
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="fake-responses", daemon=True)
+
+    def __enter__(self) -> "FakeResponses":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+    def requests(self, suffix: str = "") -> list[dict]:
+        with self._lock:
+            return [r for r in self.log if r["path"].split("?")[0].endswith(suffix)]
+
+    def _handler_class(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format, *args) -> None:  # noqa: A002 - signature from base
+                pass
+
+            def _send(self, status: int, data: bytes, ctype: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                with api._lock:
+                    api.log.append({"method": "GET", "path": self.path})
+                self._send(200, json.dumps({"object": "list", "data": []}).encode())
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with api._lock:
+                    api.log.append({"method": "POST", "path": self.path, "size": len(raw)})
+                if not self.path.split("?")[0].endswith("/responses"):
+                    self._send(404, b'{"error": {"message": "not here"}}')
+                    return
+                n = len(api.requests("/responses"))
+                api.released.wait(120)
+                events = [
+                    {"type": "response.created", "response": {"id": f"resp_{n}"}},
+                    {"type": "response.output_item.done",
+                     "item": {"type": "message", "role": "assistant", "id": f"msg_{n}",
+                              "content": [{"type": "output_text", "text": api.reply}]}},
+                    {"type": "response.completed",
+                     "response": {"id": f"resp_{n}", "usage": {
+                         "input_tokens": 1, "input_tokens_details": None, "output_tokens": 1,
+                         "output_tokens_details": None, "total_tokens": 2}}},
+                ]
+                body = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+                self._send(200, body, "text/event-stream")
+
+        return Handler

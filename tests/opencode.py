@@ -1,0 +1,134 @@
+"""The real OpenCode CLI for end-to-end tests: install it once, and a fake chat-completions API for it.
+
+- `install()` puts a pinned `opencode-ai` from npm into `tests/.cache/` once per machine and returns
+  the `opencode` executable (skipped when npm cannot reach the registry; a failure under CI=true).
+- `FakeChat` answers `POST /v1/chat/completions` (SSE) with one assistant message (providers.md §7.2).
+- `opencode_env()` isolates HOME and the XDG dirs and points OpenCode at the fake server.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tests.codex import CACHE, INSTALL_TIMEOUT_S, _unavailable
+
+OPENCODE_VERSION = "1.18.33"
+
+
+def install(version: str = OPENCODE_VERSION) -> Path:
+    prefix = CACHE / f"opencode-{version}"
+    binary = prefix / "node_modules" / ".bin" / "opencode"
+    if _works(binary, version):
+        return binary
+    npm = shutil.which("npm")
+    if npm is None:
+        _unavailable("npm is not on PATH: cannot install the real OpenCode")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _works(binary, version):
+            return binary
+        shutil.rmtree(prefix, ignore_errors=True)
+        prefix.mkdir(parents=True)
+        try:
+            r = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(prefix),
+                                f"opencode-ai@{version}"], capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(prefix, ignore_errors=True)
+            _unavailable(f"npm install opencode-ai@{version} took over {INSTALL_TIMEOUT_S} s")
+        if r.returncode != 0 or not _works(binary, version):
+            shutil.rmtree(prefix, ignore_errors=True)
+            tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
+            _unavailable(f"cannot install opencode-ai@{version} with npm (exit {r.returncode}): {' | '.join(tail)}")
+    return binary
+
+
+def _works(binary: Path, version: str) -> bool:
+    if not binary.exists():
+        return False
+    try:
+        r = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60,
+                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent"})
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and r.stdout.strip().endswith(version)
+
+
+def opencode_env(base: dict, root: Path, api_url: str) -> dict:
+    env = {k: v for k, v in base.items() if not k.startswith(("OPENCODE", "XDG_"))}
+    dirs = {name: root / name.lower() for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME",
+                                                   "XDG_STATE_HOME")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    env.update({k: str(v) for k, v in dirs.items()}, OPENCODE_DISABLE_AUTOUPDATE="1",
+               OPENCODE_DISABLE_MODELS_FETCH="1", NO_COLOR="1")
+    config = dirs["XDG_CONFIG_HOME"] / "opencode"
+    config.mkdir(exist_ok=True)
+    (config / "opencode.json").write_text(json.dumps({
+        "autoupdate": False, "share": "disabled",
+        "provider": {"fake": {"npm": "@ai-sdk/openai-compatible", "name": "Fake",
+                              "options": {"baseURL": f"{api_url}/v1", "apiKey": "sk-fake"},
+                              "models": {"fake-model": {"name": "Fake Model"}}}},
+        "model": "fake/fake-model", "small_model": "fake/fake-model"}))
+    return env
+
+
+class FakeChat:
+    def __init__(self, reply: str = "hello from fake"):
+        self.reply = reply
+        self.log: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body: bytes, ctype="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                api.log.append("GET " + self.path)
+                self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}).encode())
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                api.log.append("POST " + self.path)
+                if not self.path.endswith("/chat/completions"):
+                    self._send(404, b"{}")
+                    return
+                base = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "fake-model"}
+                c1 = dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": api.reply},
+                                          "finish_reason": None}])
+                c2 = dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                          usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
+                body = f"data: {json.dumps(c1)}\n\ndata: {json.dumps(c2)}\n\ndata: [DONE]\n\n".encode()
+                self._send(200, body, "text/event-stream")
+
+        return Handler

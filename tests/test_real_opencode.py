@@ -1,0 +1,69 @@
+"""End to end with the real OpenCode CLI (npm opencode-ai, pinned in tests/opencode.py): the confabd
+plugin installed by the real `confabctl install-hooks --provider opencode`, OpenCode against a fake
+chat-completions API on 127.0.0.1, a real master, the FakeBackend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.opencode import FakeChat, install, opencode_env
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def opencode_bin() -> Path:
+    return install()
+
+
+def run(binary: Path, cwd: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(binary), "run", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=180, stdin=subprocess.DEVNULL, start_new_session=True)
+    assert proc.returncode == 0 and "hello from fake" in proc.stdout, (proc.stdout[-2000:], proc.stderr[-3000:])
+    return proc
+
+
+def test_opencode_run_and_resume_ship_its_messages_once(cfd, opencode_bin, tmp_path):
+    backend = cfd.backend
+    with FakeChat() as api:
+        env = opencode_env(cfd.env, tmp_path / "oc", api.url)
+        env["PWD"] = str(tmp_path / "work")
+        r = cfd.ctl("install-hooks", "--provider", "opencode", env=env)
+        assert r.returncode == 0, r.stderr
+        plugin = Path(env["XDG_CONFIG_HOME"]) / "opencode" / "plugins" / "confabd-sync.ts"
+        assert plugin.exists()
+        cfd.master()
+        work = tmp_path / "work"
+        work.mkdir()
+        proc = run(opencode_bin, work, env, "say hello")
+        sessions = list((cfd.home / ".confab" / "opencode").iterdir())
+        eid = sessions[0].name
+        wait_until(lambda: cfd.session(eid) is None, 60, what="the session to finish after OpenCode exited")
+        before = len(backend.lines(eid, "messages.jsonl"))
+        # resumed: no session.created, the reconcile events announce it; only the new messages are sent
+        proc = run(opencode_bin, work, env, "--session", eid, "again")
+    sessions = list((cfd.home / ".confab" / "opencode").iterdir())
+    assert len(sessions) == 1, sessions
+    eid = sessions[0].name
+    messages = sessions[0] / "messages.jsonl"
+    wait_until(lambda: cfd.session(eid) is None, 60, what="the session to finish after OpenCode exited")
+    assert backend.provider(eid) == "opencode"
+    wait_until(lambda: backend.lines(eid, "messages.jsonl") == messages.read_text().splitlines(), 30,
+               what="the resumed session's messages at the backend")
+    lines = messages.read_text().splitlines()
+    assert backend.lines(eid, "messages.jsonl") == lines and len(lines) >= before + 2 and before >= 2
+    assert len({json.loads(line)["info"]["id"] for line in lines}) == len(lines)  # no message twice
+    roles = [json.loads(line)["info"]["role"] for line in lines]
+    assert roles[:2] == ["user", "assistant"]
+    first = json.loads(lines[0])["parts"][0]["text"]  # OpenCode 1.18 stores `run`'s message quoted
+    assert "say hello" in first and backend.metadata(eid)["first_user_message"] == first
+    for path in (sessions[0].parent, sessions[0], messages):  # ours, private
+        assert oct(path.stat().st_mode & 0o077) == "0o0", path
+    assert backend.events(eid) == []
