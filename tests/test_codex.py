@@ -149,7 +149,8 @@ def test_the_hook_command_registers_the_root_with_the_master(cfd, tree):
     session = cfd.session(root)
     assert session["provider"] == "codex" and session["transcript_path"] == str(root_path)
     table = cfd.ctl("status").stdout.splitlines()
-    assert table[1].split()[:2] == ["SESSION", "AGENT"] and table[2].split()[1] == "codex"  # beside another agent only
+    header = next(i for i, line in enumerate(table) if line.startswith("SESSION"))
+    assert table[header].split()[:2] == ["SESSION", "AGENT"] and table[header + 1].split()[1] == "codex"  # beside another agent only
     cfd.backend.wait_for(lambda: cfd.backend.file_bytes(root, child_path.name) == child_path.read_bytes())
     assert cfd.backend.file_types(root) == {root_path.name: "transcript", child_path.name: "agent"}
     r = cfd.ctl("hook", "session-end", "--provider", "codex", input=json.dumps(payload(root, root_path)), env=env)
