@@ -804,12 +804,23 @@ def cmd_save(args):
     if args.all and not paths_to_save:
         print("no Claude Code sessions to save")
         return EXIT_OK
-    failed = 0
+    failed, several = 0, len(paths_to_save) > 1
+    line = None
+    if sys.stderr.isatty():  # one progress line for the whole run, on the terminal only
+        from .progress import ProgressLine
+        from .save import session_size
+
+        line = ProgressLine(sys.stderr, sum(map(session_size, paths_to_save)))
     for n, path in enumerate(paths_to_save, 1):
-        if len(paths_to_save) > 1:
+        if line:
+            line.start_session(f"[{n}/{len(paths_to_save)}] " if several else "")
+        elif several:
             print(f"[{n}/{len(paths_to_save)}] {path}", flush=True)
-        failed += run_save(path, home, settings, progress=sys.stderr.isatty()) != 0
-    if len(paths_to_save) > 1:
+        code = run_save(path, home, settings, line=line)
+        if code == 130:  # Ctrl-C: run_save said what it holds and that running it again resumes
+            return 130
+        failed += code != 0
+    if several:
         print(f"saved {len(paths_to_save) - failed} of {len(paths_to_save)} sessions"
               + (f"; {failed} failed (above); running it again resumes them" if failed else ""))
     return EXIT_FAIL if failed else EXIT_OK

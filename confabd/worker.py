@@ -548,6 +548,7 @@ class SessionWorker:
             self.spec.external_id, self.spec.transcript_path, sink,
             cwd=self.state.cwd,
             redact=redactor.redact_line if redactor else None,
+            redact_lines=redactor.redact_lines if redactor else None,
             oversized_lines=self.settings.oversized_lines,
             progress=self.state.files,
             pending_agents=self.state.pending_agents,

@@ -87,6 +87,7 @@ POSITION_RE = re.compile(r"first_line must be (\d+)")
 DELAY_SECONDS_RE = re.compile(r"\d{1,9}(\.\d+)?\Z")
 
 T = TypeVar("T")
+_JSON_ENCODE = msgspec.json.Encoder().encode
 _utf8 = bytes.decode  # strict UTF-8
 
 
@@ -219,6 +220,8 @@ class HttpSink:
 
     def upload_chunk(self, chunk: Chunk) -> int:
         """Send the chunk; return the server's new `last_synced_line` for the file."""
+        if chunk.encoded:
+            return self._send("POST", CHUNK_PATH, self._encode_chunk(chunk), ChunkResponse).last_synced_line
         request = ChunkRequest(
             session_id=chunk.session_id,
             file_name=chunk.file_name,
@@ -268,6 +271,42 @@ class HttpSink:
         self.close()
 
     # ---- lines ------------------------------------------------------------------
+
+    def encode_lines(self, lines: list[bytes]) -> bytes:
+        """`lines` as they go into a chunk's `"lines"` array: JSON strings joined by
+        commas, without the brackets (the engine's budget charges exactly this)."""
+        return _JSON_ENCODE(self._decode_lines(lines))[1:-1]
+
+    def _encode_chunk(self, chunk: Chunk) -> tuple[bytes, dict[str, str]]:
+        """The chunk's body from its encoded blocks, streamed into one zstd frame:
+        never built whole (a 14 MiB body in memory twice costs page faults, not only
+        copies). The same JSON as `_encode` of the ChunkRequest would produce."""
+        covered = sum(count for count, _ in chunk.encoded)
+        parts = [body for _, body in chunk.encoded]
+        if covered < len(chunk.lines):
+            parts.append(self.encode_lines(chunk.lines[covered:]))
+        envelope = _JSON_ENCODE(ChunkRequest(
+            session_id=chunk.session_id, file_name=chunk.file_name, file_type=chunk.file_type,
+            first_line=chunk.first_line, lines=[], metadata=chunk.metadata,
+        ))
+        # `"lines":[]` cannot occur inside a JSON string (its quotes would be escaped)
+        head, empty, tail = envelope.partition(b'"lines":[]')
+        size = len(envelope) + sum(map(len, parts)) + len(parts) - 1
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body would be {size} bytes, over the server's "
+                                  f"{MAX_BODY_BYTES} (not sent)", 413)
+        pieces = [head, b'"lines":[']
+        for index, part in enumerate(parts):
+            if index:
+                pieces.append(b",")
+            pieces.append(part)
+        pieces += [b"]", tail]
+        if size < COMPRESS_MIN_BYTES:
+            return b"".join(pieces), {}
+        stream = self._compressor.compressobj(size=size)
+        out = [stream.compress(piece) for piece in pieces]
+        out.append(stream.flush())
+        return b"".join(out), {"Content-Encoding": "zstd"}
 
     def _decode_lines(self, lines: list[bytes]) -> list[str]:
         """Every line decoded in one C-level map; per line only when one is not UTF-8.
