@@ -235,8 +235,8 @@ def write_fallback_state(session_id, transcript, cwd):
     parent_pid, create_time = find_claude(os.getpid(), os.getppid(), claude_pid_hint())
     state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd,
              "inbox_path": paths.inbox_path(directory, session_id), "started_at": utc_now()}
-    if parent_pid:
-        state.update(parent_pid=parent_pid, parent_create_time=create_time)
+    if parent_pid:  # pid too: the Go client's prompt hook and reaper take a live pid as "an uploader owns it"
+        state.update(pid=parent_pid, parent_pid=parent_pid, parent_create_time=create_time)
     fileio.atomic_write(path, client.dumps(state).encode())
     return path
 
@@ -336,6 +336,10 @@ def build_parser():
                                       "~/.claude/settings.json")
         p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
+        if name == "install-hooks":
+            p.add_argument("--keep-confab", action="store_true",
+                           help="leave the Go confab CLI's prompt and tool-use hooks beside ours (by default "
+                                "they are replaced or removed; its session hooks always are)")
     return parser
 
 
@@ -639,7 +643,7 @@ def cmd_logout(args):
 def cmd_install_hooks(args):
     from .hooks_install import install_hooks
 
-    return install_hooks(args.settings, hook_command_prefix(), args.dry_run)
+    return install_hooks(args.settings, hook_command_prefix(), args.dry_run, keep_confab=args.keep_confab)
 
 
 def cmd_uninstall_hooks(args):

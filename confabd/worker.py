@@ -34,7 +34,7 @@ from typing import Optional
 
 import msgspec
 
-from . import privileges, worker_api as api
+from . import go_compat, privileges, worker_api as api
 from .worker_api import Phase
 from .config import ConfigError, load_backend_config
 from .engine import SessionSync
@@ -609,6 +609,9 @@ class SessionWorker:
     def _save_state(self) -> None:
         """Write State when it changed: an idle session costs no disk writes."""
         self._keep_progress()
+        self.state.pid = go_compat.state_pid(self.spec.parent_pid, self.spec.parent_create_time,
+                                             self.state.finishing or self.state.phase == Phase.FINISHING,
+                                             os.getpid())
         encoded = msgspec.json.encode(self.state)
         if encoded == self._saved_state:
             return
