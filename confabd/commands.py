@@ -122,7 +122,7 @@ class Commands:
             return control.error(parent)
         parent_pid, create_time = parent
         session = self.sessions.register(
-            Registration(owner, external_id, transcript, request.cwd, parent_pid, create_time))
+            Registration(owner, external_id, transcript, request.cwd, parent_pid, create_time, request.config_dir))
         if session is None:
             return control.reply(registered=False,
                                  note="the session is finishing; it starts again once that is done")

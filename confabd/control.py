@@ -15,7 +15,7 @@ Documented in docs/CONTROL.md.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import msgspec
 
@@ -45,6 +45,8 @@ class Register(Request, tag="register"):
     parent_pid: int = 0
     claude_pid_hint: int = 0
     hook_pid: int = 0
+    # The session's Claude Code config dir when it is not the default one (bindings.py): it picks the backend.
+    config_dir: Annotated[str, msgspec.Meta(max_length=4096)] = ""
 
 
 class Finish(Request, tag="finish"):

@@ -114,6 +114,13 @@ def default_transcript_path(cwd, session_id):
     return os.path.join(paths.home_dir(), ".claude", "projects", project, session_id + ".jsonl")
 
 
+def session_config_dir(transcript):
+    """The session's credential binding, resolved in the user's environment (bindings.py)."""
+    from .bindings import session_config_dir
+
+    return session_config_dir(transcript, paths.home_dir())
+
+
 def claude_pid_hint():
     try:
         return int(os.environ.get("CLAUDE_PID", "0"))
@@ -125,7 +132,7 @@ def hook_session_start(hook_input):
     session_id, transcript, cwd, _payload = hook_input
     message = {"type": "register", "external_id": session_id, "transcript_path": transcript,
                "cwd": cwd, "parent_pid": os.getppid(), "claude_pid_hint": claude_pid_hint(),
-               "hook_pid": os.getpid()}
+               "hook_pid": os.getpid(), "config_dir": session_config_dir(transcript)}
     try:
         reply = request_with_autostart(message)
     except (client.NoMaster, client.ProtocolError, OSError) as exc:
@@ -235,6 +242,8 @@ def write_fallback_state(session_id, transcript, cwd):
     parent_pid, create_time = find_claude(os.getpid(), os.getppid(), claude_pid_hint())
     state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd,
              "inbox_path": paths.inbox_path(directory, session_id), "started_at": utc_now()}
+    if session_config_dir(transcript):
+        state["config_dir"] = session_config_dir(transcript)
     if parent_pid:  # pid too: the Go client's prompt hook and reaper take a live pid as "an uploader owns it"
         state.update(pid=parent_pid, parent_pid=parent_pid, parent_create_time=create_time)
     fileio.atomic_write(path, client.dumps(state).encode())
@@ -395,7 +404,8 @@ def cmd_start(args):
         return EXIT_USAGE
     message = {"type": "register", "external_id": args.session_id,
                "transcript_path": os.path.abspath(args.transcript), "cwd": args.cwd,
-               "parent_pid": args.parent_pid, "claude_pid_hint": 0, "hook_pid": 0}
+               "parent_pid": args.parent_pid, "claude_pid_hint": 0, "hook_pid": 0,
+               "config_dir": session_config_dir(os.path.abspath(args.transcript))}
     reply = request_with_autostart(message)
     if not reply.get("ok"):
         err(reply.get("error"))

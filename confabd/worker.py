@@ -34,7 +34,7 @@ from typing import Optional
 
 import msgspec
 
-from . import go_compat, privileges, worker_api as api
+from . import bindings, go_compat, privileges, worker_api as api
 from .worker_api import Phase
 from .config import ConfigError, load_backend_config
 from .engine import SessionSync
@@ -517,7 +517,7 @@ class SessionWorker:
     def _make_engine(self) -> SessionSync:
         from .redact import Redactor
 
-        backend = load_backend_config(self.spec.home)
+        backend = bindings.backend_for(load_backend_config(self.spec.home), self.spec.config_dir)
         sink = _Heartbeating(open_sink(self.settings, backend, self.spec.home), self._heartbeat_if_due)
         self.state.sink = sink.kind
         redactor = Redactor.from_config(backend.redaction)
@@ -560,6 +560,7 @@ class SessionWorker:
             started_at=old.started_at if old and old.started_at else utc_now(),
             confab_session_id=old.confab_session_id if old else "",
             parent_create_time=spec.parent_create_time,
+            config_dir=spec.config_dir,
             worker_restarts=spec.restarts,
             finishing=bool(spec.finish_reason) or bool(old and old.finishing),
             files=old.files if old and old.transcript_path == spec.transcript_path else {},
