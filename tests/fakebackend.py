@@ -65,12 +65,15 @@ ENDPOINTS = {
     "/api/v1/sync/init": "init",
     "/api/v1/sync/chunk": "chunk",
     "/api/v1/sync/event": "event",
+    "/api/v1/capabilities": "capabilities",  # public: which optional features the server has
     # accounts: the key check, and the device login that gives a new key
     "/api/v1/auth/validate": "validate",
     "/auth/device/code": "device_code",
     "/auth/device/token": "device_token",
 }
 ACCOUNT_ENDPOINTS = ("validate", "device_code", "device_token")
+#: What the newer server answers at GET /api/v1/capabilities (public, static).
+SERVER_CAPABILITIES = {"workflow_files": True, "workflow_journal": True, "opencode_subagents": True}
 #: The server keys a session by (user, provider, external id); init's provider is one of these.
 PROVIDERS = ("claude-code", "codex", "opencode", "cursor")
 DEVICE_POLL_INTERVAL_S = 5  # the server's `interval`; clients poll every max(interval, 5 s)
@@ -357,6 +360,8 @@ class FakeBackend:
             raise ValueError("at least one API key is required")
         self.api_key: str = api_keys[0]
         self.max_chunks_per_file = max_chunks_per_file
+        # GET /api/v1/capabilities; None: the endpoint is missing (a server older than workflow files)
+        self.capabilities: Optional[dict[str, bool]] = dict(SERVER_CAPABILITIES)
         self.max_body = max_body
         self.url: str = ""
         self._port = port
@@ -654,6 +659,8 @@ class FakeBackend:
     def _process(self, req: _Request) -> _Reply:
         if req.endpoint in ACCOUNT_ENDPOINTS:
             return self._account(req)
+        if req.endpoint == "capabilities":
+            return self._capabilities(req)
         decoded_size = None
         try:
             if req.method != "POST":
@@ -666,6 +673,14 @@ class FakeBackend:
             return _Reply(200, payload, decoded_size=decoded_size, lossy_utf8=lossy)
         except ApiError as err:
             return _Reply(err.status, {"error": err.message}, decoded_size=decoded_size)
+
+    def _capabilities(self, req: _Request) -> _Reply:
+        """GET, no auth: the server's static map (internal/api/capabilities.go); None: an older server's 404."""
+        if req.method != "GET":
+            return _Reply(405, {"error": "Method not allowed"})
+        if self.capabilities is None:
+            return _Reply(404, {"error": "Not found"})
+        return _Reply(200, dict(self.capabilities))
 
     def _account(self, req: _Request) -> _Reply:
         """GET validate (Bearer), POST device_code and device_token (no auth), as the server does."""
@@ -797,8 +812,6 @@ class FakeBackend:
             raise ApiError(400, "file_name is required")
         if len(body.file_name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
             raise ApiError(400, f"file_name exceeds {MAX_FILE_NAME_BYTES} bytes")
-        if "/" in body.file_name or "\\" in body.file_name or body.file_name in (".", ".."):
-            raise ApiError(400, "file_name must be a base name without a path")
         if body.file_type not in FILE_TYPES:
             raise ApiError(400, f"Invalid file_type: {body.file_type!r} (must be one of {', '.join(FILE_TYPES)})")
         if body.first_line < 1:

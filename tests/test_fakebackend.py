@@ -225,7 +225,8 @@ def test_file_name_and_file_type_rules(backend, http):
     assert_error(chunk(http, backend, sid, 1, ["a"], file_type="todo"), 400)
     assert_error(chunk(http, backend, sid, 1, ["a"], file_name="n" * 509 + ".jsonl"), 400)  # 515 bytes
     assert_error(chunk(http, backend, sid, 1, ["a"], file_name="é" * 257), 400)  # 514 bytes, 257 chars
-    assert_error(chunk(http, backend, sid, 1, ["a"], file_name="dir/x.jsonl"), 400)
+    # The server limits a file_name's length only: a workflow file's path-shaped name is taken
+    assert chunk(http, backend, sid, 1, ["p"], file_name="subagents/workflows/r1/agent-x.jsonl", file_type="agent").ok
     assert chunk(http, backend, sid, 1, ["a"], file_name="n" * 506 + ".jsonl").ok  # exactly 512 bytes
     assert chunk(http, backend, sid, 1, ["w"], file_name="wf.jsonl", file_type="workflow_journal").ok
     assert chunk(http, backend, sid, 1, ["g"], file_name="agent-a1.jsonl", file_type="agent").ok
@@ -443,3 +444,11 @@ def new_session_with_key(http, remote, key):
     r = init(http, remote, key=key)
     assert r.status_code == 200, r.text
     return r.json()["session_id"]
+
+
+def test_capabilities_are_public_and_a_missing_endpoint_is_a_404(backend, http):
+    r = http.get(backend.url + "/api/v1/capabilities")  # no key
+    assert r.status_code == 200 and r.json() == {"workflow_files": True, "workflow_journal": True,
+                                                 "opencode_subagents": True}
+    backend.capabilities = None  # a server older than workflow files
+    assert http.get(backend.url + "/api/v1/capabilities").status_code == 404

@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 import msgspec
 
+from ..discovery import split_workflow_name
 from ..errors import ConfabdError
 from ..records import ChunkMetadata, InitRequest, InitResponse, ServerFile
 from .base import Chunk, PositionMismatch, RequestRejected, SessionGone
@@ -207,6 +208,14 @@ class ArchiveSink:
         self.path = path
         self._conn = _connect(path, create=True)
 
+    @property
+    def capabilities_key(self) -> str:
+        return "archive:" + self.path
+
+    def capabilities(self) -> dict:
+        """The archive keeps every file this client sends, workflow files included."""
+        return {"workflow_files": True, "workflow_journal": True}
+
     def init(self, request: InitRequest) -> InitResponse:
         """Create the session for `external_id`, or resume it (same session_id)."""
         if not request.external_id:
@@ -290,8 +299,8 @@ def _chunk_problem(chunk: Chunk) -> Optional[str]:
         return "file_name is required"
     if len(name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
         return f"file_name exceeds {MAX_FILE_NAME_BYTES} bytes"
-    if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
-        return "file_name must be a base name without a path"
+    if ("/" in name and not split_workflow_name(name)) or "\\" in name or name in (".", "..") or "\0" in name:
+        return "file_name must be a base name, or subagents/workflows/<runId>/<file> for a workflow's file"
     if chunk.file_type not in FILE_TYPES:
         return f"Invalid file_type: {chunk.file_type!r} (must be one of {', '.join(FILE_TYPES)})"
     if chunk.first_line < 1:
@@ -398,9 +407,19 @@ def export_session(path: str, external_id: str, out_dir: str) -> list[str]:
             raise LookupError(f"session {external_id!r} is not in the archive {path}")
         files = conn.execute("SELECT id, file_name FROM files WHERE session = ? ORDER BY id", (row[0],)).fetchall()
         os.makedirs(out_dir, exist_ok=True)
-        return [_export_file(conn, file_id, os.path.join(out_dir, _safe_name(name))) for file_id, name in files]
+        return [_export_file(conn, file_id, _export_target(out_dir, name)) for file_id, name in files]
     finally:
         conn.close()
+
+
+def _export_target(out_dir: str, name: str) -> str:
+    """`<out_dir>/<name>`; a workflow file's path-shaped name gets its directories (checked again)."""
+    split = split_workflow_name(name)
+    if split is None:
+        return os.path.join(out_dir, _safe_name(name))
+    run_dir = os.path.join(out_dir, "subagents", "workflows", split[0])
+    os.makedirs(run_dir, exist_ok=True)
+    return os.path.join(run_dir, split[1])
 
 
 def _safe_name(name: str) -> str:
