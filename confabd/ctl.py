@@ -50,7 +50,12 @@ class HookError(Exception):
     pass
 
 
+TOOL_HOOKS = ("pre-tool-use", "post-tool-use")
+
+
 def hook(args):
+    if len(args) == 1 and args[0] in TOOL_HOOKS:
+        return tool_hook(args[0])
     sys.stdout.write(HOOK_RESPONSE + "\n")
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
@@ -70,6 +75,30 @@ def hook(args):
         if isinstance(exc, SystemExit) and not exc.code:
             return 0
         err(f"hook {event or '?'}: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
+def tool_hook(event):
+    """PreToolUse / PostToolUse: commit and PR links (github_links.py). They run before and after every
+    Bash call: print only what the Go client prints (nothing, mostly), say nothing on error, exit 0."""
+    try:
+        from . import github_links as links
+
+        if links.disabled():
+            return 0
+        payload = read_hook_input()[3]
+        target = lambda hook_input: links.link_target(hook_input, sync_dir(), paths.home_dir())  # noqa: E731
+        if event == "pre-tool-use":
+            answer = links.pre_tool_use(payload, target)
+            if answer:
+                sys.stdout.write(answer + "\n")
+            return 0
+        url = links.url_to_link(payload, links.run_git)
+        found = target(payload) if url else None
+        if found:
+            links.post_link(found, url)
+    except BaseException:  # noqa: BLE001 - a link is never worth failing a tool call
+        pass
     return 0
 
 
@@ -278,8 +307,14 @@ def build_parser():
                     "prompt: a no-op while the session's worker runs) registers the session with the "
                     "master (starting a user-mode master when none answers); session-end records the "
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
-                    "(final sync, then the session_end event), without waiting for the upload.")
-    p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
+                    "(final sync, then the session_end event), without waiting for the upload. "
+                    "pre-tool-use and post-tool-use (before and after Bash and the GitHub MCP create-PR tool) "
+                    "make commit and PR links as the Go confab CLI does: before a git commit or gh pr create "
+                    "they ask Claude to add the session's link (a JSON permission decision on stdout, "
+                    "nothing otherwise), after one they post the commit's or PR's URL to the backend; "
+                    "CONFAB_DISABLE_LINK_FROM_GITHUB turns them off; they print nothing on error.")
+    p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end", "pre-tool-use",
+                                     "post-tool-use"])
 
     # `register` says what it does (people expect `start` to start the daemon); `start` still works.
     p = sub.add_parser("register", aliases=["start"],
@@ -341,8 +376,8 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="the checks as a JSON list")
 
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
-        p = sub.add_parser(name, help=f"{text} the SessionStart/UserPromptSubmit/SessionEnd hooks in "
-                                      "~/.claude/settings.json")
+        p = sub.add_parser(name, help=f"{text} the SessionStart/UserPromptSubmit/SessionEnd hooks and the "
+                                      "PreToolUse/PostToolUse link hooks in ~/.claude/settings.json")
         p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
         if name == "install-hooks":

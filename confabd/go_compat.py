@@ -61,7 +61,7 @@ def _entries(settings: dict, event: str):
                 yield group, index, entry
 
 
-def _is_go_entry(entry: Any) -> bool:
+def is_go_entry(entry: Any) -> bool:
     return isinstance(entry, dict) and entry.get("type") == "command" and is_go_command(entry.get("command"))
 
 
@@ -69,7 +69,7 @@ def find_go_hooks(settings: dict, events=GO_EVENTS) -> List[GoHook]:
     found = []
     for event in events:
         for group, _, entry in _entries(settings, event):
-            if _is_go_entry(entry):
+            if is_go_entry(entry):
                 matcher = group.get("matcher")
                 found.append(GoHook(event, matcher if isinstance(matcher, str) else "", entry["command"]))
     return found
@@ -86,7 +86,7 @@ def drop_go_hooks(settings: dict, events) -> None:
             continue
         for group in groups:
             if isinstance(group, dict) and isinstance(group.get("hooks"), list):
-                group["hooks"] = [e for e in group["hooks"] if not _is_go_entry(e)]
+                group["hooks"] = [e for e in group["hooks"] if not is_go_entry(e)]
         kept = [g for g in groups if not (isinstance(g, dict) and g.get("hooks") == [])]
         if len(kept) != len(groups):
             if kept:

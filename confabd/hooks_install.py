@@ -47,7 +47,7 @@ import sys
 import tempfile
 from typing import Any, Callable, List, Optional, Tuple
 
-from . import go_compat
+from . import github_links, go_compat
 
 EVENTS: Tuple[Tuple[str, str], ...] = (
     ("SessionStart", "session-start"),
@@ -57,7 +57,10 @@ EVENTS: Tuple[Tuple[str, str], ...] = (
 NO_MATCHER = ("UserPromptSubmit",)  # Claude Code runs these for every prompt; they take no matcher
 OUR_PROGRAMS = ("confabctl", "confab")
 # The Go confab CLI's `confab hook user-prompt-submit` starts an uploader of its own: replaced by ours.
-OUR_ARGS = ("session-start", "session-end", "user-prompt-submit")
+OUR_ARGS = ("session-start", "session-end", "user-prompt-submit", "pre-tool-use", "post-tool-use")
+# Commit and PR links (github_links.py): one entry per tool matcher, as the Go client installs them.
+TOOL_EVENTS: Tuple[Tuple[str, str], ...] = (("PreToolUse", "pre-tool-use"), ("PostToolUse", "post-tool-use"))
+TOOL_MATCHERS = github_links.MATCHERS
 
 
 class SettingsError(Exception):
@@ -214,11 +217,36 @@ def add_hooks(settings: dict, command_prefix: str = "confabctl", keep_confab: bo
                 break
         else:
             groups.append({"hooks": [entry]} if matcher is None else {"matcher": "*", "hooks": [entry]})
+    for event, arg in TOOL_EVENTS:
+        for matcher in TOOL_MATCHERS:
+            _add_tool_hook(_event_groups(hooks, event, create=True), matcher, hook_command(command_prefix, arg),
+                           keep_confab)
     # What is left of the Go client's in our events (an old `confab sync start`, a second copy) would
-    # start or stop its own uploader beside ours.
-    go_compat.drop_go_hooks(settings, [event for event, _ in EVENTS
+    # start or stop its own uploader beside ours (or make a second link).
+    go_compat.drop_go_hooks(settings, [event for event, _ in EVENTS + TOOL_EVENTS
                                        if not (keep_confab and event not in go_compat.GO_UPLOADER_EVENTS)])
     return settings
+
+
+def _add_tool_hook(groups: list, matcher: str, command: str, keep_confab: bool) -> None:
+    """Ours in the group of `matcher` (replacing an older one, or the Go client's, in place); with
+    `keep_confab` a group holding the Go client's hook keeps it and gets none of ours (one link, not two)."""
+    group = next((g for g in groups if isinstance(g, dict) and g.get("matcher") == matcher
+                  and isinstance(g.get("hooks"), list)), None)
+    if group is None:
+        groups.append({"matcher": matcher, "hooks": [{"type": "command", "command": command}]})
+        return
+    entries = group["hooks"]
+    if keep_confab and any(go_compat.is_go_entry(e) for e in entries):
+        return
+    ours = [i for i, e in enumerate(entries) if _is_our_entry(e, keep_confab)]
+    if not ours:
+        entries.append({"type": "command", "command": command})
+        return
+    entries[ours[0]]["type"] = "command"
+    entries[ours[0]]["command"] = command
+    for i in reversed(ours[1:]):
+        del entries[i]
 
 
 def remove_hooks(settings: dict) -> dict:
@@ -230,7 +258,7 @@ def remove_hooks(settings: dict) -> dict:
     if not isinstance(hooks, dict):
         raise SettingsError('"hooks" is not an object')
     touched = False
-    for event, _ in EVENTS:
+    for event, _ in EVENTS + TOOL_EVENTS:
         groups = _event_groups(hooks, event, create=False)
         if not groups:
             continue
@@ -372,7 +400,7 @@ def install_hooks(
 
 def _report_go_hooks(before: list, after: list, keep_confab: bool, out) -> None:
     """One line per hook of the Go confab CLI found: replaced by ours, removed, or kept."""
-    ours = {event for event, _ in EVENTS}
+    ours = {event for event, _ in EVENTS + TOOL_EVENTS}
     for hook in before:
         if hook in after:
             fate = "kept"

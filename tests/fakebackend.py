@@ -73,6 +73,10 @@ ENDPOINTS = {
 }
 ACCOUNT_ENDPOINTS = ("validate", "device_code", "device_token")
 #: What the newer server answers at GET /api/v1/capabilities (public, static).
+#: POST: link a GitHub PR or commit URL to a session (the server's internal/api/github_links.go).
+GITHUB_LINKS_RE = re.compile(r"/api/v1/sessions/([^/]+)/github-links\Z")
+_GITHUB_PR_RE = re.compile(r"^https?://github\.com/([^/]+)/([^/]+)/pull/(\d+)")
+_GITHUB_COMMIT_RE = re.compile(r"^https?://github\.com/([^/]+)/([^/]+)/commit/([a-f0-9]+)")
 SERVER_CAPABILITIES = {"workflow_files": True, "workflow_journal": True, "opencode_subagents": True}
 #: The server keys a session by (user, provider, external id); init's provider is one of these.
 PROVIDERS = ("claude-code", "codex", "opencode", "cursor")
@@ -168,6 +172,7 @@ class _Session:
     events: list[dict] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     deleted: bool = False
+    github_links: list[dict] = field(default_factory=list)
 
     def merge_metadata(self, values: Optional[dict[str, Any]]) -> None:
         """Keep the latest non-empty value of each field (what a UI would show)."""
@@ -668,6 +673,8 @@ class FakeBackend:
             owner = self._authenticate(req.headers.get("Authorization"))
             data = self._decode_body(req)
             decoded_size = len(data)
+            if req.endpoint == "github_links":
+                return _Reply(201, self._github_link(owner, GITHUB_LINKS_RE.match(req.path).group(1), data))
             handler = {"init": self._init, "chunk": self._chunk, "event": self._event}[req.endpoint]
             payload, lossy = handler(owner, data)
             return _Reply(200, payload, decoded_size=decoded_size, lossy_utf8=lossy)
@@ -846,6 +853,44 @@ class FakeBackend:
             )
         return {"success": True}, lossy
 
+    def _github_link(self, owner: str, session_id: str, data: bytes) -> dict:
+        """The server's rules: a PR or commit URL of github.com, source cli_hook or manual, the caller's
+        session (404 otherwise, someone else's included), each URL once per session (409)."""
+        try:
+            body = json.loads(data)
+        except ValueError:
+            raise ApiError(400, "Invalid request body") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "Invalid request body")
+        url = body.get("url")
+        if not url or not isinstance(url, str):
+            raise ApiError(400, "URL is required")
+        match = _GITHUB_PR_RE.match(url) or _GITHUB_COMMIT_RE.match(url)
+        if not match:
+            raise ApiError(400, "invalid GitHub URL: must be a PR or commit URL")
+        link_type = "pull_request" if _GITHUB_PR_RE.match(url) else "commit"
+        if body.get("link_type") and body["link_type"] != link_type:
+            raise ApiError(400, f"link_type '{body['link_type']}' doesn't match URL type '{link_type}'")
+        if body.get("source") not in ("cli_hook", "manual"):
+            raise ApiError(400, "source must be 'cli_hook' or 'manual'")
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or session.deleted or session.owner != owner:
+                raise ApiError(404, "Session not found")
+            if any(link["url"] == url for link in session.github_links):
+                raise ApiError(409, "GitHub link already exists")
+            link = {"id": sum(len(s.github_links) for s in self._sessions.values()) + 1, "session_id": session_id,
+                    "link_type": link_type, "url": url, "owner": match.group(1), "repo": match.group(2),
+                    "ref": match.group(3), "source": body["source"]}
+            session.github_links.append(link)
+            return dict(link)
+
+    def github_links(self, external_id: str) -> list[dict]:
+        """The links made to the session, in order."""
+        with self._lock:
+            session = self._find(external_id)
+            return [dict(link) for link in session.github_links] if session else []
+
     def _owned_session(self, session_id: str, owner: str) -> _Session:
         """404 for unknown or deleted sessions, 403 for someone else's. Caller holds the lock."""
         session = self._sessions.get(session_id)
@@ -984,7 +1029,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, path: str) -> None:
         backend = self.server.backend
-        endpoint = ENDPOINTS.get(path)
+        endpoint = ENDPOINTS.get(path) or ("github_links" if GITHUB_LINKS_RE.match(path) else None)
         raw, raw_size = self._read_body(backend.max_body + (backend.max_body >> 6) + 4096)
         req = _Request(self.command, path, endpoint, self.headers, raw, raw_size, self.conn_id)
         if endpoint is None:

@@ -18,6 +18,9 @@ import time
 START = "command -v confabctl >/dev/null && exec confabctl hook session-start || true"
 END = "command -v confabctl >/dev/null && exec confabctl hook session-end || true"
 PROMPT = "command -v confabctl >/dev/null && exec confabctl hook user-prompt-submit || true"
+PRE = "command -v confabctl >/dev/null && exec confabctl hook pre-tool-use || true"
+POST = "command -v confabctl >/dev/null && exec confabctl hook post-tool-use || true"
+GO_TOOL_MATCHERS = ("Bash", "mcp__github__create_pull_request")  # the Go client's (pkg/hookconfig/claude.go)
 PLAIN_START = "/usr/bin/confabctl hook session-start"
 GUARDED_START = "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-start || true"
 GUARDED_END = "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-end || true"
@@ -54,6 +57,9 @@ def test_no_settings_file_creates_it_and_dir(tmp_path):
             "SessionStart": [{"matcher": "*", "hooks": [{"type": "command", "command": START}]}],
             "UserPromptSubmit": [{"hooks": [{"type": "command", "command": PROMPT}]}],  # no matcher there
             "SessionEnd": [{"matcher": "*", "hooks": [{"type": "command", "command": END}]}],
+            # the commit and PR links, under the Go client's two tool matchers
+            "PreToolUse": [{"matcher": m, "hooks": [{"type": "command", "command": PRE}]} for m in GO_TOOL_MATCHERS],
+            "PostToolUse": [{"matcher": m, "hooks": [{"type": "command", "command": POST}]} for m in GO_TOOL_MATCHERS],
         }
     }
     # written the way the user's file is formatted: indent=2, final newline
@@ -105,8 +111,11 @@ def test_other_settings_and_hooks_kept_in_order(tmp_path):
     assert run_install(path)[0] == 0
     data = load(path)
     assert list(data) == ["model", "permissions", "hooks", "env"]
-    assert list(data["hooks"]) == ["PreToolUse", "SessionStart", "UserPromptSubmit", "SessionEnd"]
-    assert data["hooks"]["PreToolUse"] == original["hooks"]["PreToolUse"]
+    assert list(data["hooks"]) == ["PreToolUse", "SessionStart", "UserPromptSubmit", "SessionEnd", "PostToolUse"]
+    # ours joins the user's Bash group, after their hook; a group for the MCP tool is added
+    assert data["hooks"]["PreToolUse"] == [
+        {"matcher": "Bash", "hooks": [{"type": "command", "command": "audit.sh"}, {"type": "command", "command": PRE}]},
+        {"matcher": "mcp__github__create_pull_request", "hooks": [{"type": "command", "command": PRE}]}]
     ss = data["hooks"]["SessionStart"]
     assert ss[0] == original["hooks"]["SessionStart"][0]
     # ours went into the existing "*" group, after the user's hook
@@ -430,7 +439,6 @@ def test_the_go_clis_prompt_hook_is_replaced_by_ours(tmp_path):
 # `--provider claude-code` under matcher "*", the prompt hook without a matcher, the tool-use hooks under
 # the matchers "Bash" and "mcp__github__create_pull_request".
 GO = "/usr/local/bin/confab"
-GO_TOOL_MATCHERS = ("Bash", "mcp__github__create_pull_request")
 
 
 def go_settings():
@@ -474,7 +482,12 @@ def test_install_hooks_names_each_go_hook_and_replaces_its_uploader_hooks(tmp_pa
     assert f"UserPromptSubmit: {GO} hook user-prompt-submit: replaced by confabd's" in r.stdout
     assert data["model"] == "opus"
     assert "--keep-confab" not in r.stderr
-    assert "replaced" not in ctl_install(path).stdout  # once replaced, nothing of Go's left to replace
+    for event in ("PreToolUse", "PostToolUse"):  # ours make the links now, under the same matchers
+        assert go_commands(data, event) == [], event
+        assert [g["matcher"] for g in data["hooks"][event]] == list(GO_TOOL_MATCHERS)
+        assert all("confabd.ctl hook " in c for c in commands(data, event))
+    assert f"PreToolUse[Bash]: {GO} hook pre-tool-use: replaced by confabd's" in r.stdout
+    assert ctl_install(path).stdout.count("confab CLI hook") == 0  # once replaced, nothing of Go's left to name
 
 
 def test_keep_confab_leaves_the_go_prompt_and_tool_hooks_and_warns(tmp_path):
@@ -487,6 +500,7 @@ def test_keep_confab_leaves_the_go_prompt_and_tool_hooks_and_warns(tmp_path):
     assert go_commands(data, "UserPromptSubmit") == [f"{GO} hook user-prompt-submit"]
     assert len(commands(data, "UserPromptSubmit")) == 2  # ours beside it
     assert go_commands(data, "PreToolUse") == [f"{GO} hook pre-tool-use"] * 2
+    assert commands(data, "PreToolUse") == [f"{GO} hook pre-tool-use"] * 2  # one link, not two
     assert f"UserPromptSubmit: {GO} hook user-prompt-submit: kept" in r.stdout
     assert "uploaded twice" in r.stderr and "session hooks are replaced" in r.stderr
     again = ctl_install(path, "--keep-confab")

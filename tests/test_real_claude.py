@@ -468,3 +468,44 @@ def test_hooks_stay_silent_once_confabctl_is_removed(cfd, api, claude_bin):
         assert any(isinstance(p, dict) and p.get("type") == "hook_non_blocking_error" for p in problems), problems
     finally:
         rc.close()
+
+
+def test_hooks_installed_while_a_session_is_open(cfd, api, claude_bin):
+    """A Claude Code session started before `confabctl install-hooks`: no SessionStart of ours ran. Once the
+    hooks are installed, its next prompt's UserPromptSubmit registers it, and the whole transcript, the lines
+    written before the install included, arrives once; its end is shipped too."""
+    rc = RealClaude(cfd, api, claude_bin)  # the recorder's hooks only: none of ours yet
+    backend = cfd.backend
+    cfd.master()
+    claude = Interactive(rc)
+    try:
+        wait_until(lambda: rc.hook_inputs("SessionStart"), 30, what="SessionStart")
+        eid = rc.hook_inputs("SessionStart")[0]["session_id"]
+        transcript = rc.transcript_dir() / f"{eid}.jsonl"
+        claude.submit("say hello")
+        wait_until(lambda: transcript.exists() and b"How can I help" in transcript.read_bytes(), 20,
+                   what="the first reply in the transcript")
+        assert cfd.session(eid) is None  # nobody ships it
+        rc.install_hooks()
+        # Claude Code notices a changed settings.json on its own, a few seconds later (its file watcher):
+        # prompt until one is seen by our UserPromptSubmit hook.
+        deadline, prompts = time.monotonic() + 60, 1
+        while cfd.session(eid) is None:
+            assert time.monotonic() < deadline, "no prompt hook of ours ran within 60 s of the install"
+            prompts += 1
+            claude.submit(f"again {prompts}")
+            wait_until(lambda: len(rc.api.requests("/v1/messages")) >= prompts
+                       and transcript.read_bytes().count(b"How can I help") >= prompts, 20,
+                       what=f"reply {prompts}")
+        session = cfd.session(eid)
+        assert session["parent_pid"] == claude.pid
+        backend.wait_for(lambda: backend.file_bytes(eid, transcript.name) == transcript.read_bytes(), timeout=20)
+        claude.submit("/exit")
+        claude.proc.wait(20)
+    finally:
+        claude.close()
+        rc.close()
+    wait_finished(cfd, eid, 1)
+    assert_complete(backend, eid, transcript)
+    assert [e["event_type"] for e in backend.events(eid)] == ["session_end"]
+

@@ -66,6 +66,12 @@ EVENT_PATH = "/api/v1/sync/event"
 # Beyond the sync API: the key check and the device login (confabctl login, doctor).
 VALIDATE_PATH = "/api/v1/auth/validate"
 CAPABILITIES_PATH = "/api/v1/capabilities"
+GITHUB_LINKS_PATH = "/api/v1/sessions/{}/github-links"
+
+
+class GitHubLinkRequest(msgspec.Struct, frozen=True):
+    url: str
+    source: str
 DEVICE_CODE_PATH = "/auth/device/code"
 DEVICE_TOKEN_PATH = "/auth/device/token"
 
@@ -238,6 +244,11 @@ class HttpSink:
     def validate_key(self) -> dict:
         """The server's word on the key (`{"valid": true, ...}`); AuthFailed when it refuses it."""
         return self._send("GET", VALIDATE_PATH, None, dict)
+
+    def link_github(self, session_id: str, url: str, source: str) -> dict:
+        """Link a commit or PR URL to a session (the Go client's LinkGitHub); SinkError otherwise (409: it
+        is linked already)."""
+        return self._post(GITHUB_LINKS_PATH.format(session_id), GitHubLinkRequest(url=url, source=source), dict)
 
     @property
     def capabilities_key(self) -> str:
