@@ -509,3 +509,32 @@ def test_hooks_installed_while_a_session_is_open(cfd, api, claude_bin):
     assert_complete(backend, eid, transcript)
     assert [e["event_type"] for e in backend.events(eid)] == ["session_end"]
 
+
+def test_the_commit_link_hook_speaks_claude_codes_pretooluse_contract(cfd, rc):
+    """The real binary runs our PreToolUse hook before a Bash `git commit` (the matcher install-hooks wrote)
+    and takes its JSON: the call is denied, and the model is told, in the tool result, to add the
+    `Confab-Link:` trailer with the session's URL."""
+    backend = cfd.backend
+    cfd.master()
+    rc.api.tool_use = {"name": "Bash", "input": {"command": "git commit -m 'add a feature'",
+                                                 "description": "Commit the change"}}
+
+    def synced():  # the link needs the backend's session id in the State: the call waits for the worker's init
+        starts = rc.hook_inputs("SessionStart")
+        state = cfd.state_file(starts[0]["session_id"]) if starts else None
+        return bool(state and state.exists() and json.loads(state.read_text()).get("confab_session_id"))
+
+    rc.api.tool_use_ready = synced
+    _, r = rc.run_print("commit this")
+    assert r.returncode == 0, r.stderr
+    eid = rc.hook_inputs("SessionStart")[0]["session_id"]
+    url = f"{backend.url}/sessions/{backend.session_id(eid)}"
+    results = [block for body in rc.api.bodies for message in body.get("messages") or ()
+               if message.get("role") == "user" and isinstance(message.get("content"), list)
+               for block in message["content"] if block.get("type") == "tool_result"]
+    assert len(results) == 1, rc.api.bodies[-1:]
+    said = json.dumps(results[0], ensure_ascii=False)
+    assert f"Confab-Link: {url}" in said and "Confab is linking this commit to your session" in said, said
+    assert results[0].get("is_error") is True
+    wait_finished(cfd, eid, 1)
+    assert_complete(backend, eid, rc.transcript_dir() / f"{eid}.jsonl")
