@@ -155,3 +155,31 @@ def test_the_pre_tool_use_hook_stays_light(cfd, tmp_path):
     imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
     for heavy in ("msgspec", "psutil", "requests", "backoff", "argparse", "socket", "subprocess"):
         assert heavy not in imported, heavy
+
+
+def test_a_bound_sessions_links_go_to_its_own_backend(cfd, tmp_path):
+    """The links follow the session's credential binding (bindings.py), never the default backend."""
+    from tests.fakebackend import FakeBackend
+
+    with FakeBackend(api_keys=("cfb_bound_links_key",)) as bound:
+        work = cfd.home / ".claude-work"
+        transcript = work / "projects" / "-home-dev-proj" / "bound-links.jsonl"
+        transcript.parent.mkdir(parents=True)
+        transcript.write_bytes(b"".join(fixture_lines()))
+        config = cfd.home / ".confab" / "config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps({"bindings": {"claude-code": {
+            str(work): {"backend_url": bound.url, "api_key": bound.api_key}}}}))
+        cfd.master()
+        eid = "bound-links"
+        assert cfd.ctl("register", "--session-id", eid, "--transcript", str(transcript)).returncode == 0
+        bound.wait_for(lambda: bound.file_bytes(eid, transcript.name) == transcript.read_bytes())
+        payload = {"session_id": eid, "transcript_path": str(transcript), "cwd": "/home/dev/proj",
+                   "hook_event_name": "PostToolUse", "tool_name": "Bash",
+                   "tool_input": {"command": "gh pr create --fill"},
+                   "tool_response": {"stdout": "https://github.com/acme/widget/pull/9\n", "stderr": ""}}
+        assert cfd.hook("post-tool-use", payload).returncode == 0
+        assert [x["url"] for x in bound.github_links(eid)] == ["https://github.com/acme/widget/pull/9"]
+        answer = pre(cfd, dict(payload, hook_event_name="PreToolUse", tool_response=None))
+        assert f"{bound.url}/sessions/{bound.session_id(eid)}" in decision(answer)[1]
+        assert cfd.backend.session_id(eid) is None

@@ -130,3 +130,17 @@ def test_a_symlinked_run_dir_or_file_is_not_read(tmp_path):
         "subagents/workflows/real/agent-ok1.jsonl": (str(workflows / "real" / "agent-ok1.jsonl"), "agent")}
     assert locator.locate("subagents/workflows/linked/journal.jsonl") is None
     assert locator.locate("subagents/workflows/real/journal.jsonl") is None
+
+
+def test_a_failed_probe_is_asked_again_next_cycle(cfd):
+    """A 5xx or an unreachable backend is no answer: the workflow files wait, and the next cycle asks again."""
+    backend, eid = cfd.backend, "probe-fails"
+    backend.fail_next(2, 503, path="capabilities")
+    cfd.master()
+    path, run_dir = workflow_session(cfd, eid)
+    assert cfd.ctl("register", "--session-id", eid, "--transcript", str(path)).returncode == 0
+    backend.wait_for(lambda: backend.file_bytes(eid, JOURNAL) == (run_dir / "journal.jsonl").read_bytes())
+    probes = [r["status"] for r in backend.requests_log() if r.get("path") == "/api/v1/capabilities"]
+    assert probes == [503, 503, 200]  # one probe per cycle, not one per file
+    finish(cfd, eid)
+    assert backend.file_bytes(eid, AGENT) == (run_dir / "agent-a1b2c3.jsonl").read_bytes()
