@@ -19,10 +19,7 @@ exit 0 on anything unexpected: a link is never worth breaking Claude Code.
 
 from __future__ import annotations
 
-import json
 import os
-import random
-import re
 
 DISABLE_ENV = "CONFAB_DISABLE_LINK_FROM_GITHUB"
 BASH = "Bash"
@@ -30,13 +27,32 @@ MCP_CREATE_PR = "mcp__github__create_pull_request"
 MATCHERS = (BASH, MCP_CREATE_PR)  # the tool names the hooks are installed for (pkg/hookconfig/claude.go)
 
 COMMIT_TRAILER_PREFIX = "Confab-Link: "
-GIT_COMMIT_RE = re.compile(r"\bgit\b\s+(-\S+(\s+\S+)?\s+)*commit\b")
-GIT_PUSH_RE = re.compile(r"\bgit\b\s+(-\S+(\s+\S+)?\s+)*push\b")
-GH_PR_CREATE_RE = re.compile(r"\bgh\b\s+(-\S+(\s+\S+)?\s+)*pr\s+create\b")
 MARKER_PREFIX = "# confab-linked"
-MARKER_RE = re.compile(re.escape(MARKER_PREFIX) + r"-[0-9a-f]{4}(?:[^0-9a-f]|$)")
-PR_URL_RE = re.compile(r"https://github\.com/[^/\s]+/[^/\s]+/pull/\d+")
 LINK_SOURCE = "cli_hook"
+# The Go client's patterns, compiled only for a command that could match (`re` and compiling them
+# would be most of this hook's own cost before every tool call).
+PATTERNS = {
+    "commit": r"\bgit\b\s+(-\S+(\s+\S+)?\s+)*commit\b",
+    "push": r"\bgit\b\s+(-\S+(\s+\S+)?\s+)*push\b",
+    "pr_create": r"\bgh\b\s+(-\S+(\s+\S+)?\s+)*pr\s+create\b",
+    "marker": r"# confab-linked-[0-9a-f]{4}(?:[^0-9a-f]|$)",
+    "pr_url": r"https://github\.com/[^/\s]+/[^/\s]+/pull/\d+",
+}
+_compiled: dict = {}
+
+
+def _re(name: str):
+    if name not in _compiled:
+        import re
+
+        _compiled[name] = re.compile(PATTERNS[name])
+    return _compiled[name]
+
+
+def _dumps(value) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
 
 
 # -- what the hooks answer -----------------------------------------------------
@@ -51,6 +67,8 @@ def pr_link(url: str) -> str:
 
 
 def new_marker() -> str:
+    import random  # only when a link is asked for: not on the path of every tool call
+
     return f"{MARKER_PREFIX}-{random.randrange(0x10000):04x}"
 
 
@@ -83,13 +101,13 @@ def mcp_pr_deny_reason(url: str) -> str:
 
 def decision(allow: bool, reason: str) -> str:
     """The JSON Claude Code reads from a PreToolUse hook (the Go client's PreToolUseResponse)."""
-    return json.dumps({"hookSpecificOutput": {"hookEventName": "PreToolUse",
-                                              "permissionDecision": "allow" if allow else "deny",
-                                              "permissionDecisionReason": reason}}, ensure_ascii=False)
+    return _dumps({"hookSpecificOutput": {"hookEventName": "PreToolUse",
+                                          "permissionDecision": "allow" if allow else "deny",
+                                          "permissionDecisionReason": reason}})
 
 
-def _first(pattern, text: str) -> int:
-    match = pattern.search(text)
+def _first(name: str, text: str) -> int:
+    match = _re(name).search(text)
     return match.start() if match else -1
 
 
@@ -112,14 +130,16 @@ def pre_tool_use(hook_input: dict, find_session) -> str:
     command = tool_input.get("command")
     if tool != BASH or not isinstance(command, str) or not command:
         return ""
-    commit_at, pr_at = _first(GIT_COMMIT_RE, command), _first(GH_PR_CREATE_RE, command)
+    if "commit" not in command and "create" not in command:
+        return ""  # the common case, settled without a regex
+    commit_at, pr_at = _first("commit", command), _first("pr_create", command)
     if commit_at < 0 and pr_at < 0:
         return ""  # the common case: nothing read, nothing said
     found = find_session(hook_input)
     if not found:
         return ""
     url = session_url(found[1], found[0])
-    if MARKER_RE.search(command) or url in command:
+    if _re("marker").search(command) or url in command:
         return decision(True, "Confab link present")
     if commit_at >= 0 and (pr_at < 0 or commit_at < pr_at):  # the earlier one wins, as in the Go client
         return decision(False, commit_deny_reason(url, new_marker()))
@@ -145,7 +165,7 @@ def successful_bash(response) -> bool:
 def pr_url_in(response) -> str:
     if not isinstance(response, dict):
         return ""
-    match = PR_URL_RE.search(json.dumps(response, ensure_ascii=False))
+    match = _re("pr_url").search(_dumps(response))
     return match.group(0) if match else ""
 
 
@@ -170,9 +190,9 @@ def url_to_link(hook_input: dict, git) -> str:
     command = tool_input.get("command") if isinstance(tool_input, dict) else None
     if tool != BASH or not isinstance(command, str) or not command:
         return ""
-    if GH_PR_CREATE_RE.search(command):
+    if _first("pr_create", command) >= 0:
         return pr_url_in(response)
-    if not (GIT_COMMIT_RE.search(command) or GIT_PUSH_RE.search(command)) or not successful_bash(response):
+    if not (_first("commit", command) >= 0 or _first("push", command) >= 0) or not successful_bash(response):
         return ""
     cwd = hook_input.get("cwd")
     if not isinstance(cwd, str) or not cwd:
@@ -202,12 +222,15 @@ def disabled(env=None) -> bool:
 
 # -- where the session's links go ---------------------------------------------------
 
-_CONFAB_ID_RE = re.compile(r"[A-Za-z0-9-]{1,128}\Z")  # it goes into a URL path: the server's ids are UUIDs
+_CONFAB_ID_RE = r"[A-Za-z0-9-]{1,128}\Z"  # it goes into a URL path: the server's ids are UUIDs
 
 
 def link_target(hook_input: dict, sync_dir: str, home: str, env=None):
     """(confab session id, backend URL, API key) of the hook's session, or None: not synced to a
     backend yet (no State, or no id in it), archived locally, or from an unbound config dir."""
+    import json
+    import re
+
     from . import bindings, paths
     from .fileio import read_private_file
 
@@ -224,7 +247,7 @@ def link_target(hook_input: dict, sync_dir: str, home: str, env=None):
     except (OSError, ValueError):
         return None
     confab_id = state.get("confab_session_id") if isinstance(state, dict) else None
-    if not isinstance(confab_id, str) or not _CONFAB_ID_RE.match(confab_id) or not isinstance(config, dict):
+    if not isinstance(confab_id, str) or not re.match(_CONFAB_ID_RE, confab_id) or not isinstance(config, dict):
         return None
     url, key = _backend(config, bindings.session_config_dir(str(hook_input.get("transcript_path") or ""), home,
                                                              env), env)
