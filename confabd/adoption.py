@@ -40,6 +40,31 @@ class Adoption:
             except PrivilegeError as exc:
                 log.error("uid %d: cannot list its sessions: %s", owner, exc)
 
+    def adopt_waiting(self) -> None:
+        """Every so often: users who left a note while no master answered (system mode's spool)."""
+        for owner in self.tenancy.owners_waiting():
+            log.info("uid %d left a note while no master ran: adopting its States", owner)
+            try:
+                self.list_again(owner, lambda ids, error: None)
+            except PrivilegeError as exc:
+                log.error("uid %d: cannot list its sessions: %s", owner, exc)
+
+    def list_again(self, owner: int, then, counted: bool = False) -> None:
+        """List the owner's States now and adopt those this master does not run (`handover`);
+        then(ids queued, error). PrivilegeError: no helper could list them (`counted`: a request
+        of theirs asks, so it counts against their helpers in progress)."""
+        def listed(ids, error):
+            if error:
+                log.error("uid %d: cannot list its sessions: %s", owner, error)
+                then([], error)
+                return
+            fresh = [i for i in ids if self.sessions.get(owner, i) is None]
+            queue = self.pending.setdefault(owner, collections.deque())
+            queue.extend(i for i in fresh if i not in queue)
+            self.next_later(owner)
+            then(fresh, "")
+        self.tenancy.session_ids(owner, listed, counted=counted)
+
     def listed(self, owner: int, ids: list[str], error: str) -> None:
         if error:
             log.error("uid %d: cannot list its sessions: %s", owner, error)

@@ -85,7 +85,11 @@ class ProtocolError(Exception):
 
 def user_settings_value(home, key):
     """One key of ~/.config/confabd/confabd.toml, read only when that file exists."""
-    path = paths.user_settings_path(home)
+    return settings_value(paths.user_settings_path(home), key)
+
+
+def settings_value(path, key):
+    """One string key of a confabd.toml; "" when the file, the key or a valid TOML is missing."""
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -36,17 +36,27 @@ HANDLERS = {
     control.Register: "register",
     control.Finish: "finish",
     control.Shutdown: "shutdown",
+    control.Retry: "retry",
+    control.Forget: "forget",
+    control.Reload: "reload",
+    control.Adopt: "adopt",
+    control.Metrics: "metrics",
 }
 
 
 class Commands:
     def __init__(self, sessions: Sessions, tenancy, server: ControlServer, *,
-                 describe_master: Callable[[], dict], shutdown: Callable[[], None]):
+                 describe_master: Callable[[], dict], shutdown: Callable[[], None],
+                 reload: Callable[[], str] = lambda: "this master cannot reload its settings",
+                 adoption=None, meter=None):
         self.sessions = sessions
         self.tenancy = tenancy
         self.server = server
         self.describe_master = describe_master  # status's `master` object
         self.request_shutdown = shutdown
+        self.reload_settings = reload  # "" when the new settings were taken, else why not
+        self.adoption = adoption  # confabd.adoption.Adoption: `adopt` (handover)
+        self.meter = meter  # confabd.metrics.Metrics: per-sink totals for status and `metrics`
 
     def handle(self, conn: Connection, request) -> Optional[dict]:
         """The reply to one request; None when the reply comes later (stop --wait)."""
@@ -71,7 +81,19 @@ class Commands:
                 return control.error(f"no session {request.external_id!r}")
             sessions = [session]
         return control.reply(master=self.describe_master(),
-                             sessions=[self.sessions.status_row(s) for s in sessions])
+                             sessions=[self.sessions.status_row(s) for s in sessions],
+                             sinks=self.meter.sinks_json(self.sink_totals(owner)) if self.meter else [])
+
+    def sink_totals(self, owner: int) -> list:
+        return self.meter.sink_totals(lambda o: self.tenancy.may_see(owner, o), self.sessions.visible_to(owner))
+
+    def metrics(self, conn: Connection, owner: int, request: control.Metrics) -> dict:
+        if self.meter is None:
+            return control.error("this master keeps no metrics")
+        rows = [self.sessions.status_row(s) for s in self.sessions.visible_to(owner)]
+        totals = self.sink_totals(owner)
+        return control.reply(text=self.meter.prometheus(rows, totals), sinks=self.meter.sinks_json(totals),
+                             sessions=self.meter.states(rows))
 
     def register(self, conn: Connection, owner: int, request: control.Register) -> Optional[dict]:
         try:
@@ -244,3 +266,78 @@ class Commands:
             return control.error(refusal)
         self.request_shutdown()
         return control.reply()
+
+    # -- the operator's verbs: retry, forget, reload, adopt (docs/CONTROL.md) ---------------
+
+    def retry(self, conn: Connection, owner: int, request: control.Retry) -> dict:
+        if self.sessions.stopping:
+            return control.error("the master is shutting down")
+        session = self.sessions.find(owner, request.external_id)
+        if session is None:
+            return control.error(f"no session {request.external_id!r}")
+        was = session.phase
+        if was == worker_api.Phase.FAILED:  # a failed session is not counted live: it would be now
+            refusal = self.tenancy.session_cap_refusal(session.owner, self.sessions.live_count(session.owner))
+            if refusal:
+                return control.error(refusal)
+        self.sessions.retry(session)
+        return control.reply(was=was, state=session.phase,
+                             worker_pid=session.proc.pid if session.proc else None)
+
+    def forget(self, conn: Connection, owner: int, request: control.Forget) -> Optional[dict]:
+        """Only a session no worker runs (failed, backoff, or a State on disk alone): a running
+        one is finished with `stop`, which delivers its lines first."""
+        try:
+            external_id = validate_external_id(request.external_id)
+        except InvalidExternalId as exc:
+            return control.error(str(exc))
+        session = self.sessions.find(owner, external_id)
+        if session is not None and session.alive:
+            return control.error(f"session {external_id} has a worker running ({session.phase}); "
+                                 "`confabctl stop` finishes it, delivering its lines first; forget only drops "
+                                 "a session whose worker does not run (failed, backoff)")
+        whose = session.owner if session is not None else owner
+
+        def removed(reply, error: str) -> None:
+            if error:
+                reply(control.error(f"session {external_id}: cannot remove its files: {error}"))
+            else:
+                reply(control.reply(forgotten=True, was=was))
+
+        def loaded(reply, record, error: str) -> None:
+            if self.sessions.find(owner, external_id) is not None:  # registered meanwhile
+                reply(control.error(f"session {external_id} was registered meanwhile; not forgotten"))
+            elif error or record is None:
+                reply(control.error(f"no session {external_id!r}" + (f" ({error})" if error else "")))
+            else:
+                self.tenancy.delete_session(whose, external_id, lambda e: self.safely(reply, removed, reply, e))
+
+        if session is not None:
+            was = session.phase
+            self.sessions.abandon(session)
+            return self.answer_later(conn, lambda reply: self.tenancy.delete_session(
+                whose, external_id, lambda e: self.safely(reply, removed, reply, e)))
+        was = "on disk"
+        return self.answer_later(conn, lambda reply: self.tenancy.session_record(
+            owner, external_id, lambda record, error: self.safely(reply, loaded, reply, record, error),
+            counted=True))
+
+    def reload(self, conn: Connection, owner: int, request: control.Reload) -> dict:
+        refusal = self.tenancy.reload_refusal(owner)
+        if refusal:
+            return control.error(refusal)
+        problem = self.reload_settings()
+        if problem:
+            return control.error(f"settings not reloaded, the current ones are kept: {problem}")
+        return control.reply(reloaded=True, workers=self.sessions.worker_count())
+
+    def adopt(self, conn: Connection, owner: int, request: control.Adopt) -> Optional[dict]:
+        if self.sessions.stopping:
+            return control.error("the master is shutting down")
+        self.tenancy.remember(owner)
+
+        def listed(reply, ids: list[str], error: str) -> None:
+            reply(control.error(f"cannot list your sessions: {error}") if error
+                  else control.reply(adopting=sorted(ids)))
+        return self.answer_later(conn, lambda reply: self.adoption.list_again(
+            owner, lambda ids, error: self.safely(reply, listed, reply, ids, error), counted=True))

@@ -47,6 +47,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_chunks_per_file: int = 30_000  # the backend's cap per file; chunk spacing is planned against it
     worker_timeout_s: float = 300.0  # a worker silent this long is hung: killed, restarted (0: never)
     failed_retry_s: float = 300.0  # a session in `failed` (crash loop) is tried again this often
+    # A team host (hostwide.py): the backend for users whose ~/.confab/config.json names none,
+    # whether confabctl may start user-mode masters, and where users leave a note for the
+    # system master when it is down.
+    backend_url: str = ""
+    user_masters: str = "auto"  # auto | never
+    spool_dir: str = ""  # "": /var/spool/confabd
 
     def __post_init__(self):
         if self.sink not in ("auto", "http", "archive"):
@@ -62,6 +68,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise ValueError(f"{name} must not be negative")
         if self.failed_retry_s <= 0:
             raise ValueError("failed_retry_s must be positive")
+        if self.user_masters not in ("auto", "never"):
+            raise ValueError(f"user_masters must be auto or never, not {self.user_masters!r}")
+        if self.backend_url:
+            try:
+                self.backend_url = check_backend_url(self.backend_url)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
 
     @property
     def jitter_ms(self) -> int:
@@ -140,8 +153,10 @@ class BackendConfig(msgspec.Struct):
         return f"BackendConfig(backend_url={self.backend_url!r}, api_key=<{key}>)"
 
 
-def load_backend_config(home: str, env=None) -> BackendConfig:
-    """~/.confab/config.json with CONFAB_BACKEND_URL / CONFAB_API_KEY applied on top."""
+def load_backend_config(home: str, env=None, default_url: str = "") -> BackendConfig:
+    """~/.confab/config.json with CONFAB_BACKEND_URL / CONFAB_API_KEY applied on top; without a
+    backend_url in either, the default of the confabd.toml files, `default_url` (a worker's: its
+    master's settings) among them (hostwide.default_backend_url)."""
     env = os.environ if env is None else env
     path = paths.confab_config_path(home, env)
     config = BackendConfig()
@@ -166,6 +181,10 @@ def load_backend_config(home: str, env=None) -> BackendConfig:
     # An editor's trailing newline is not part of the key; any other character a
     # header cannot carry is refused when the key is used (HttpSink, check_api_key).
     changes["api_key"] = changes.get("api_key", config.api_key).strip()
+    if not changes.get("backend_url", config.backend_url):
+        from .hostwide import default_backend_url
+
+        changes["backend_url"] = default_backend_url(home, env, default_url)  # "" when none is set
     return msgspec.structs.replace(config, **changes)
 
 

@@ -72,7 +72,31 @@ class Shutdown(Request, tag="shutdown"):
     pass
 
 
-AnyRequest = Union[Register, Finish, Status, Ping, Shutdown]
+class Retry(Request, tag="retry"):
+    """A failed or backing-off session (or one with a blocked file) is tried again now."""
+
+    external_id: str
+
+
+class Forget(Request, tag="forget"):
+    """A session that has no worker running is dropped: State and inbox removed, no session_end."""
+
+    external_id: str
+
+
+class Reload(Request, tag="reload"):
+    """Re-read the settings, as SIGHUP does; the reply says whether they were accepted."""
+
+
+class Adopt(Request, tag="adopt"):
+    """Adopt the caller's States that this master does not run (`confabctl handover`)."""
+
+
+class Metrics(Request, tag="metrics"):
+    """The Prometheus text of what `status` counts (confabd/metrics.py)."""
+
+
+AnyRequest = Union[Register, Finish, Status, Ping, Shutdown, Retry, Forget, Reload, Adopt, Metrics]
 
 _decoder = msgspec.json.Decoder(AnyRequest)
 _encoder = msgspec.json.Encoder()

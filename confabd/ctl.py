@@ -166,6 +166,7 @@ def hook_session_start(hook_input):
         reply = request_with_autostart(message)
     except (client.NoMaster, client.ProtocolError, OSError) as exc:
         state = write_fallback_state(session_id, transcript, cwd)
+        leave_note_for_system_master(session_id)
         raise HookError(f"{exc}; the session is recorded in {state} for the next master") from None
     if not reply.get("ok"):
         raise HookError(f"the master refused the session: {reply.get('error')}")
@@ -187,6 +188,11 @@ def request_with_autostart(message):
         return reply
     except client.NoMaster:
         pass
+    from .hostwide import autostart_refusal
+
+    refusal = autostart_refusal()
+    if refusal:
+        raise client.NoMaster(f"no confabd master answers on {path} nor on the system socket; {refusal}")
     try:
         launcher = client.spawn_master()
     except OSError as exc:
@@ -223,7 +229,10 @@ def hook_session_end(hook_input):
     try:
         reply, _path, _system = client.request_any(message, timeout=SESSION_END_TIMEOUT_S)
     except client.NoMaster as exc:
-        if os.path.exists(paths.state_path(sync_dir(), session_id)):
+        leave_note_for_system_master(session_id)
+        from .hostwide import autostart_refusal
+
+        if os.path.exists(paths.state_path(sync_dir(), session_id)) and not autostart_refusal():
             client.spawn_master()  # it adopts the session and finishes it from the inbox
             raise HookError(f"{exc}; the session end is recorded in {inbox}; "
                             "started a master to finish the session") from None
@@ -232,6 +241,14 @@ def hook_session_end(hook_input):
         raise HookError(f"the master did not confirm ({exc}); the session end is recorded in {inbox}") from None
     if not reply.get("ok"):
         raise HookError(f"the master could not finish the session: {reply.get('error')}")
+
+
+def leave_note_for_system_master(session_id):
+    """Where a system master is installed, tell it (once it is back) that this user has States."""
+    if not os.environ.get("CONFABD_SOCKET"):  # a master of one's own was named: nothing to tell
+        from .hostwide import leave_note
+
+        leave_note(session_id)
 
 
 def sync_dir():
@@ -305,7 +322,8 @@ def build_parser():
                     "on stdin, prints " + HOOK_RESPONSE + " and exits 0, always: a problem is said on stderr "
                     "and never breaks the Claude Code session. session-start (and user-prompt-submit, on every "
                     "prompt: a no-op while the session's worker runs) registers the session with the "
-                    "master (starting a user-mode master when none answers); session-end records the "
+                    "master (starting a user-mode master when none answers, unless the system config says "
+                    "user_masters = \"never\"); session-end records the "
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
                     "(final sync, then the session_end event), without waiting for the upload. "
                     "pre-tool-use and post-tool-use (before and after Bash and the GitHub MCP create-PR tool) "
@@ -329,9 +347,41 @@ def build_parser():
     p.add_argument("external_id", metavar="ID")
     p.add_argument("--wait", action="store_true", help="return only when the final sync is done")
 
+    p = sub.add_parser("retry", help="try a failed or backing-off session again now",
+                       description="Try a session again now instead of at its next backoff or failed_retry_s: "
+                                   "the crash count starts again, its worker is (re)started, and a file blocked "
+                                   "by a refused chunk or an oversized line is tried again. ID may be a "
+                                   "unique prefix.")
+    p.add_argument("external_id", metavar="ID")
+    p = sub.add_parser("forget", help="drop a failed session for good (State and inbox removed, no session_end)",
+                       description="Give up on a session whose worker does not run (failed, backoff, or a State "
+                                   "file no master runs): its State and inbox are removed and no session_end "
+                                   "is sent. What it delivered stays on the backend; lines not yet delivered "
+                                   "are not sent (its transcript is kept: `confabctl save` can still upload "
+                                   "them). Asks first, unless --yes. ID may be a unique prefix.")
+    p.add_argument("external_id", metavar="ID")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    sub.add_parser("reload", help="have the master re-read its settings (as SIGHUP) and say whether it took them",
+                   description="Ask the master, over its socket, to re-read its settings file as on SIGHUP. Exit 0 "
+                               "when the new settings were taken (running workers use them from their next "
+                               "cycle), 1 with the errors when they were not (the current settings are kept). "
+                               "The system master takes it from root only.")
+    sub.add_parser("handover", help="move your sessions from your own master to the system master",
+                   description="Where the system service runs: stop your own user-mode master (its live sessions "
+                               "are suspended, their State kept) and have the system master adopt every "
+                               "session in your sync dir. Exit 3 when no system master answers.")
+
     p = sub.add_parser("status", help="the master and its sessions")
     p.add_argument("external_id", nargs="?", metavar="ID")
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+
+    p = sub.add_parser("metrics", help="the master's numbers as Prometheus text (sessions by state, lines, "
+                                       "bytes, chunks, errors, restarts, lag; per sink)",
+                       description="Print the master's metrics in the Prometheus text format: the numbers "
+                                   "`status --json` shows. --output writes them atomically to a file instead "
+                                   "(mode 0644), e.g. node_exporter's textfile directory from a timer.")
+    p.add_argument("--output", metavar="FILE", help="write to FILE (atomically: a temporary file, then rename)")
+    p.add_argument("--json", action="store_true", help="the same numbers as JSON: sessions by state, per sink totals")
 
     p = sub.add_parser("ping", help="exit 0 if a master answers")
     p.add_argument("--json", action="store_true", help="print {pid, version, socket} as JSON")
@@ -467,6 +517,8 @@ def cmd_status(args):
     if reply is None:
         return EXIT_FAIL
     result = {"master": reply["master"], "sessions": reply["sessions"]}
+    if "sinks" in reply:  # an older master has none
+        result["sinks"] = reply["sinks"]
     if args.json:
         import json
 
@@ -493,7 +545,7 @@ def use_colour():
 
 STATE_COLOURS = {"failed": "31", "backoff": "33", "unreachable": "33", "syncing": "32", "finishing": "36"}
 # Columns in the order they are dropped when the terminal is too narrow (first dropped first).
-DROPPABLE = ("PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER")
+DROPPABLE = ("SINK", "PARENT", "RESTARTS", "WORKER", "LAST SYNC", "PROJECT", "USER")
 ROOM_FOR_ERROR = 20  # columns kept for the start of LAST ERROR
 SHORT_ID = 8  # like a short git hash: enough to tell sessions apart, `status ID` shows the whole one
 
@@ -509,10 +561,14 @@ def format_status(status, width=None, colour=False):
     if not sessions:
         lines.append("no sessions")
         return "\n".join(lines)
+    sinks = {s.get("sink") for s in sessions if s.get("sink")}
+    if len(sinks) == 1:  # where the lines go, said once (a column when sessions differ)
+        lines.append(fit("lines go to " + printable(describe_sink(sinks.pop())), width))
     wide = width is None or len(sessions) == 1
     rows = [status_row(s, wide) for s in sessions]
     columns = ["SESSION"] + (["USER"] if any("USER" in r for r in rows) else []) + [
-        "PROJECT", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "LAST SYNC", "LAST ERROR"]
+        "PROJECT", "STATE", "WORKER", "PARENT", "RESTARTS", "LINES", "BEHIND", "LAST SYNC"] + (
+        ["SINK"] if sinks else []) + ["LAST ERROR"]
     table = [dict(zip(columns, columns))] + [{k: printable(v) for k, v in r.items()} for r in rows]
     for name in DROPPABLE:  # drop what matters least until the fixed columns leave room for an error
         if width is None or table_width(table, columns[:-1]) + 2 + ROOM_FOR_ERROR <= width:
@@ -539,11 +595,18 @@ def status_row(s, wide):
         "PROJECT": os.path.basename((s.get("cwd") or "").rstrip("/")) or "-",
         "STATE": s["state"], "WORKER": str(s.get("worker_pid") or "-"), "PARENT": str(s.get("parent_pid") or "-"),
         "RESTARTS": str(s.get("restarts", 0)), "LINES": str(sum(f.get("last_synced_line", 0) for f in files)),
+        "BEHIND": str(s["behind"]) if isinstance(s.get("behind"), int) else "-",
+        "SINK": describe_sink(s.get("sink") or "-"),
         "LAST SYNC": (s.get("last_sync_at") or "-").replace("T", " ")[:19], "LAST ERROR": s.get("last_error") or "",
     }
     if "uid" in s:
         row["USER"] = user_name(s["uid"])
     return row
+
+
+def describe_sink(sink):
+    """`archive:<path>` as "the local archive <path>"; a backend URL as it is."""
+    return f"the local archive {sink[len('archive:'):]}" if sink.startswith("archive:") else sink
 
 
 def user_name(uid):
@@ -587,6 +650,42 @@ def cmd_ping(args):
     else:
         print(f"confabd master {reply.get('pid')} (version {reply.get('version')}) is alive")
     return EXIT_OK
+
+
+def cmd_metrics(args):
+    reply = ask({"type": "metrics"})
+    if reply is None:
+        return EXIT_FAIL
+    if args.json:
+        import json
+
+        text = json.dumps({"sessions": reply.get("sessions", {}), "sinks": reply.get("sinks", [])}, indent=2) + "\n"
+    else:
+        text = reply["text"]
+    if not args.output:
+        sys.stdout.write(text)
+        return EXIT_OK
+    write_readable_file(args.output, text.encode())
+    return EXIT_OK
+
+
+def write_readable_file(path, data):
+    """`data` to `path` all at once (a reader never sees half a file), readable by others (0644):
+    node_exporter reads the textfile directory as its own user. The temporary name does not end
+    in .prom, so the collector never reads it."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, 0o644)  # whatever the umask
+            f.write(data)
+            f.flush()
+            os.fsync(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        fileio.unlink_if_present(tmp)
+        raise
 
 
 def cmd_shutdown(args):
@@ -685,6 +784,12 @@ def cmd_logout(args):
     return run_logout(args)
 
 
+def _verb(name, args):
+    from . import verbs
+
+    return getattr(verbs, name)(args)
+
+
 def cmd_install_hooks(args):
     from .hooks_install import install_hooks
 
@@ -698,7 +803,9 @@ def cmd_uninstall_hooks(args):
 
 
 COMMANDS = {
-    "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "ping": cmd_ping,
+    "retry": lambda args: _verb("cmd_retry", args), "forget": lambda args: _verb("cmd_forget", args),
+    "reload": lambda args: _verb("cmd_reload", args), "handover": lambda args: _verb("cmd_handover", args),
+    "hook": cmd_hook, "register": cmd_start, "start": cmd_start, "stop": cmd_stop, "status": cmd_status, "metrics": cmd_metrics, "ping": cmd_ping,
     "shutdown": cmd_shutdown, "save": cmd_save, "archive": cmd_archive,
     "list": cmd_list, "redaction-test": cmd_redaction_test, "doctor": cmd_doctor, "login": cmd_login, "logout": cmd_logout, "install-hooks": cmd_install_hooks, "uninstall-hooks": cmd_uninstall_hooks,
 }

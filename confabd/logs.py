@@ -7,6 +7,12 @@ process's pid, and reads a `<N>` prefix on each line as the syslog priority
 `journalctl -p warning` shows nothing. So for the journal a record is
 `<N>name LEVEL message`, each of its lines prefixed; elsewhere it keeps the
 time and pid, which a file or a terminal does not add by itself.
+
+Libraries' own records (urllib3, requests, backoff) are demoted to debug
+(`QuietLibraries`): what they say at warning or error is false or said better
+by us (backoff's "Giving up" about a request that is retried forever,
+urllib3's "Retrying ..." and "Connection pool is full"), and ~300 characters
+of repr each. The cause reaches the log in our own words (sinks/causes.py).
 """
 
 from __future__ import annotations
@@ -58,3 +64,16 @@ def formatter_for(handler: logging.Handler) -> logging.Formatter:
     if not isinstance(handler, logging.FileHandler) and talks_to_journal(stream):
         return JournalFormatter()
     return SafeFormatter(FILE_FORMAT)
+
+
+LIBRARY_LOGGERS = frozenset(("urllib3", "requests", "backoff"))
+
+
+class QuietLibraries(logging.Filter):
+    """A handler filter: library records become debug records (shown only with --log-level debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] in LIBRARY_LOGGERS and record.levelno > logging.DEBUG:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True

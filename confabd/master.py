@@ -34,17 +34,21 @@ from typing import Callable, Optional
 
 from . import __version__, notify, privileges
 from .adoption import Adoption
+from .backend_health import BackendHealth
 from .commands import Commands
 from .config import Settings
 from .control_server import ControlServer
 from .errors import ConfigError
 from .helpers import Helpers
+from .metrics import Metrics
 from .sessions import Sessions
 
 log = logging.getLogger("confabd.master")
 
 PARENT_POLL_S = 1.0  # fallback parent check when pidfd is unavailable
 HEARTBEAT_CHECK_S = 1.0  # how often workers are checked against worker_timeout_s
+SPOOL_CHECK_S = 10.0  # system mode: how often the spool is read for notes left while no master ran
+HEALTH_TICK_S = 5.0  # ended sessions leave the metrics; an unreachable backend's summary when due
 KILL_GRACE_S = 2.0  # after the shutdown timeout, before SIGKILL
 
 
@@ -114,12 +118,17 @@ class Arbiter:
         tenancy.use_helpers(self.helpers)
         self.sessions = Sessions(settings, tenancy, self.selector, self.timers, self.inherited_fds)
         self.adoption = Adoption(self.sessions, tenancy, self.timers)
+        self.metrics = Metrics(BackendHealth())  # per backend reachability, counts: status and metrics
+        self.sessions.on_report_taken = self.metrics.take_report
+        self.sessions.delivery_fields = self.metrics.status_fields
         self.control = ControlServer(socket_path, self.selector,
                                      handle=lambda conn, request: self.commands.handle(conn, request),
                                      accepts=tenancy.accepts, guard=guarded,
                                      dir_mode=tenancy.dir_mode, socket_mode=tenancy.socket_mode)
         self.commands = Commands(self.sessions, tenancy, self.control, describe_master=self.describe,
-                                 shutdown=lambda: self.timers.call_later(0, lambda: self.shutdown("shutdown requested")))
+                                 shutdown=lambda: self.timers.call_later(0, lambda: self.shutdown("shutdown requested")),
+                                 reload=lambda: self.reload("confabctl reload"), adoption=self.adoption,
+                                 meter=self.metrics)
 
     # -- running -----------------------------------------------------------------
 
@@ -168,6 +177,12 @@ class Arbiter:
             self.timers.every(interval, lambda: self.notify("WATCHDOG=1"))
         self.timers.every(PARENT_POLL_S, self.sessions.poll_parents)
         self.timers.every(HEARTBEAT_CHECK_S, self.sessions.check_heartbeats)
+        self.timers.every(SPOOL_CHECK_S, self.adoption.adopt_waiting)
+        self.timers.every(HEALTH_TICK_S, self.tick_health)
+
+    def tick_health(self) -> None:
+        self.metrics.forget_except(self.sessions.table)
+        self.metrics.health.tick()
 
     def preload_worker_code(self) -> None:
         """Import what workers run once, here, so forked workers share those pages.
@@ -231,17 +246,19 @@ class Arbiter:
 
     # -- reload and shutdown ---------------------------------------------------------
 
-    def reload(self) -> None:
+    def reload(self, why: str = "SIGHUP") -> str:
+        """Re-read the settings; "" when taken, else why not (the current ones are kept)."""
         if self.reload_settings is None:
-            return
+            return "this master was started without a settings file to re-read"
         try:
             self.settings = self.reload_settings()
         except (ConfigError, OSError) as exc:
-            log.error("SIGHUP: keeping the current settings: %s", exc)
-            return
+            log.error("%s: keeping the current settings: %s", why, exc)
+            return str(exc)
         self.tenancy.configure(self.settings)
-        log.info("SIGHUP: settings reloaded; telling %d workers", self.sessions.worker_count())
+        log.info("%s: settings reloaded; telling %d workers", why, self.sessions.worker_count())
         self.sessions.reload(self.settings)
+        return ""
 
     def shutdown(self, why: str) -> None:
         if self.sessions.stopping:

@@ -22,6 +22,11 @@ from .errors import ConfabdError, ConfigError
 log = logging.getLogger("confabd")
 
 DAEMON_READY_TIMEOUT_S = 30.0
+# User mode's log file rotates by itself (no logrotate looks after a home directory):
+# at LOG_ROTATE_BYTES (CONFABD_LOG_ROTATE_BYTES overrides it) it becomes confabd.log.1, and
+# LOG_BACKUPS old files are kept. System mode leaves that to logrotate (packaging/logrotate).
+LOG_ROTATE_BYTES = 10 << 20
+LOG_BACKUPS = 5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The confabd master: runs one sync worker per Claude Code session "
                     "and answers confabctl on a Unix socket.",
         epilog="Environment: CONFABD_SOCKET, CONFABD_STATE_DIR, CONFAB_BACKEND_URL, CONFAB_API_KEY, "
-               "CONFAB_SYNC_INTERVAL_MS, CONFAB_SYNC_JITTER_MS, CONFABD_SHUTDOWN_TIMEOUT_MS. "
+               "CONFAB_SYNC_INTERVAL_MS, CONFAB_SYNC_JITTER_MS, CONFABD_SHUTDOWN_TIMEOUT_MS, "
+               "CONFABD_LOG_ROTATE_BYTES (user mode: the log file rotates at this size, default 10 MiB). "
                "Signals: TERM/INT flush every session and exit (sessions whose Claude Code still runs "
                "are kept for the next master), HUP re-reads the config.")
     how = parser.add_mutually_exclusive_group()
@@ -59,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error", "critical"],
                         type=str.lower, help="debug, info, warning, error (default: info)")
     parser.add_argument("--log-file", metavar="FILE",
-                        help="log file (default: stderr, or ~/.confab/logs/confabd.log with --daemon)")
+                        help="log file (default: stderr, or ~/.confab/logs/confabd.log with --daemon); "
+                             "in user mode it rotates at 10 MiB, 5 old files kept")
     check = parser.add_mutually_exclusive_group()
     check.add_argument("--check-config", action="store_true",
                        help="check the settings file (--config, else the default) and the environment, "
@@ -169,15 +176,15 @@ class PidFile:
         self.release()
 
 
-class LogFileHandler(logging.handlers.WatchedFileHandler):
-    """A WatchedFileHandler (reopened when logrotate moves the file away) that never follows a
-    symlink or opens anything but a regular file, and sets the mode on what it opened: the
-    log file's path may be in a directory others can write, and root must not chmod (or append
-    to) whatever a planted link names."""
+class _SafeOpen:
+    """Log files that are never a symlink's target or anything but a regular file, with the
+    mode set on what was opened: the log file's path may be in a directory others can write,
+    and root must not chmod (or append to) whatever a planted link names."""
 
-    def __init__(self, filename: str, file_mode: Optional[int]):
-        self.file_mode = file_mode
-        super().__init__(filename)
+    file_mode: Optional[int] = None
+    baseFilename: str
+    encoding: Optional[str]
+    errors: Optional[str]
 
     def _open(self):
         path = self.baseFilename
@@ -200,14 +207,42 @@ class LogFileHandler(logging.handlers.WatchedFileHandler):
         return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
 
 
+class LogFileHandler(_SafeOpen, logging.handlers.WatchedFileHandler):
+    """System mode's file: reopened when logrotate has moved it away."""
+
+    def __init__(self, filename: str, file_mode: Optional[int]):
+        self.file_mode = file_mode
+        super().__init__(filename)
+
+
+class RotatingLogFile(_SafeOpen, logging.handlers.RotatingFileHandler):
+    """User mode's file: rotated by the master itself at `max_bytes`, `backups` kept. Workers
+    write through the descriptor they inherited, so until they restart their few lines go to
+    the file that was current when they started (as after a logrotate)."""
+
+    def __init__(self, filename: str, file_mode: Optional[int], max_bytes: int, backups: int = LOG_BACKUPS):
+        self.file_mode = file_mode
+        super().__init__(filename, maxBytes=max_bytes, backupCount=backups)
+
+
+def log_rotate_bytes(env=None) -> int:
+    value = (os.environ if env is None else env).get("CONFABD_LOG_ROTATE_BYTES", "")
+    try:
+        return max(1024, int(value)) if value else LOG_ROTATE_BYTES
+    except ValueError:
+        return LOG_ROTATE_BYTES
+
+
 def setup_logging(opts: Options, file_mode: Optional[int]) -> logging.Handler:
     if opts.log_file:
         directory = os.path.dirname(os.path.abspath(opts.log_file))
         fileio.make_dirs(directory, 0o700)
-        handler: logging.Handler = LogFileHandler(opts.log_file, file_mode)
+        handler: logging.Handler = (RotatingLogFile(opts.log_file, file_mode, log_rotate_bytes())
+                                    if opts.mode == "user" else LogFileHandler(opts.log_file, file_mode))
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logs.formatter_for(handler))  # the journal's priorities, or time and pid
+    handler.addFilter(logs.QuietLibraries())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(opts.log_level)
@@ -271,7 +306,13 @@ def run_master(args, opts: Options, kind, pidfile: PidFile, on_ready=None) -> in
     from .master import Arbiter
 
     def reload_settings() -> Settings:
-        return settings_from(args, opts.config_path, os.environ)
+        try:
+            return settings_from(args, opts.config_path, os.environ)
+        except ConfigError:  # a person fixing the file wants every problem (SIGHUP's log, `confabctl reload`)
+            problems = config_check.problems_in(opts.config_path, os.environ, required=bool(args.config))
+            if len(problems) > 1:
+                raise ConfigError("; ".join(problems)) from None
+            raise
 
     tenants = kind(opts.settings, sync_dir=opts.sync_dir, home=opts.home, registry_dir=opts.registry_dir)
     arbiter = Arbiter(opts.settings, tenants, socket_path=opts.socket_path, reload_settings=reload_settings,

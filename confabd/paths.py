@@ -10,6 +10,7 @@ SYSTEM_SOCKET = SYSTEM_RUN_DIR + "/control.sock"
 SYSTEM_PIDFILE = SYSTEM_RUN_DIR + "/confabd.pid"
 SYSTEM_SETTINGS = "/etc/confabd/confabd.toml"
 SYSTEM_REGISTRY_DIR = "/var/lib/confabd/users"  # root-owned: which uids have sessions
+SYSTEM_SPOOL_DIR = "/var/spool/confabd"  # 1733: users leave a note there for a system master that is down
 
 
 def home_dir(env=None):

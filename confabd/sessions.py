@@ -145,6 +145,9 @@ class Sessions:
         self.table: dict[tuple[int, str], Session] = {}
         self.stopping = False  # shutdown: no new sessions, no restarts
         self.on_slot_freed: Callable[[int], None] = lambda owner: None  # adoption.py: a session ended
+        # metrics.py: every report (counts, reachability), and what a status row adds from them
+        self.on_report_taken: Callable[[Session, worker_api.Report], None] = lambda session, report: None
+        self.delivery_fields: Callable[[Session], dict] = lambda session: {}
 
     # -- looking up ----------------------------------------------------------------
 
@@ -192,7 +195,7 @@ class Sessions:
             "files": files,
             "last_sync_at": (report and report.last_sync_at) or None,
             "last_error": session.last_error or (report and report.last_error) or None,
-        } | self.tenancy.describe_owner(session.owner)
+        } | self.delivery_fields(session) | self.tenancy.describe_owner(session.owner)
 
     # -- beginnings ----------------------------------------------------------------
 
@@ -317,6 +320,7 @@ class Sessions:
                 continue
             if isinstance(message, worker_api.Report):
                 self.take_report(session, message)
+                self.on_report_taken(session, message)
         if eof:
             self.unregister(session.pipe)  # the sentinel tells the rest
 
@@ -450,6 +454,29 @@ class Sessions:
             return
         session.restarts += 1
         self.spawn(session)
+
+    def retry(self, session: Session) -> None:
+        """`confabctl retry`: now rather than after the backoff or failed_retry_s. The crash count
+        starts again; a worker that runs rebuilds its sink (a blocked file is tried again) and
+        drops its backoff; one that does not is started at once."""
+        session.crashes = 0
+        log.info("session %s: retry requested (was %s)", session.external_id, session.phase)
+        if session.alive:
+            self.send(session, worker_api.Retry())
+            return
+        self.timers.cancel(session.restart_timer)
+        session.last_error = ""
+        self.restart(session)
+        if session.alive:
+            self.send(session, worker_api.Retry())  # read at its first wait: its State's backoff goes too
+
+    def abandon(self, session: Session) -> None:
+        """`confabctl forget` of a session without a worker: gone from this master, no session_end.
+        (Its files are the tenancy's to remove.)"""
+        log.warning("session %s: forgotten on request (was %s); no session_end is sent",
+                    session.external_id, session.phase)
+        self.forget(session)
+        self.release_waiters(session, "the session was forgotten (confabctl forget)")
 
     # -- endings ----------------------------------------------------------------------
 

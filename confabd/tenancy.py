@@ -101,6 +101,7 @@ class Tenancy(Protocol):
     def sees_all(self, owner: int) -> bool: ...  # finds anybody's session by its ID
     def may_see(self, viewer: int, owner: int) -> bool: ...
     def shutdown_refusal(self, owner: int) -> str: ...  # "" when they may shut the master down
+    def reload_refusal(self, owner: int) -> str: ...  # "" when they may have the settings re-read
     def hook_pid(self, peer: Peer, claimed: int) -> int: ...  # whose ancestors to search for Claude Code
     def owns_process(self, owner: int, pid: int) -> bool: ...
     def session_cap_refusal(self, owner: int, live: int) -> str: ...  # "" or "too many sessions ..."
@@ -112,9 +113,11 @@ class Tenancy(Protocol):
     def use_helpers(self, helpers) -> None: ...  # the master's confabd.helpers.Helpers
     def check_transcript(self, owner: int, transcript: str, then: Callable[[str], None]) -> None: ...
     def session_record(self, owner: int, external_id: str, then: RecordThen, counted: bool = True) -> None: ...
-    def delete_session(self, owner: int, external_id: str) -> None: ...  # an orphan inbox
+    def delete_session(self, owner: int, external_id: str,
+                       then: Optional[Callable[[str], None]] = None) -> None: ...  # then(error)
     def owners_to_adopt(self) -> list[int]: ...  # whose sync dirs may hold States (at start)
-    def session_ids(self, owner: int, then: Callable[[list[str], str], None]) -> None: ...
+    def owners_waiting(self) -> list[int]: ...  # who left a note while no master ran (the spool)
+    def session_ids(self, owner: int, then: Callable[[list[str], str], None], counted: bool = False) -> None: ...
     def worker_home(self, owner: int, settings: Settings) -> WorkerHome: ...  # PrivilegeError: no such user
     def record_unstarted(self, session) -> None: ...  # a State for a worker that could not be forked
     def remember(self, owner: int) -> None: ...  # this owner has sessions (for the next master)
@@ -181,6 +184,9 @@ class UserTenancy:
     def shutdown_refusal(self, owner: int) -> str:
         return ""
 
+    def reload_refusal(self, owner: int) -> str:
+        return ""
+
     def hook_pid(self, peer: Peer, claimed: int) -> int:
         return claimed
 
@@ -209,13 +215,23 @@ class UserTenancy:
             return
         then(record, "")
 
-    def delete_session(self, owner: int, external_id: str) -> None:
-        self.files.delete_session(external_id)
+    def delete_session(self, owner: int, external_id: str,
+                       then: Optional[Callable[[str], None]] = None) -> None:
+        error = ""
+        try:
+            self.files.delete_session(external_id)
+        except OSError as exc:
+            error = str(exc)
+        if then is not None:
+            then(error)
 
     def owners_to_adopt(self) -> list[int]:
         return [USER_OWNER]
 
-    def session_ids(self, owner: int, then: Callable[[list[str], str], None]) -> None:
+    def owners_waiting(self) -> list[int]:
+        return []  # the hook's fallback State is in this master's own sync dir, read at start
+
+    def session_ids(self, owner: int, then: Callable[[list[str], str], None], counted: bool = False) -> None:
         then(privileges.session_ids(self.files.path), "")
 
     def worker_home(self, owner: int, settings: Settings) -> WorkerHome:
@@ -263,6 +279,7 @@ class SystemTenancy:
     def __init__(self, settings: Settings, *, sync_dir: str = "", home: str = "", registry_dir: str = ""):
         self.policy = Policy(settings.max_sessions_per_user, settings.max_requests_per_second)
         self.registry = Registry(registry_dir or paths.SYSTEM_REGISTRY_DIR)
+        self.spool = Spool(settings.spool_dir or paths.SYSTEM_SPOOL_DIR)
         self.helpers = None  # confabd.helpers.Helpers, given by the master (use_helpers)
 
     # -- starting -------------------------------------------------------------
@@ -305,6 +322,9 @@ class SystemTenancy:
 
     def shutdown_refusal(self, owner: int) -> str:
         return "" if owner == ROOT_UID else "only root may shut down the system-mode master"
+
+    def reload_refusal(self, owner: int) -> str:
+        return "" if owner == ROOT_UID else "only root may reload the system-mode master's settings"
 
     def hook_pid(self, peer: Peer, claimed: int) -> int:
         return peer[0]  # the kernel's word, not the client's
@@ -350,26 +370,38 @@ class SystemTenancy:
         self.helpers.run(user, privileges.adoption_record, user.sync_dir, external_id,
                          result_type=tuple[State, bool], done=then, counted=counted)
 
-    def delete_session(self, owner: int, external_id: str) -> None:
+    def delete_session(self, owner: int, external_id: str,
+                       then: Optional[Callable[[str], None]] = None) -> None:
         user = self.user(owner)
 
         def done(_value, error):
             if error:
                 log.warning("uid %d: cannot remove the files of session %s: %s", owner, external_id, error)
+            if then is not None:
+                then(error)
         self.helpers.run(user, privileges.delete_session, user.sync_dir, external_id, done=done, counted=False)
 
     def owners_to_adopt(self) -> list[int]:
-        return self.registry.uids()
+        self.spool.ensure()
+        return sorted(set(self.registry.uids()) | set(self.owners_waiting()))
 
-    def session_ids(self, owner: int, then: Callable[[list[str], str], None]) -> None:
-        """The IDs of the States in the owner's sync dir, listed by a helper running as them."""
+    def owners_waiting(self) -> list[int]:
+        """Users who left a note while no master answered; listed again (remembered) from now on."""
+        uids = [uid for uid in self.spool.take() if lookup_user(uid) is not None]
+        for uid in uids:
+            self.registry.add(uid)
+        return uids
+
+    def session_ids(self, owner: int, then: Callable[[list[str], str], None], counted: bool = False) -> None:
+        """The IDs of the States in the owner's sync dir, listed by a helper running as them
+        (`counted`: against their helpers in progress, for one a request of theirs asks for)."""
         if lookup_user(owner) is None:
             self.registry.remove(owner)
             then([], f"uid {owner} has no passwd entry")
             return
         user = self.user(owner)
         self.helpers.run(user, privileges.session_ids, user.sync_dir, result_type=list[str],
-                         done=lambda ids, error: then(ids or [], error), counted=False)
+                         done=lambda ids, error: then(ids or [], error), counted=counted)
 
     def worker_home(self, owner: int, settings: Settings) -> WorkerHome:
         """The worker becomes the owner and uses the owner's own files and settings."""
@@ -434,6 +466,55 @@ class Policy:
 
     def over_session_cap(self, uid: int, live: int) -> bool:
         return uid != ROOT_UID and 0 < self.max_sessions <= live
+
+
+class Spool:
+    """A sticky world-writable dir (1733) where a user's hook leaves an empty file when no master
+    answers: "I have sessions on disk". The owner of the file (st_uid, which only the kernel
+    sets) says who; its name is never read, and the file is never opened, only lstat'ed and
+    removed. A user can make the master list their own sync dir, nobody else's, and cannot
+    see or remove other users' notes (1733: no listing, sticky)."""
+
+    MAX_NOTES_PER_TAKE = 10_000  # a user who floods it costs one bounded scan per turn
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def ensure(self) -> None:
+        """Create it (1733, ours); an existing one must be ours and not writable by others without the sticky bit."""
+        try:
+            fileio.make_dirs(self.path, 0o755)
+            st = os.lstat(self.path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                raise PermissionError(f"{self.path} must be a directory owned by uid {os.geteuid()}")
+            if stat.S_IMODE(st.st_mode) != 0o1733:
+                os.chmod(self.path, 0o1733)
+        except OSError as exc:
+            log.error("spool dir %s is unusable (users' sessions left while the master was down are "
+                      "adopted once they register again): %s", self.path, exc)
+
+    def take(self) -> list[int]:
+        """The uids of the notes there now; the notes are removed."""
+        try:
+            st = os.lstat(self.path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or not st.st_mode & stat.S_ISVTX:
+                return []
+            entries = os.scandir(self.path)
+        except OSError:
+            return []
+        uids: set[int] = set()
+        with entries:
+            for n, entry in enumerate(entries):
+                if n >= self.MAX_NOTES_PER_TAKE:
+                    break
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(info.st_mode):
+                        uids.add(info.st_uid)
+                    os.unlink(entry.path)  # a link is removed, never followed
+                except OSError:
+                    continue
+        return sorted(uids)
 
 
 class Registry:

@@ -36,7 +36,9 @@ import msgspec
 
 from . import bindings, go_compat, privileges, worker_api as api
 from .worker_api import Phase
+from .backlog import LineCounter
 from .config import ConfigError, load_backend_config
+from .delivery import MeteredSink, Tally, sink_target
 from .engine import SessionSync
 from .errors import CorruptRecord
 from .records import Backoff, HookInput, InboxRecord, State
@@ -125,6 +127,7 @@ def _log_to_inherited_streams() -> None:
             plain = logging.StreamHandler(stream)
             plain.setFormatter(handler.formatter)
             plain.setLevel(handler.level)
+            plain.filters = list(handler.filters)  # logs.QuietLibraries
             root.handlers[i] = plain
 
 
@@ -166,6 +169,10 @@ class SessionWorker:
         self.master_pid = os.getppid()
         self._saved_state = b""
         self.last_sync_at = ""
+        self.tally = Tally()  # what the sink confirmed and refused, for status and metrics
+        self.line_counter = LineCounter()  # complete lines in the files: status's "behind"
+        self.sink_target = ""
+        self._reported_complete: dict[str, int] = {}
         self._last_word = 0.0  # monotonic: the last message to the master (heartbeats)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -197,10 +204,13 @@ class SessionWorker:
         while not self._stopping():
             if self._backoff_left() <= 0:
                 self._cycle()
+            else:
+                self._report_if_files_grew()  # while the sink is away, status still says how far behind
             if self.gone_count >= SESSION_GONE_LIMIT:
                 self.finish_reason = api.SESSION_DELETED
                 return
-            self._wait_commands(self._backoff_left() if self.state.backoff.failures else self._next_interval())
+            interval = self._next_interval()
+            self._wait_commands(min(self._backoff_left(), interval) if self.state.backoff.failures else interval)
             self._check_inbox()
 
     def _check_inbox(self) -> None:
@@ -243,12 +253,14 @@ class SessionWorker:
         b.failures += 1
         b.delay = retry_delay(b.failures, exc.retry_after)
         b.retry_at = time.time() + b.delay
-        cause = f"backend unavailable: {exc}"
+        cause = str(exc) if exc.unreachable else f"backend unavailable: {exc}"
         # One log line when the cause changes, then at failures 2, 4, 8, ...: an outage
         # of hours is a dozen lines, not one a retry. Status always has the latest.
+        # An unreachable backend is the master's to say, once per backend (backend_health.py).
         if cause != self._last_unavailable or b.failures & (b.failures - 1) == 0:
-            log.warning("%s: %s (failure %d in a row; retrying in %.1f s)", self.spec.external_id, cause,
-                        b.failures, b.delay)
+            log.log(logging.DEBUG if exc.unreachable else logging.WARNING,
+                    "%s: %s (failure %d in a row; retrying in %.1f s)", self.spec.external_id, cause,
+                    b.failures, b.delay)
         self._last_unavailable = cause
         self.last_error = self.state.last_error = f"{cause}; retry {b.failures} in {b.delay:.1f} s"
 
@@ -479,6 +491,9 @@ class SessionWorker:
                 elif isinstance(command, api.Reload):
                     self.settings = command.settings
                     self.reload = True  # the sink and its credentials are rebuilt next cycle
+                elif isinstance(command, api.Retry):  # confabctl retry: a fresh sink, no backoff
+                    self.reload = True
+                    self._backoff_reset()
         except (EOFError, OSError):
             raise MasterGone() from None
 
@@ -517,8 +532,11 @@ class SessionWorker:
     def _make_engine(self) -> SessionSync:
         from .redact import Redactor
 
-        backend = bindings.backend_for(load_backend_config(self.spec.home), self.spec.config_dir)
-        sink = _Heartbeating(open_sink(self.settings, backend, self.spec.home), self._heartbeat_if_due)
+        backend = bindings.backend_for(load_backend_config(self.spec.home, default_url=self.settings.backend_url),
+                                       self.spec.config_dir)
+        self.sink_target = sink_target(self.settings, backend, self.spec.home)
+        sink = _Heartbeating(MeteredSink(open_sink(self.settings, backend, self.spec.home), self.tally),
+                             self._heartbeat_if_due)
         self.state.sink = sink.kind
         redactor = Redactor.from_config(backend.redaction)
         self._set_phase(Phase.CONNECTING)
@@ -566,6 +584,7 @@ class SessionWorker:
             files=old.files if old and old.transcript_path == spec.transcript_path else {},
             pending_agents=old.pending_agents if old and old.transcript_path == spec.transcript_path else [],
             backoff=old.backoff if old else Backoff(),
+            last_sync_at=old.last_sync_at if old else "",  # the last confirmed delivery, across restarts
         )
         if self.state.finishing and not self.finish_reason:
             self.finish_reason = api.FINISH_RESUMED
@@ -636,9 +655,8 @@ class SessionWorker:
         self._report()
 
     def _note_success(self, sent: int) -> None:
-        self.last_sync_at = utc_now()
-        if sent or not self.state.last_sync_at:  # State records the last delivery, not every idle pass
-            self.state.last_sync_at = self.last_sync_at
+        if sent:  # the last delivery the sink confirmed: an idle pass that sent nothing is none
+            self.last_sync_at = self.state.last_sync_at = utc_now()
         errors = self.engine.errors() if self.engine else []
         replaced = getattr(self.engine.sink, "replaced_lines", 0) if self.engine else 0
         if replaced:
@@ -660,8 +678,25 @@ class SessionWorker:
             files=engine.server_lines() if engine else {n: p.last_synced_line for n, p in self.state.files.items()},
             last_sync_at=self.last_sync_at or self.state.last_sync_at,
             last_error=self.last_error,
+            sink=self.sink_target,
+            complete=self._complete_lines(),
+            tally=self.tally,
         )
         self._say(report)
+
+    def _complete_lines(self) -> dict[str, int]:
+        if self.engine is not None:
+            files = {n: (f.path, f.file_type == "transcript") for n, f in self.engine.files.items()}
+        else:
+            files = {n: (p.path, p.file_type == "transcript") for n, p in self.state.files.items() if p.path}
+            files.setdefault(os.path.basename(self.spec.transcript_path), (self.spec.transcript_path, True))
+        self._reported_complete = self.line_counter.complete_lines(files)
+        return self._reported_complete
+
+    def _report_if_files_grew(self) -> None:
+        before = self._reported_complete
+        if self._complete_lines() != before:
+            self._report()
 
     def _say(self, message) -> None:
         try:

@@ -11,10 +11,12 @@ Master -> worker (bytes of `encode(...)` via conn.send_bytes):
     Reload(settings)  the master's settings after a SIGHUP (as this worker's
                tenancy gives them): used from the next cycle, with the sink
                rebuilt and ~/.confab/config.json read again.
+    Retry()    `confabctl retry`: the sink rebuilt and the backoff dropped, at once.
 
 Worker -> master:
-    Report     sent on every phase change and after each sync cycle, so
-               `confabctl status` can answer without touching user files.
+    Report     sent on every phase change and after each sync cycle (and while
+               backing off, when the files grew), so `confabctl status` and
+               the metrics can answer without touching user files.
     Heartbeat  sent while the worker waits, so that the master hears from it at
                least every `worker_timeout_s / 3` (`heartbeat_interval`); a
                worker silent for `worker_timeout_s` is hung: the master kills
@@ -44,6 +46,7 @@ from typing import Any, Optional, Union
 import msgspec
 
 from .config import Settings
+from .delivery import Tally
 from .privileges import User
 
 class Phase(str, enum.Enum):
@@ -111,12 +114,20 @@ class Reload(msgspec.Struct, tag="reload", frozen=True):
     settings: Settings
 
 
+class Retry(msgspec.Struct, tag="retry", frozen=True):
+    """`confabctl retry`: now, without waiting out the backoff; the sink is rebuilt, so a
+    blocked file is tried again from the backend's line count."""
+
+
 class Report(msgspec.Struct, tag="report", frozen=True, kw_only=True):
     phase: Phase  # never BACKOFF or FAILED: those are the master's
     confab_session_id: str = ""
     files: dict[str, int] = {}  # file name -> last_synced_line
-    last_sync_at: str = ""
+    last_sync_at: str = ""  # the last time the sink confirmed lines (not an idle pass)
     last_error: str = ""
+    sink: str = ""  # where the lines go: the backend URL or archive:<path> (delivery.sink_target)
+    complete: dict[str, int] = {}  # file name -> complete lines in the file (backlog.py)
+    tally: Tally = msgspec.field(default_factory=Tally)  # this worker's counts since it started
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
@@ -128,7 +139,7 @@ def heartbeat_interval(settings: Settings) -> float:
     return settings.worker_timeout_s / 3 if settings.worker_timeout_s > 0 else 0.0
 
 
-MasterToWorker = Union[Finish, Reload]
+MasterToWorker = Union[Finish, Reload, Retry]
 WorkerToMaster = Union[Report, Heartbeat]
 
 encode = msgspec.msgpack.encode

@@ -390,12 +390,14 @@ class FakeBackend:
     # ---- lifecycle ------------------------------------------------------
 
     def start(self) -> "FakeBackend":
-        """Bind 127.0.0.1 (ephemeral port by default) and serve in a thread."""
+        """Bind 127.0.0.1 (ephemeral port by default) and serve in a thread. Started again
+        after `stop()` (an outage), it serves on the same port, with everything it held."""
         if self._server is not None:
             return self
         self._stopping.clear()
         self._server = _Server(("127.0.0.1", self._port), self.handler_class, self)
         host, port = self._server.server_address[:2]
+        self._port = port
         self.url = f"http://{host}:{port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05},

@@ -67,3 +67,41 @@ def test_sighup_with_a_bad_file_keeps_the_settings_and_says_so_at_error(cfd):
     settings.write_text(good)
     master.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "settings reloaded" in master.log_text(), what="the good file to be taken")
+
+
+def test_check_config_judges_the_team_host_settings(tmp_path):
+    """user_masters and backend_url (system mode for a team host): a wrong value is named."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('user_masters = "off"\nbackend_url = "http://backend.example.com"\n')
+    r = subprocess.run([PYTHON, "-m", "confabd.master_cli", "--check-config", "--config", str(bad)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78, r.stderr
+    assert "user_masters must be auto or never, not 'off'" in r.stderr
+    assert "plain http to a non-loopback host" in r.stderr
+
+
+def test_backend_url_default_order_own_config_then_own_toml_then_the_hosts(tmp_path):
+    import json
+
+    from confabd.config import load_backend_config
+
+    home = tmp_path / "home"
+    (home / ".confab").mkdir(parents=True)
+    (home / ".config" / "confabd").mkdir(parents=True)
+    host = tmp_path / "system.toml"
+    host.write_text('backend_url = "https://team.example.com"\n')
+    env = {"CONFABD_SYSTEM_CONFIG": str(host)}
+    config = home / ".confab" / "config.json"
+    config.write_text(json.dumps({"api_key": "cfb_mine"}))
+    assert load_backend_config(str(home), env).backend_url == "https://team.example.com"
+    assert load_backend_config(str(home), env, default_url="https://master.example.com").backend_url \
+        == "https://master.example.com"  # a worker: its master's settings
+    (home / ".config" / "confabd" / "confabd.toml").write_text('backend_url = "https://mine.example.com"\n')
+    assert load_backend_config(str(home), env).backend_url == "https://mine.example.com"
+    assert load_backend_config(str(home), env, default_url="https://master.example.com").backend_url \
+        == "https://mine.example.com"  # the user's own default comes before the system master's
+    config.write_text(json.dumps({"api_key": "cfb_mine", "backend_url": "https://own.example.com"}))
+    assert load_backend_config(str(home), env).backend_url == "https://own.example.com"  # the key's own server
+    env["CONFAB_BACKEND_URL"] = "https://env.example.com"
+    assert load_backend_config(str(home), env).backend_url == "https://env.example.com"
+    assert load_backend_config(str(home), {}).api_key == "cfb_mine"

@@ -328,8 +328,10 @@ def test_status_fits_the_terminal_and_colours_only_a_terminal(cfd):
     narrow = cfd.ctl("status", env=dict(cfd.env, COLUMNS="80"))
     assert narrow.returncode == 0, narrow.stderr
     rows = narrow.stdout.splitlines()
-    assert len(rows) == 5 and all(len(row) <= 80 for row in rows), rows
-    assert "PROJECT" in rows[1] and rows[2].split()[1] == "a-project" and "c7d3d95c…" in rows[2]
+    assert len(rows) == 6 and all(len(row) <= 80 for row in rows), rows
+    assert rows[1] == f"lines go to {cfd.backend.url}"  # one sink for all: said once, not a column
+    assert "PROJECT" in rows[2] and "BEHIND" in rows[2] and "SINK" not in rows[2]
+    assert rows[3].split()[1] == "a-project" and "c7d3d95c…" in rows[3]
     piped = cfd.ctl("status")  # a pipe: every column and whole ids, no colour
     assert "c7d3d95c-57f0-4359-8f4b-926a9bef5a30" in piped.stdout and "\033[" not in piped.stdout
     shown = status_on_a_terminal(cfd, dict(cfd.env, TERM="xterm"))

@@ -48,7 +48,8 @@ def test_hook_lifecycle_end_to_end(cfd):
     assert set(status["master"]) == {"pid", "mode", "version", "uptime_s", "socket"}
     assert status["master"]["pid"] == master.pid and status["master"]["mode"] == "user"
     assert set(s) == {"external_id", "state", "worker_pid", "parent_pid", "transcript_path", "cwd",
-                      "confab_session_id", "restarts", "files", "last_sync_at", "last_error"}
+                      "confab_session_id", "restarts", "files", "last_sync_at", "last_error",
+                      "sink", "lines_confirmed", "lines_complete", "behind", "delivered", "unreachable_since"}
     wait_until(lambda: cfd.session(eid)["files"].get(path.name, {}).get("last_synced_line") == len(lines))
     assert cfd.session(eid)["confab_session_id"] == backend.session_id(eid)
 

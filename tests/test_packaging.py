@@ -419,7 +419,7 @@ while True:
     script = (script.replace("DAEMON=/usr/bin/confabd", f"DAEMON={fake}")
               .replace("RUNDIR=/run/confabd", f"RUNDIR={tmp_path}/run")
               .replace("LOGDIR=/var/log/confabd", f"LOGDIR={tmp_path}/log")
-              .replace("[ -r /etc/default/confabd ]", "[ -r /nonexistent ]"))
+              .replace("[ -r /etc/default/confabd ]", f"[ -r {tmp_path}/no-such-defaults ]"))
     init = tmp_path / "init"
     init.write_text(script)
     init.chmod(0o755)
@@ -478,7 +478,7 @@ def test_maintainer_scripts_are_valid_sh():
     assert "deb-systemd-helper" in postinst and "deb-systemd-invoke" in postinst
     assert "[ -d /run/systemd/system ]" in postinst  # nothing done without a running systemd
     postrm = (PKG / "deb/postrm").read_text()
-    assert "rm -rf /var/lib/confabd /var/log/confabd /run/confabd /etc/confabd" in postrm
+    assert "rm -rf /var/lib/confabd /var/log/confabd /var/spool/confabd /run/confabd /etc/confabd" in postrm
 
 
 def test_build_deps_listed():

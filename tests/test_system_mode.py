@@ -118,7 +118,8 @@ class System:
         self.pidfile = self.root / "run" / "confabd.pid"
         self.registry = self.root / "lib" / "users"
         self.config = self.root / "confabd.toml"
-        self.config.write_text(SETTINGS)
+        self.spool = self.root / "spool"  # never the host's /var/spool/confabd
+        self.config.write_text(SETTINGS + f'spool_dir = "{self.spool}"\n')
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("CONFAB", "CLAUDE", "NOTIFY_", "WATCHDOG_", "XDG_RUNTIME"))}
         # The daemon's own key must never reach a user's worker: the backend does not accept it.
@@ -288,6 +289,13 @@ def test_a_user_cannot_see_stop_or_borrow_another_users_session(system, users, b
         assert (theirs.returncode, theirs.stdout) == (nobodys.returncode, nobodys.stdout) == (1, "")
         assert theirs.stderr == nobodys.stderr.replace("no-such-id", eid), (theirs.stderr, nobodys.stderr)
     assert eid not in system.status(a)
+    # Nor through the numbers: A's metrics and sinks count nothing of B's; root's count B's lines.
+    mine = system.ctl(a, "metrics")
+    assert mine.returncode == 0 and "confabd_lines_delivered_total{" not in mine.stdout, mine.stdout
+    assert 'confabd_sessions{state="syncing"} 0' in mine.stdout
+    assert json.loads(system.ctl(a, "status", "--json").stdout)["sinks"] == []
+    everything = system.root_request({"type": "metrics"}, timeout=10)["text"]
+    assert f'confabd_lines_delivered_total{{sink="{backend.url}"}} {len(fixture_lines())}' in everything
     r = system.ctl(a, "hook", "session-end", input=json.dumps({"session_id": eid, "cwd": "/home/proj",
                                                                   "hook_event_name": "SessionEnd"}))
     assert r.returncode == 0 and "no session" in r.stderr

@@ -22,7 +22,7 @@ PEER_OF_ALICE = (1234, ALICE, ALICE)  # (pid, uid, gid) as SO_PEERCRED gives it
 
 
 def system(tmp_path, **settings) -> tenancy.SystemTenancy:
-    values = dict(max_sessions_per_user=2, max_requests_per_second=10.0)
+    values = dict(max_sessions_per_user=2, max_requests_per_second=10.0, spool_dir=str(tmp_path / "spool"))
     values.update(settings)
     return tenancy.SystemTenancy(Settings(**values), registry_dir=str(tmp_path / "registry"))
 
@@ -167,3 +167,26 @@ def test_both_tenancies_implement_the_whole_interface_and_nothing_else():
         extra = {"user"}  # SystemTenancy: the passwd entry of an owner, or PrivilegeError
         assert interface <= public(cls) | set(cls.__annotations__), cls
         assert public(cls) - interface <= extra, (cls, public(cls) - interface)
+
+
+def test_spool_notes_are_believed_by_their_owner_and_are_never_followed(tmp_path):
+    """A note's owner (st_uid) is whom it speaks for; links and directories name nobody."""
+    if os.geteuid() != 0:
+        pytest.skip("making files of another uid needs root")
+    spool = tenancy.Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    assert oct(os.stat(spool.path).st_mode & 0o7777) == "0o1733"
+    note = os.path.join(spool.path, f"uid{BOB}")  # its name says Bob; Alice made it
+    open(note, "w").close()
+    os.chown(note, ALICE, ALICE)
+    target = tmp_path / "target"
+    target.write_text("kept")
+    os.chown(target, BOB, BOB)
+    os.symlink(target, os.path.join(spool.path, "link"))
+    os.mkdir(os.path.join(spool.path, "adir"))
+    assert spool.take() == [ALICE]
+    assert sorted(os.listdir(spool.path)) == ["adir"] and target.read_text() == "kept"
+    assert spool.take() == []
+    os.chmod(spool.path, 0o777)  # no sticky bit: anyone could have removed a note; not believed
+    open(note, "w").close()
+    assert spool.take() == []

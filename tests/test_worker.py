@@ -403,7 +403,7 @@ def test_finish_with_backend_down_keeps_state_for_a_retry(home, workers):
     eid = "backend-down"
     path = home.copy_fixture("hello-world-script.jsonl", eid)
     w = workers(home, eid, path, settings=home.settings(shutdown_timeout_ms=500))
-    wait_until(lambda: (r := w.last_report()) and "unavailable" in r.last_error)
+    wait_until(lambda: (r := w.last_report()) and "cannot reach http://127.0.0.1:9 (connection refused)" in r.last_error)
     w.finish()
     assert w.wait_exit() == api.EXIT_UNFINISHED
     state = decode_state(home.sync_dir / f"{eid}.json")

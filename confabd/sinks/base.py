@@ -81,11 +81,15 @@ class Unavailable(SinkError):
     """5xx, 429, timeout, refused connection, DNS failure: back off and retry forever.
 
     `retry_after` is the server's Retry-After in seconds, when it sent one.
+    `unreachable` is not "" when the backend could not be reached at all, and
+    says why in a few words ("connection refused": sinks/causes.py).
     """
 
-    def __init__(self, message: str, status: Optional[int] = None, retry_after: Optional[float] = None):
+    def __init__(self, message: str, status: Optional[int] = None, retry_after: Optional[float] = None,
+                 unreachable: str = ""):
         super().__init__(message, status)
         self.retry_after = retry_after
+        self.unreachable = unreachable
 
 
 # ---------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import urllib3.exceptions
 import zstandard
 
 from . import _deadline_sockets
+from .causes import GATEWAY_DOWN, transport_cause
 
 from .. import __version__
 from ..config import check_api_key, check_backend_url, is_loopback_url
@@ -359,7 +360,8 @@ class HttpSink:
             raise Unavailable(f"{path}: {exc}") from None
         except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError, TimeoutError) as exc:
-            raise Unavailable(f"{path}: backend unreachable ({self._describe(exc)})") from None
+            cause = transport_cause(exc)
+            raise Unavailable(f"cannot reach {self.base_url} ({cause})", unreachable=cause) from None
         except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
                 ValueError, OSError) as exc:
             # ValueError: http.client refusing a header value (an API key ending
@@ -485,6 +487,8 @@ def _error_for(path: str, status: int, raw: bytes, retry_after: Optional[str]) -
         return PayloadTooLarge(message, status)
     if status == 429:
         return Unavailable(message, status, retry_after=parse_retry_after(retry_after))
+    if status in GATEWAY_DOWN:  # a proxy saying the backend behind it is down
+        return Unavailable(message, status, unreachable=GATEWAY_DOWN[status])
     if status >= 500 or status == 408:
         return Unavailable(message, status)
     return RequestRejected(message, status)  # 415, redirects, other 4xx: retrying cannot help
