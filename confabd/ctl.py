@@ -50,6 +50,9 @@ class HookError(Exception):
     pass
 
 
+TOOL_HOOKS = ("pre-tool-use", "post-tool-use")
+
+
 def hook(args):
     provider, args = hook_provider(args)
     if provider == "codex":
@@ -58,6 +61,8 @@ def hook(args):
         return hook_cursor(args)
     if provider == "opencode":
         return hook_opencode(args)
+    if len(args) == 1 and args[0] in TOOL_HOOKS:
+        return tool_hook(args[0])
     sys.stdout.write(HOOK_RESPONSE + "\n")
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
@@ -181,6 +186,30 @@ def hook_cursor(args):
     return 0
 
 
+def tool_hook(event):
+    """PreToolUse / PostToolUse: commit and PR links (github_links.py). They run before and after every
+    Bash call: print only what the Go client prints (nothing, mostly), say nothing on error, exit 0."""
+    try:
+        from . import github_links as links
+
+        if links.disabled():
+            return 0
+        payload = read_hook_input()[3]
+        target = lambda hook_input: links.link_target(hook_input, sync_dir(), paths.home_dir())  # noqa: E731
+        if event == "pre-tool-use":
+            answer = links.pre_tool_use(payload, target)
+            if answer:
+                sys.stdout.write(answer + "\n")
+            return 0
+        url = links.url_to_link(payload, links.run_git)
+        found = target(payload) if url else None
+        if found:
+            links.post_link(found, url)
+    except BaseException:  # noqa: BLE001 - a link is never worth failing a tool call
+        pass
+    return 0
+
+
 def read_hook_input(require_location=True):
     """(session_id, transcript_path, cwd, payload) from the hook JSON on stdin."""
     if sys.stdin is None or sys.stdin.isatty():
@@ -222,6 +251,13 @@ def default_transcript_path(cwd, session_id):
     return os.path.join(paths.home_dir(), ".claude", "projects", project, session_id + ".jsonl")
 
 
+def session_config_dir(transcript):
+    """The session's credential binding, resolved in the user's environment (bindings.py)."""
+    from .bindings import session_config_dir
+
+    return session_config_dir(transcript, paths.home_dir())
+
+
 def claude_pid_hint():
     try:
         return int(os.environ.get("CLAUDE_PID", "0"))
@@ -242,6 +278,8 @@ def register(session_id, transcript, cwd, provider, model="", hint=0):
         message["provider"] = provider
     if model:
         message["model"] = model
+    if provider == "claude-code" and session_config_dir(transcript):  # a binding picks its backend
+        message["config_dir"] = session_config_dir(transcript)
     try:
         reply = request_with_autostart(message)
     except (client.NoMaster, client.ProtocolError, OSError) as exc:
@@ -369,8 +407,10 @@ def write_fallback_state(session_id, transcript, cwd, provider="claude-code", mo
     parent_pid, create_time = find_claude(os.getpid(), os.getppid(), claude_pid_hint(), get(provider).parent_re)
     state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd, "provider": provider,
              "inbox_path": paths.inbox_path(directory, session_id), "started_at": utc_now()}
-    if parent_pid:
-        state.update(parent_pid=parent_pid, parent_create_time=create_time)
+    if provider == "claude-code" and session_config_dir(transcript):
+        state["config_dir"] = session_config_dir(transcript)
+    if parent_pid:  # pid too: the Go client's prompt hook and reaper take a live pid as "an uploader owns it"
+        state.update(pid=parent_pid, parent_pid=parent_pid, parent_create_time=create_time)
     if model:
         state["model"] = model
     fileio.atomic_write(path, client.dumps(state).encode())
@@ -406,8 +446,14 @@ def build_parser():
                     "master (starting a user-mode master when none answers, unless the system config says "
                     "user_masters = \"never\"); session-end records the "
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
-                    "(final sync, then the session_end event), without waiting for the upload.")
-    p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
+                    "(final sync, then the session_end event), without waiting for the upload. "
+                    "pre-tool-use and post-tool-use (before and after Bash and the GitHub MCP create-PR tool) "
+                    "make commit and PR links as the Go confab CLI does: before a git commit or gh pr create "
+                    "they ask Claude to add the session's link (a JSON permission decision on stdout, "
+                    "nothing otherwise), after one they post the commit's or PR's URL to the backend; "
+                    "CONFAB_DISABLE_LINK_FROM_GITHUB turns them off; they print nothing on error.")
+    p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end", "pre-tool-use",
+                                     "post-tool-use"])
     p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor", "opencode"],
                    help="the agent that runs the hook (codex: only session-start; cursor: session-start "
                         "and session-end; docs/PROVIDERS.md)")
@@ -504,14 +550,19 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="the checks as a JSON list")
 
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
-        p = sub.add_parser(name, help=f"{text} the SessionStart/UserPromptSubmit/SessionEnd hooks in "
-                                      "~/.claude/settings.json")
+        p = sub.add_parser(name, help=f"{text} the SessionStart/UserPromptSubmit/SessionEnd hooks and the "
+                                      "PreToolUse/PostToolUse link hooks in ~/.claude/settings.json "
+                                      "(or another agent's hooks: --provider)")
         p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json; "
                                                           "with --provider codex, $CODEX_HOME/config.toml)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
         p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor", "opencode"],
                        help="whose hooks: Claude Code's (the default), Codex's SessionStart hook, or "
                             "Cursor's sessionStart/sessionEnd in ~/.cursor/hooks.json, or the OpenCode plugin")
+        if name == "install-hooks":
+            p.add_argument("--keep-confab", action="store_true",
+                           help="leave the Go confab CLI's prompt and tool-use hooks beside ours (by default "
+                                "they are replaced or removed; its session hooks always are)")
     return parser
 
 
@@ -567,7 +618,8 @@ def cmd_start(args):
         return EXIT_USAGE
     message = {"type": "register", "external_id": args.session_id,
                "transcript_path": os.path.abspath(args.transcript), "cwd": args.cwd,
-               "parent_pid": args.parent_pid, "claude_pid_hint": 0, "hook_pid": 0}
+               "parent_pid": args.parent_pid, "claude_pid_hint": 0, "hook_pid": 0,
+               "config_dir": session_config_dir(os.path.abspath(args.transcript))}
     reply = request_with_autostart(message)
     if not reply.get("ok"):
         err(reply.get("error"))
@@ -892,7 +944,7 @@ def cmd_install_hooks(args):
         return install.install(args.settings, hook_command_prefix(), args.dry_run)
     from .hooks_install import install_hooks
 
-    return install_hooks(args.settings, hook_command_prefix(), args.dry_run)
+    return install_hooks(args.settings, hook_command_prefix(), args.dry_run, keep_confab=args.keep_confab)
 
 
 def cmd_uninstall_hooks(args):

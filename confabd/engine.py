@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Optional
 import msgspec
 
 from . import providers
+from .capabilities import Capabilities
 from .metadata import init_metadata
 from .records import ChunkMetadata, FileProgress, GitInfo, InitRequest
 from .sinks.base import (
@@ -148,6 +149,7 @@ class SessionSync:
         self.git_info: Optional[GitInfo] = None
         self.git_info_sent = False
         self.locator = self.provider.layout(transcript_path, external_id)
+        self.capabilities = Capabilities(sink)
         self.files: dict[str, TrackedFile] = {}
         self._pending_agents: set[str] = set(pending_agents)
         main_name = transcript_path.rsplit("/", 1)[-1]
@@ -171,7 +173,7 @@ class SessionSync:
         known = {name: f.last_synced_line for name, f in response.files.items()}
         for name in known:
             if name not in self.files and not self._track_agent_file(name):
-                if not self.locator.is_side_file_name(name):  # a hostile or confused backend: never a path to open
+                if not self.locator.side_file_type(name):  # a hostile or confused backend: never a path to open
                     log.warning("%s: ignoring the sink's file name %s (not one this client sends)",
                                 self.external_id, printable(repr(name))[:200])
         for f in self.files.values():
@@ -408,10 +410,16 @@ class SessionSync:
         for name, path in self.locator.scan().items():
             if name not in self.files:
                 self._track(name, path, "agent")
+        self.capabilities.new_round()
+        for name, (path, file_type) in self.locator.scan_gated().items():
+            if name not in self.files and self.capabilities.allows(file_type):
+                self._track(name, path, file_type)
 
     def _track_agent_file(self, name: str) -> Optional[TrackedFile]:
+        """Track a file by a name the sink or a line gave: an agent file, or a workflow file
+        the sink already holds lines of (so it takes them)."""
         path = self.locator.locate(name)
-        return self._track(name, path, "agent") if path else None
+        return self._track(name, path, self.locator.side_file_type(name)) if path else None
 
     def _track(self, name: str, path: str, file_type: str) -> TrackedFile:
         f = TrackedFile(name, path, file_type)
@@ -425,8 +433,8 @@ class SessionSync:
         """Reuse byte offsets from State as a cache (verified before use)."""
         for name, p in progress.items():
             f = self.files.get(name)
-            if f is None and p.file_type == "agent" and self.locator.owns(name, p.path):
-                f = self._track(name, p.path, "agent")
+            if f is None and p.file_type == self.locator.side_file_type(name) != "" and self.locator.owns(name, p.path):
+                f = self._track(name, p.path, p.file_type)
             if f is None:
                 continue
             f.chunks = p.chunks

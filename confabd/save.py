@@ -86,9 +86,11 @@ def _refuse_if_live(lock, path: str) -> None:
 
 
 def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out: TextIO, err: TextIO) -> int:
-    backend = load_backend_config(home)
-    sink = open_sink(settings, backend, home)
+    from .bindings import backend_for, session_config_dir
     from .redact import Redactor
+
+    backend = backend_for(load_backend_config(home), session_config_dir(os.path.abspath(path), home))
+    sink = open_sink(settings, backend, home)
 
     redactor = Redactor.from_config(backend.redaction)
     engine = SessionSync(

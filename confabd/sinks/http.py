@@ -66,6 +66,13 @@ CHUNK_PATH = "/api/v1/sync/chunk"
 EVENT_PATH = "/api/v1/sync/event"
 # Beyond the sync API: the key check and the device login (confabctl login, doctor).
 VALIDATE_PATH = "/api/v1/auth/validate"
+CAPABILITIES_PATH = "/api/v1/capabilities"
+GITHUB_LINKS_PATH = "/api/v1/sessions/{}/github-links"
+
+
+class GitHubLinkRequest(msgspec.Struct, frozen=True):
+    url: str
+    source: str
 DEVICE_CODE_PATH = "/auth/device/code"
 DEVICE_TOKEN_PATH = "/auth/device/token"
 
@@ -241,6 +248,31 @@ class HttpSink:
     def validate_key(self) -> dict:
         """The server's word on the key (`{"valid": true, ...}`); AuthFailed when it refuses it."""
         return self._send("GET", VALIDATE_PATH, None, dict)
+
+    def link_github(self, session_id: str, url: str, source: str) -> dict:
+        """Link a commit or PR URL to a session (the Go client's LinkGitHub); SinkError otherwise (409: it
+        is linked already)."""
+        return self._post(GITHUB_LINKS_PATH.format(session_id), GitHubLinkRequest(url=url, source=source), dict)
+
+    @property
+    def capabilities_key(self) -> str:
+        return self.base_url
+
+    def capabilities(self) -> dict:
+        """GET /api/v1/capabilities (public: no key sent). {} from a server without it (404: a
+        definitive "nothing optional"); Unavailable when it cannot say now (ask again later)."""
+        deadline = time.monotonic() + self.timeout[1]
+        with _deadline_sockets.deadline(deadline):
+            status, raw, _retry_after = self._exchange(CAPABILITIES_PATH, None, {}, method="GET", auth=_no_auth)
+        if status == 404:
+            return {}
+        if status != 200:
+            raise self._scrub(Unavailable(f"{CAPABILITIES_PATH}: HTTP {status}", status=status))
+        try:
+            answer = _DECODERS[dict].decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise Unavailable(f"{CAPABILITIES_PATH}: an answer that is not a JSON object") from None
+        return {name: value is True for name, value in answer.items() if isinstance(name, str)}
 
     def post_unauthenticated(self, path: str, payload: dict) -> tuple[int, dict]:
         """POST without the key (the device login's endpoints): (status, the JSON object answered).
