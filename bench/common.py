@@ -360,8 +360,11 @@ class Install:
 
     def hook_input(self, event: str, external_id: str) -> bytes:
         """The fixture hook input (session-start.json / session-end.json), pointed at this install."""
-        name = "session-start.json" if event == "SessionStart" else "session-end.json"
+        name = "session-start.json" if event in ("SessionStart", "UserPromptSubmit") else "session-end.json"
         payload = json.loads((HOOK_INPUT / name).read_text())
+        if event == "UserPromptSubmit":  # the fields a prompt hook carries (tests/fixtures/hook-input/real-*)
+            payload.update(hook_event_name="UserPromptSubmit", prompt="go on")
+            payload.pop("source", None)
         payload.update(session_id=external_id, transcript_path=str(self.transcript(external_id)))
         return json.dumps(payload).encode()
 

@@ -24,11 +24,29 @@ from .common import (
 )
 
 SESSION_FILE = "hello-world-script.jsonl"
-LEAN_SCRIPT = """#!{python}
+# As packaging/bin/confabctl and install-user.sh write it: -I -S, the venv's packages put on
+# the path by the script (here also the checkout, which the dev venv's editable .pth would add).
+LEAN_SCRIPT = """#!{python} -IS
 import sys
+sys.path.append({site!r})
+sys.path.append({repo!r})
 from confabd.ctl import main
 sys.exit(main())
 """
+
+
+def lean_script_text() -> str:
+    import sysconfig
+    from pathlib import Path
+
+    return LEAN_SCRIPT.format(python=PYTHON, site=sysconfig.get_paths()["purelib"],
+                              repo=str(Path(__file__).resolve().parent.parent))
+
+
+def ratio_spread(values: list[float], baselines: list[float]) -> str:
+    """min / median / max of the per-round ratios (each run against the baseline run next to it)."""
+    ratios = sorted(v / b for v, b in zip(values, baselines))
+    return f"{ratios[0]:.2f} / {median(ratios):.2f} / {ratios[-1]:.2f}"
 
 
 def importtime_report(inst: Install, external_id: str, top: int = 12) -> list[str]:
@@ -82,10 +100,11 @@ def run(quick: bool = False) -> list[Figure]:
         # is measured too, as information about a development venv.
         lean = inst.root / "bin" / "confabctl-lean"
         lean.parent.mkdir(exist_ok=True)
-        lean.write_text(LEAN_SCRIPT.format(python=PYTHON))
+        lean.write_text(lean_script_text())
         lean.chmod(0o755)
-        log(f"hook latency: {runs} x (python -c pass, confabctl hook session-start, lean script), interleaved")
-        base, hook, hook_m, hook_lean = [], [], [], []
+        log(f"hook latency: {runs} x (python -c pass, python -I -S -c pass, confabctl hook session-start, "
+            f"lean script, user-prompt-submit), interleaved")
+        base, base_is, hook, hook_m, hook_lean, prompt = [], [], [], [], [], []
         sids = []
         for i in range(runs):
             sid = f"hook-{i:03d}"
@@ -106,13 +125,28 @@ def run(quick: bool = False) -> list[Figure]:
                 raise RuntimeError(f"lean hook session-start failed: rc={rc} {err!r}")
             hook_lean.append(wall)
             time.sleep(0.15)
+            base_is.append(run_timed([PYTHON, "-I", "-S", "-c", "pass"], env=base_env)[0])
+            # UserPromptSubmit on a session a worker already owns: what every prompt costs
+            wall, _, rc, out, err = run_timed([str(lean), "hook", "user-prompt-submit"], env=inst.env,
+                                              stdin_bytes=inst.hook_input("UserPromptSubmit", sid + "-lean"))
+            if rc != 0 or err.strip() or b'"continue": true' not in out:
+                raise RuntimeError(f"hook user-prompt-submit failed: rc={rc} {out!r} {err!r}")
+            prompt.append(wall)
             if i % 4 == 0:  # the `python -m` form too, for comparison (re-register: "already registered")
                 hook_m.append(run_timed([PYTHON, "-m", "confabd.ctl", "hook", "session-start"], env=inst.env,
                                         stdin_bytes=payload)[0])
-        b, h = median(base), median(hook_lean)
+        b, h, bis = median(base), median(hook_lean), median(base_is)
+        figures.append(Figure("hook latency (session-start, shipped entry script) vs python -I -S", h, "s", bis,
+                              "python -I -S -c pass (median)", "<= 1.5x baseline", h <= 1.5 * bis,
+                              spread=f"hook {spread(hook_lean)}; baseline {spread(base_is)}; "
+                                     f"per-round ratios {ratio_spread(hook_lean, base_is)}"))
+        p = median(prompt)
+        figures.append(Figure("hook latency (user-prompt-submit, session already owned) vs python -I -S", p, "s",
+                              bis, "python -I -S -c pass (median)", "<= 1.5x baseline", p <= 1.5 * bis,
+                              spread=f"hook {spread(prompt)}; per-round ratios {ratio_spread(prompt, base_is)}"))
         fig = Figure("hook latency (session-start, whole process, shipped entry script)", h, "s", b,
                      "python -c pass (median)", "<= 2.0x baseline", h <= 2.0 * b,
-                     spread=f"hook {spread(hook_lean)}; baseline {spread(base)}; script: {LEAN_SCRIPT.splitlines()[1:]}")
+                     spread=f"hook {spread(hook_lean)}; baseline {spread(base)}; script: {LEAN_SCRIPT.splitlines()[:2]}")
         fig.notes.append(f"`python -m confabd.ctl hook session-start` (re-registering a known session): "
                          f"median {median(hook_m) * 1000:.1f} ms ({spread(hook_m)})")
         fig.notes.extend(importtime_report(inst, sids[0]))

@@ -41,6 +41,7 @@ GROUPS = {
     "throughput": ("bench.throughput", "older backfill bench (repeated corpus, read+zstd baseline), backend alone"),
     "memory": ("bench.memory", "memory per session, idle cost (100 sessions)"),
     "scale": ("bench.scale", "200 sessions through the hook command"),
+    "scale-many": ("bench.scale_many", "100 to 1,000 concurrent sessions: memory, registration, status (issue 15)"),
 }
 
 

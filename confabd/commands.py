@@ -148,8 +148,8 @@ class Commands:
             return control.error(parent)
         parent_pid, create_time = parent
         session = self.sessions.register(
-            Registration(owner, external_id, transcript, request.cwd, parent_pid, create_time, request.provider,
-                         request.model))
+            Registration(owner, external_id, transcript, request.cwd, parent_pid, create_time,
+                         provider=request.provider, model=request.model, config_dir=request.config_dir))
         if session is None:
             return control.reply(registered=False,
                                  note="the session is finishing; it starts again once that is done")

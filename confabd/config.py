@@ -136,10 +136,17 @@ def _apply_env(settings: Settings, env) -> Settings:
 # Backend credentials, as the confab CLI writes them.
 
 
+class BindingCreds(msgspec.Struct):
+    backend_url: str = ""
+    api_key: str = ""
+
+
 class BackendConfig(msgspec.Struct):
     backend_url: str = ""
     api_key: str = ""
     redaction: Optional[dict[str, Any]] = None
+    # provider -> canonical Claude Code config dir -> its own backend (bindings.py)
+    bindings: dict[str, dict[str, BindingCreds]] = {}
 
     def __repr__(self) -> str:  # never print the key
         key = "set" if self.api_key else "unset"
@@ -151,7 +158,7 @@ def load_backend_config(home: str, env=None, default_url: str = "") -> BackendCo
     backend_url in either, the default of the confabd.toml files, `default_url` (a worker's: its
     master's settings) among them (hostwide.default_backend_url)."""
     env = os.environ if env is None else env
-    path = paths.confab_config_path(home)
+    path = paths.confab_config_path(home, env)
     config = BackendConfig()
     try:
         with open(path, "rb") as f:

@@ -15,7 +15,7 @@ Documented in docs/CONTROL.md.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import msgspec
 
@@ -47,6 +47,8 @@ class Register(Request, tag="register"):
     hook_pid: int = 0
     provider: str = "claude-code"  # the agent that announced the session (confabd.providers)
     model: str = ""  # the model its hook named (Cursor), sent on every transcript chunk
+    # The session's Claude Code config dir when it is not the default one (bindings.py): it picks the backend.
+    config_dir: Annotated[str, msgspec.Meta(max_length=4096)] = ""
 
 
 class Finish(Request, tag="finish"):

@@ -50,6 +50,9 @@ class HookError(Exception):
     pass
 
 
+TOOL_HOOKS = ("pre-tool-use", "post-tool-use")
+
+
 def hook(args):
     provider, args = hook_provider(args)
     if provider == "codex":
@@ -58,6 +61,8 @@ def hook(args):
         return hook_cursor(args)
     if provider == "opencode":
         return hook_opencode(args)
+    if len(args) == 1 and args[0] in TOOL_HOOKS:
+        return tool_hook(args[0])
     sys.stdout.write(HOOK_RESPONSE + "\n")
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
@@ -181,6 +186,30 @@ def hook_cursor(args):
     return 0
 
 
+def tool_hook(event):
+    """PreToolUse / PostToolUse: commit and PR links (github_links.py). They run before and after every
+    Bash call: print only what the Go client prints (nothing, mostly), say nothing on error, exit 0."""
+    try:
+        from . import github_links as links
+
+        if links.disabled():
+            return 0
+        payload = read_hook_input()[3]
+        target = lambda hook_input: links.link_target(hook_input, sync_dir(), paths.home_dir())  # noqa: E731
+        if event == "pre-tool-use":
+            answer = links.pre_tool_use(payload, target)
+            if answer:
+                sys.stdout.write(answer + "\n")
+            return 0
+        url = links.url_to_link(payload, links.run_git)
+        found = target(payload) if url else None
+        if found:
+            links.post_link(found, url)
+    except BaseException:  # noqa: BLE001 - a link is never worth failing a tool call
+        pass
+    return 0
+
+
 def read_hook_input(require_location=True):
     """(session_id, transcript_path, cwd, payload) from the hook JSON on stdin."""
     if sys.stdin is None or sys.stdin.isatty():
@@ -222,6 +251,13 @@ def default_transcript_path(cwd, session_id):
     return os.path.join(paths.home_dir(), ".claude", "projects", project, session_id + ".jsonl")
 
 
+def session_config_dir(transcript):
+    """The session's credential binding, resolved in the user's environment (bindings.py)."""
+    from .bindings import session_config_dir
+
+    return session_config_dir(transcript, paths.home_dir())
+
+
 def claude_pid_hint():
     try:
         return int(os.environ.get("CLAUDE_PID", "0"))
@@ -242,6 +278,8 @@ def register(session_id, transcript, cwd, provider, model="", hint=0):
         message["provider"] = provider
     if model:
         message["model"] = model
+    if provider == "claude-code" and session_config_dir(transcript):  # a binding picks its backend
+        message["config_dir"] = session_config_dir(transcript)
     try:
         reply = request_with_autostart(message)
     except (client.NoMaster, client.ProtocolError, OSError) as exc:
@@ -369,8 +407,10 @@ def write_fallback_state(session_id, transcript, cwd, provider="claude-code", mo
     parent_pid, create_time = find_claude(os.getpid(), os.getppid(), claude_pid_hint(), get(provider).parent_re)
     state = {"external_id": session_id, "transcript_path": transcript, "cwd": cwd, "provider": provider,
              "inbox_path": paths.inbox_path(directory, session_id), "started_at": utc_now()}
-    if parent_pid:
-        state.update(parent_pid=parent_pid, parent_create_time=create_time)
+    if provider == "claude-code" and session_config_dir(transcript):
+        state["config_dir"] = session_config_dir(transcript)
+    if parent_pid:  # pid too: the Go client's prompt hook and reaper take a live pid as "an uploader owns it"
+        state.update(pid=parent_pid, parent_pid=parent_pid, parent_create_time=create_time)
     if model:
         state["model"] = model
     fileio.atomic_write(path, client.dumps(state).encode())
@@ -406,8 +446,14 @@ def build_parser():
                     "master (starting a user-mode master when none answers, unless the system config says "
                     "user_masters = \"never\"); session-end records the "
                     "SessionEnd input in the session's inbox and asks the master to finish the session "
-                    "(final sync, then the session_end event), without waiting for the upload.")
-    p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end"])
+                    "(final sync, then the session_end event), without waiting for the upload. "
+                    "pre-tool-use and post-tool-use (before and after Bash and the GitHub MCP create-PR tool) "
+                    "make commit and PR links as the Go confab CLI does: before a git commit or gh pr create "
+                    "they ask Claude to add the session's link (a JSON permission decision on stdout, "
+                    "nothing otherwise), after one they post the commit's or PR's URL to the backend; "
+                    "CONFAB_DISABLE_LINK_FROM_GITHUB turns them off; they print nothing on error.")
+    p.add_argument("event", choices=["session-start", "user-prompt-submit", "session-end", "pre-tool-use",
+                                     "post-tool-use"])
     p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor", "opencode"],
                    help="the agent that runs the hook (codex: only session-start; cursor: session-start "
                         "and session-end; docs/PROVIDERS.md)")
@@ -508,7 +554,8 @@ def build_parser():
 
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
         p = sub.add_parser(name, help=f"{text} confabd's hooks (or plugin) for every coding agent found here, "
-                                      "or for the one --provider names")
+                                      "or for the one --provider names; Claude Code's: the SessionStart/"
+                                      "UserPromptSubmit/SessionEnd hooks and the PreToolUse/PostToolUse link hooks")
         p.add_argument("--settings", metavar="FILE", help="settings file of one agent (without --provider: "
                                                           "Claude Code's, default ~/.claude/settings.json; "
                                                           "with --provider codex, $CODEX_HOME/config.toml)")
@@ -517,6 +564,10 @@ def build_parser():
                        help="only this agent: Claude Code's hooks, Codex's SessionStart hook, "
                             "Cursor's sessionStart/sessionEnd in ~/.cursor/hooks.json, or the OpenCode plugin "
                             "(default: every agent whose directory exists or whose program is on PATH)")
+        if name == "install-hooks":
+            p.add_argument("--keep-confab", action="store_true",
+                           help="leave the Go confab CLI's prompt and tool-use hooks beside ours (by default "
+                                "they are replaced or removed; its session hooks always are)")
     return parser
 
 
@@ -572,7 +623,8 @@ def cmd_start(args):
         return EXIT_USAGE
     message = {"type": "register", "external_id": args.session_id,
                "transcript_path": os.path.abspath(args.transcript), "cwd": args.cwd,
-               "parent_pid": args.parent_pid, "claude_pid_hint": 0, "hook_pid": 0}
+               "parent_pid": args.parent_pid, "claude_pid_hint": 0, "hook_pid": 0,
+               "config_dir": session_config_dir(os.path.abspath(args.transcript))}
     reply = request_with_autostart(message)
     if not reply.get("ok"):
         err(reply.get("error"))
@@ -810,12 +862,23 @@ def cmd_save(args):
     if args.all and not paths_to_save:
         print("no sessions to save")
         return EXIT_OK
-    failed = 0
+    failed, several = 0, len(paths_to_save) > 1
+    line = None
+    if sys.stderr.isatty():  # one progress line for the whole run, on the terminal only
+        from .progress import ProgressLine
+        from .save import session_size
+
+        line = ProgressLine(sys.stderr, sum(map(session_size, paths_to_save)))
     for n, path in enumerate(paths_to_save, 1):
-        if len(paths_to_save) > 1:
+        if line:
+            line.start_session(f"[{n}/{len(paths_to_save)}] " if several else "")
+        elif several:
             print(f"[{n}/{len(paths_to_save)}] {path}", flush=True)
-        failed += run_save(path, home, settings, progress=sys.stderr.isatty()) != 0
-    if len(paths_to_save) > 1:
+        code = run_save(path, home, settings, line=line)
+        if code == 130:  # Ctrl-C: run_save said what it holds and that running it again resumes
+            return 130
+        failed += code != 0
+    if several:
         print(f"saved {len(paths_to_save) - failed} of {len(paths_to_save)} sessions"
               + (f"; {failed} failed (above); running it again resumes them" if failed else ""))
     return EXIT_FAIL if failed else EXIT_OK
@@ -881,13 +944,13 @@ def provider_installer(name):
     return importlib.import_module(f".providers.{name}.install", __package__)
 
 
-def install_one(provider, settings, dry_run):
+def install_one(provider, settings, dry_run, keep_confab=False):
     if provider in ("codex", "cursor", "opencode"):
         install = provider_installer(provider)
         return install.install(settings, hook_command_prefix(), dry_run)
     from .hooks_install import install_hooks
 
-    return install_hooks(settings, hook_command_prefix(), dry_run)
+    return install_hooks(settings, hook_command_prefix(), dry_run, keep_confab=keep_confab)
 
 
 def uninstall_one(provider, settings, dry_run):
@@ -901,10 +964,13 @@ def uninstall_one(provider, settings, dry_run):
 def cmd_install_hooks(args):
     from .providers import detect
 
+    def install(name, settings=None):
+        return install_one(name, settings, args.dry_run, args.keep_confab)
+
     one = detect.one_or_all(args.provider, args.settings)
     if one:
-        return install_one(one, args.settings, args.dry_run)
-    return detect.for_each_agent(lambda name: install_one(name, None, args.dry_run), "installing")
+        return install(one, args.settings)
+    return detect.for_each_agent(install, "installing")
 
 
 def cmd_uninstall_hooks(args):

@@ -8,10 +8,17 @@ further agents, so discovery runs over every tracked file's new lines.
 The `subagents/` dir is also scanned, which finds files again after a restart
 even when the lines that named them were synced long ago.
 
+Claude Code's workflows write `subagents/workflows/<runId>/agent-<id>.jsonl`
+and `.../journal.jsonl`; the newer Go client sends them under exactly that
+path-shaped name (`file_type` `agent` and `workflow_journal`) when the backend
+says it can take them (capabilities.py). Nothing else there is sent
+(`*.meta.json`, `wf_*.json`).
+
 File names also come from the backend (init's `files`), which is not trusted:
-a name is used only when it is one this client would send itself
-(`agent-<id>.jsonl`, a base name), and only a regular file (not a symlink) in
-one of the session's two directories is ever opened for it.
+a name is used only when it is one this client would send itself (a base
+`agent-<id>.jsonl`, or that workflow shape: no `..`, no absolute path, no other
+directory), and only a regular file (not a symlink, under no symlinked
+directory) in the session's own directories is ever opened for it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ from typing import Optional
 AGENT_ID_KEY = b'"agentId"'
 AGENT_ID_RE = re.compile(rb'"agentId"\s*:\s*"([A-Za-z0-9_-]{6,128})"')
 AGENT_FILE_RE = re.compile(r"agent-([A-Za-z0-9_-]{6,128})\.jsonl\Z")
+WORKFLOWS = "workflows"
+RUN_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")  # a directory name, never `.` or `..`
+WORKFLOW_AGENT_RE = re.compile(r"agent-[A-Za-z0-9_-]{1,128}\.jsonl\Z")
+WORKFLOW_JOURNAL = "journal.jsonl"
+MAX_FILE_NAME_BYTES = 512  # the server's limit on file_name
 
 
 def agent_ids_in(text: bytes) -> set[str]:
@@ -51,6 +63,47 @@ def agent_file_name(agent_id: str) -> str:
 def is_agent_file_name(name: str) -> bool:
     """Whether `name` is an agent file name this client itself sends: `agent-<id>.jsonl`, no path."""
     return isinstance(name, str) and AGENT_FILE_RE.match(name) is not None
+
+
+def workflow_file_type(base: str) -> str:
+    """The file_type a workflow run's file is sent as, "" for one never sent (workflowFileType)."""
+    if base == WORKFLOW_JOURNAL:
+        return "workflow_journal"
+    if WORKFLOW_AGENT_RE.match(base):
+        return "agent"
+    return ""
+
+
+def workflow_file_name(run_id: str, base: str) -> str:
+    return f"subagents/{WORKFLOWS}/{run_id}/{base}"
+
+
+def split_workflow_name(name: object) -> Optional[tuple[str, str]]:
+    """(run id, base) of a path-shaped name this client sends; None for anything else."""
+    if not isinstance(name, str) or len(name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
+        return None
+    parts = name.split("/")
+    if len(parts) != 4 or parts[:2] != ["subagents", WORKFLOWS]:
+        return None
+    run_id, base = parts[2], parts[3]
+    if not RUN_ID_RE.match(run_id) or not workflow_file_type(base):
+        return None
+    return run_id, base
+
+
+def sendable_file_type(name: object) -> str:
+    """The file_type of a file name this client sends besides the transcript ("" for any other name)."""
+    if is_agent_file_name(name):
+        return "agent"
+    split = split_workflow_name(name)
+    return workflow_file_type(split[1]) if split else ""
+
+
+def _real_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _regular_file(path: str) -> bool:
@@ -83,7 +136,13 @@ class SubagentLocator:
 
     def locate(self, file_name: str) -> Optional[str]:
         """Path of an agent file by name, newer layout first; None if neither holds
-        it, or if the name is not an agent file name (a path, `..`, anything else)."""
+        it, or if the name is not an agent file name (a path, `..`, anything else).
+        A workflow file's name is its place under `subagents/`, if no directory on the way is a symlink."""
+        split = split_workflow_name(file_name)
+        if split:
+            run_dir = self._workflow_run_dir(split[0])
+            path = os.path.join(run_dir, split[1]) if run_dir else ""
+            return path if path and _regular_file(path) else None
         if not is_agent_file_name(file_name):
             return None
         for directory in self.directories():
@@ -93,7 +152,10 @@ class SubagentLocator:
         return None
 
     def owns(self, file_name: str, path: str) -> bool:
-        """Whether `path` is where this session keeps the agent file `file_name`."""
+        """Whether `path` is where this session keeps the agent or workflow file `file_name`."""
+        split = split_workflow_name(file_name)
+        if split:
+            return path == os.path.join(self.subagents_dir, WORKFLOWS, *split)
         return is_agent_file_name(file_name) and path in (
             os.path.join(self.subagents_dir, file_name), os.path.join(self.project_dir, file_name))
 
@@ -115,3 +177,38 @@ class SubagentLocator:
             if AGENT_FILE_RE.match(name) and _regular_file(path):
                 found[name] = path
         return found
+
+    def _workflows_dir(self) -> Optional[str]:
+        if self.subagents_dir not in self.directories():
+            return None
+        path = os.path.join(self.subagents_dir, WORKFLOWS)
+        return path if _real_dir(path) else None
+
+    def _workflow_run_dir(self, run_id: str) -> Optional[str]:
+        workflows = self._workflows_dir()
+        path = os.path.join(workflows, run_id) if workflows and RUN_ID_RE.match(run_id) else ""
+        return path if path and _real_dir(path) else None
+
+    def scan_workflows(self) -> dict[str, tuple[str, str]]:
+        """Every workflow file sent, in the session's `subagents/workflows/<runId>/` dirs:
+        {file name: (path, file_type)}. {} without a workflows dir (the common case)."""
+        workflows = self._workflows_dir()
+        if workflows is None:
+            return {}
+        found = {}
+        for run_id in _listdir(workflows):
+            run_dir = self._workflow_run_dir(run_id)
+            for base in _listdir(run_dir) if run_dir else ():
+                path = os.path.join(run_dir, base)
+                file_type = workflow_file_type(base)
+                name = workflow_file_name(run_id, base)
+                if file_type and split_workflow_name(name) and _regular_file(path):
+                    found[name] = (path, file_type)
+        return found
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []

@@ -65,7 +65,7 @@ def default_claude_settings(home: str) -> str:
 
 
 def hooks_checks(settings_file: str) -> list[Check]:
-    from .hooks_install import EVENTS, hook_program, is_our_command
+    from .hooks_install import EVENTS, TOOL_EVENTS, hook_program, is_our_command
 
     try:
         with open(settings_file, "rb") as f:
@@ -76,23 +76,25 @@ def hooks_checks(settings_file: str) -> list[Check]:
         return [Check("FAIL", f"hooks: cannot read {settings_file} ({exc})", "fix the file, then confabctl install-hooks")]
     hooks = settings.get("hooks") if isinstance(settings, dict) else None
     found = []
-    for event, _arg in EVENTS:  # the hooks install-hooks writes, and only those
+    for event, arg in EVENTS + TOOL_EVENTS:  # the hooks install-hooks writes, and only those
+        # without a tool hook sessions are still shipped, only the commit and PR links are lost: a warning
+        topic, missing = ("links", "warn") if (event, arg) in TOOL_EVENTS else ("hooks", "FAIL")
         commands = [entry.get("command") for group in ((hooks or {}).get(event) or []) if isinstance(group, dict)
                     for entry in (group.get("hooks") or []) if isinstance(entry, dict)]
         ours = [c for c in commands if is_our_command(c)]
         if not ours:
-            found.append(Check("FAIL", f"hooks: no {event} hook of ours in {settings_file}",
+            found.append(Check(missing, f"{topic}: no {event} hook of ours in {settings_file}",
                                "confabctl install-hooks"))
             continue
         program = hook_program(ours[0])
         if os.path.basename(program) == "confab":
-            found.append(Check("warn", f"hooks: {event} runs the Go confab CLI ({program})",
+            found.append(Check("warn", f"{topic}: {event} runs the Go confab CLI ({program})",
                                "confabctl install-hooks, to have confabd ship this session"))
         elif not _runnable(program):
-            found.append(Check("FAIL", f"hooks: {event} calls {program}, which is not there (the hook does nothing)",
+            found.append(Check("FAIL", f"{topic}: {event} calls {program}, which is not there (the hook does nothing)",
                                "confabctl install-hooks, from the confabctl you use now"))
         else:
-            found.append(Check("ok", f"hooks: {event} calls {program}"))
+            found.append(Check("ok", f"{topic}: {event} calls {program}"))
     return found
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Optional
 import msgspec
 
 from . import providers
+from .capabilities import Capabilities
 from .metadata import init_metadata
 from .records import ChunkMetadata, FileProgress, GitInfo, InitRequest
 from .sinks.base import (
@@ -109,6 +110,7 @@ class SessionSync:
         *,
         cwd: str = "",
         redact: Optional[Callable[[bytes], bytes]] = None,
+        redact_lines: Optional[Callable[..., list[bytes]]] = None,
         oversized_lines: str = "stand-in",
         budget: int = CHUNK_BUDGET,
         progress: Optional[dict[str, FileProgress]] = None,
@@ -118,6 +120,7 @@ class SessionSync:
         chunk_cap: int = SERVER_CHUNK_CAP,
         provider: Optional[providers.Provider] = None,
         model: str = "",
+        on_read: Optional[Callable[[TrackedFile, int], None]] = None,
     ):
         self.provider = provider or providers.get()
         self.model = model  # the agent's model as its hook said (Cursor): on every transcript chunk
@@ -126,6 +129,7 @@ class SessionSync:
         self.sink = sink
         self.cwd = cwd
         self.redact = redact
+        self.redact_lines = redact_lines  # `redact` over a batch at once (Redactor.redact_lines), when given
         self.oversized_lines = oversized_lines
         self.budget = budget
         self.on_chunk = on_chunk
@@ -134,6 +138,10 @@ class SessionSync:
         # chunk (and before we heard) still leaves the IDs for the next worker.
         self.on_agents_named = on_agents_named
         self.chunk_cap = chunk_cap
+        self.on_read = on_read  # (file, bytes) per block read for a chunk, before it is sent (save's progress)
+        # The sink's encoding of a block of lines, when it has one (the HTTP sink's JSON):
+        # each block read is then encoded once, for the budget and for the body.
+        self._encode: Optional[Callable[[list[bytes]], bytes]] = getattr(sink, "encode_lines", None)
         self.hurry = False  # a final sync or `save`: no chunk spacing
         self.session_id = ""
         self.needs_init = True
@@ -141,6 +149,7 @@ class SessionSync:
         self.git_info: Optional[GitInfo] = None
         self.git_info_sent = False
         self.locator = self.provider.layout(transcript_path, external_id)
+        self.capabilities = Capabilities(sink)
         self.files: dict[str, TrackedFile] = {}
         self._pending_agents: set[str] = set(pending_agents)
         main_name = transcript_path.rsplit("/", 1)[-1]
@@ -164,7 +173,7 @@ class SessionSync:
         known = {name: f.last_synced_line for name, f in response.files.items()}
         for name in known:
             if name not in self.files and not self._track_agent_file(name):
-                if not self.locator.is_side_file_name(name):  # a hostile or confused backend: never a path to open
+                if not self.locator.side_file_type(name):  # a hostile or confused backend: never a path to open
                     log.warning("%s: ignoring the sink's file name %s (not one this client sends)",
                                 self.external_id, printable(repr(name))[:200])
         for f in self.files.values():
@@ -236,7 +245,9 @@ class SessionSync:
     def _deliver_file(self, f: TrackedFile) -> int:
         sent = 0
         while not f.blocked_at and self._may_send(f):
-            batch = f.reader.read_batch((f.server_line or 0) + 1, self.budget, f.max_lines)
+            redacted_blocks: dict[int, list[bytes]] = {}
+            batch = f.reader.read_batch((f.server_line or 0) + 1, self.budget, f.max_lines,
+                                        self._block_encoder(redacted_blocks, f))
             if batch is None or (not batch.lines and not batch.oversized):
                 return sent
             if batch.oversized:
@@ -245,10 +256,40 @@ class SessionSync:
                     return sent
             else:
                 lines = batch.lines
-            outgoing = self._redacted(lines)
+            outgoing = self._outgoing(batch, lines, redacted_blocks)
             self._learn(f, lines, outgoing)
             sent += self._upload(f, batch, outgoing)
         return sent
+
+    def _block_encoder(self, redacted_blocks: dict[int, list[bytes]], f: TrackedFile):
+        """The reader's `encode`: the sink's encoding of a block's lines as they will
+        be sent, so redacted first (one first pass per 1 MiB block, and the budget
+        charges what is sent); the redacted lines are kept in `redacted_blocks` by
+        the id of their encoding, which the batch holds."""
+        if self._encode is None:
+            return None
+        redacting, on_read = bool(self.redact or self.redact_lines), self.on_read
+
+        def encode(lines: list[bytes], block: bytes) -> bytes:
+            if on_read:
+                on_read(f, len(block))
+            if not redacting:
+                return self._encode(lines)
+            outgoing = self.redact_lines(lines, block) if self.redact_lines else self._redacted(lines)
+            body = self._encode(outgoing)
+            redacted_blocks[id(body)] = outgoing
+            return body
+
+        return encode
+
+    def _outgoing(self, batch: Batch, lines: list[bytes], redacted_blocks: dict[int, list[bytes]]) -> list[bytes]:
+        """`lines` as they are sent: the encoded blocks' redacted lines, the rest redacted now."""
+        if not redacted_blocks or lines is not batch.lines:
+            return self._redacted(lines)
+        outgoing: list[bytes] = []
+        for _, body in batch.encoded:
+            outgoing += redacted_blocks[id(body)]
+        return outgoing + self._redacted(lines[len(outgoing):])
 
     def _may_send(self, f: TrackedFile) -> bool:
         """Chunk spacing (see chunk_spacing): a final sync always may."""
@@ -257,6 +298,8 @@ class SessionSync:
         return time.monotonic() - f.last_chunk_at >= chunk_spacing(f.chunks, self.chunk_cap)
 
     def _redacted(self, lines: list[bytes]) -> list[bytes]:
+        if self.redact_lines:
+            return self.redact_lines(lines)
         return [self.redact(line) for line in lines] if self.redact else lines
 
     def _upload(self, f: TrackedFile, batch: Batch, lines: list[bytes]) -> int:
@@ -269,6 +312,7 @@ class SessionSync:
             first_line=batch.first_line,
             lines=lines,
             metadata=self._metadata(f, extras),
+            encoded=batch.encoded,  # the encoding of `lines` as sent (_block_encoder)
         )
         try:
             last = self.sink.upload_chunk(chunk)
@@ -341,7 +385,9 @@ class SessionSync:
         """Agent IDs from the lines as read; the session's title and summary from
         the lines as sent (redacted), so metadata never holds what the lines do not."""
         joined = b"\n".join(lines)
-        if f is self.main:
+        may_learn = getattr(self.facts, "may_learn_from", None)  # (Claude Code's facts know their needles)
+        if f is self.main and (outgoing is lines or may_learn is None or may_learn(joined)):
+            # (redacted lines are joined again only for a batch that can tell something)
             self.facts.learn(outgoing, joined if outgoing is lines else None)
         named = {a for a in self.locator.agents_named(joined) if a not in self._pending_agents
                  and self.locator.agent_file_name(a) not in self.files}
@@ -364,10 +410,16 @@ class SessionSync:
         for name, path in self.locator.scan().items():
             if name not in self.files:
                 self._track(name, path, "agent")
+        self.capabilities.new_round()
+        for name, (path, file_type) in self.locator.scan_gated().items():
+            if name not in self.files and self.capabilities.allows(file_type):
+                self._track(name, path, file_type)
 
     def _track_agent_file(self, name: str) -> Optional[TrackedFile]:
+        """Track a file by a name the sink or a line gave: an agent file, or a workflow file
+        the sink already holds lines of (so it takes them)."""
         path = self.locator.locate(name)
-        return self._track(name, path, "agent") if path else None
+        return self._track(name, path, self.locator.side_file_type(name)) if path else None
 
     def _track(self, name: str, path: str, file_type: str) -> TrackedFile:
         f = TrackedFile(name, path, file_type)
@@ -381,8 +433,8 @@ class SessionSync:
         """Reuse byte offsets from State as a cache (verified before use)."""
         for name, p in progress.items():
             f = self.files.get(name)
-            if f is None and p.file_type == "agent" and self.locator.owns(name, p.path):
-                f = self._track(name, p.path, "agent")
+            if f is None and p.file_type == self.locator.side_file_type(name) != "" and self.locator.owns(name, p.path):
+                f = self._track(name, p.path, p.file_type)
             if f is None:
                 continue
             f.chunks = p.chunks

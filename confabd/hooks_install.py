@@ -47,6 +47,8 @@ import sys
 import tempfile
 from typing import Any, Callable, List, Optional, Tuple
 
+from . import github_links, go_compat
+
 EVENTS: Tuple[Tuple[str, str], ...] = (
     ("SessionStart", "session-start"),
     ("UserPromptSubmit", "user-prompt-submit"),  # catches a session whose SessionStart never registered
@@ -55,7 +57,10 @@ EVENTS: Tuple[Tuple[str, str], ...] = (
 NO_MATCHER = ("UserPromptSubmit",)  # Claude Code runs these for every prompt; they take no matcher
 OUR_PROGRAMS = ("confabctl", "confab")
 # The Go confab CLI's `confab hook user-prompt-submit` starts an uploader of its own: replaced by ours.
-OUR_ARGS = ("session-start", "session-end", "user-prompt-submit")
+OUR_ARGS = ("session-start", "session-end", "user-prompt-submit", "pre-tool-use", "post-tool-use")
+# Commit and PR links (github_links.py): one entry per tool matcher, as the Go client installs them.
+TOOL_EVENTS: Tuple[Tuple[str, str], ...] = (("PreToolUse", "pre-tool-use"), ("PostToolUse", "post-tool-use"))
+TOOL_MATCHERS = github_links.MATCHERS
 
 
 class SettingsError(Exception):
@@ -143,8 +148,9 @@ def hook_program(command: str) -> str:
     return words[0]
 
 
-def _is_our_entry(entry: Any) -> bool:
-    return isinstance(entry, dict) and is_our_command(entry.get("command"))
+def _is_our_entry(entry: Any, keep_go: bool = False) -> bool:
+    command = entry.get("command") if isinstance(entry, dict) else None
+    return is_our_command(command) and not (keep_go and go_compat.is_go_command(command))
 
 
 def _event_groups(hooks: dict, event: str, create: bool) -> Optional[list]:
@@ -159,12 +165,12 @@ def _event_groups(hooks: dict, event: str, create: bool) -> Optional[list]:
     return groups
 
 
-def _our_positions(groups: list) -> List[Tuple[int, int]]:
+def _our_positions(groups: list, keep_go: bool = False) -> List[Tuple[int, int]]:
     found = []
     for gi, group in enumerate(groups):
         if isinstance(group, dict) and isinstance(group.get("hooks"), list):
             for hi, entry in enumerate(group["hooks"]):
-                if _is_our_entry(entry):
+                if _is_our_entry(entry, keep_go):
                     found.append((gi, hi))
     return found
 
@@ -178,8 +184,12 @@ def _drop_entries(groups: list, positions: List[Tuple[int, int]]) -> None:
             del groups[gi]
 
 
-def add_hooks(settings: dict, command_prefix: str = "confabctl") -> dict:
-    """Return a copy of `settings` with our hooks in place (one per event of EVENTS)."""
+def add_hooks(settings: dict, command_prefix: str = "confabctl", keep_confab: bool = False) -> dict:
+    """Return a copy of `settings` with our hooks in place (one per event of EVENTS).
+
+    The Go client's hook of an event of ours is replaced in place, as ours; with
+    `keep_confab` its prompt hook stays beside ours (its session hooks never do:
+    go_compat.py says why)."""
     settings = json.loads(json.dumps(settings))  # deep copy, order kept
     hooks = settings.setdefault("hooks", {})
     if not isinstance(hooks, dict):
@@ -187,7 +197,7 @@ def add_hooks(settings: dict, command_prefix: str = "confabctl") -> dict:
     for event, arg in EVENTS:
         command = hook_command(command_prefix, arg)
         groups = _event_groups(hooks, event, create=True)
-        found = _our_positions(groups)
+        found = _our_positions(groups, keep_confab and event not in go_compat.GO_UPLOADER_EVENTS)
         if found:
             gi, hi = found[0]
             entry = groups[gi]["hooks"][hi]
@@ -207,7 +217,36 @@ def add_hooks(settings: dict, command_prefix: str = "confabctl") -> dict:
                 break
         else:
             groups.append({"hooks": [entry]} if matcher is None else {"matcher": "*", "hooks": [entry]})
+    for event, arg in TOOL_EVENTS:
+        for matcher in TOOL_MATCHERS:
+            _add_tool_hook(_event_groups(hooks, event, create=True), matcher, hook_command(command_prefix, arg),
+                           keep_confab)
+    # What is left of the Go client's in our events (an old `confab sync start`, a second copy) would
+    # start or stop its own uploader beside ours (or make a second link).
+    go_compat.drop_go_hooks(settings, [event for event, _ in EVENTS + TOOL_EVENTS
+                                       if not (keep_confab and event not in go_compat.GO_UPLOADER_EVENTS)])
     return settings
+
+
+def _add_tool_hook(groups: list, matcher: str, command: str, keep_confab: bool) -> None:
+    """Ours in the group of `matcher` (replacing an older one, or the Go client's, in place); with
+    `keep_confab` a group holding the Go client's hook keeps it and gets none of ours (one link, not two)."""
+    group = next((g for g in groups if isinstance(g, dict) and g.get("matcher") == matcher
+                  and isinstance(g.get("hooks"), list)), None)
+    if group is None:
+        groups.append({"matcher": matcher, "hooks": [{"type": "command", "command": command}]})
+        return
+    entries = group["hooks"]
+    if keep_confab and any(go_compat.is_go_entry(e) for e in entries):
+        return
+    ours = [i for i, e in enumerate(entries) if _is_our_entry(e, keep_confab)]
+    if not ours:
+        entries.append({"type": "command", "command": command})
+        return
+    entries[ours[0]]["type"] = "command"
+    entries[ours[0]]["command"] = command
+    for i in reversed(ours[1:]):
+        del entries[i]
 
 
 def remove_hooks(settings: dict) -> dict:
@@ -219,7 +258,7 @@ def remove_hooks(settings: dict) -> dict:
     if not isinstance(hooks, dict):
         raise SettingsError('"hooks" is not an object')
     touched = False
-    for event, _ in EVENTS:
+    for event, _ in EVENTS + TOOL_EVENTS:
         groups = _event_groups(hooks, event, create=False)
         if not groups:
             continue
@@ -346,15 +385,32 @@ def install_hooks(
     command_prefix: str = "confabctl",
     dry_run: bool = False,
     out=None,
+    keep_confab: bool = False,
 ) -> int:
-    """Add (or update in place) our SessionStart/SessionEnd hooks. Returns an exit code."""
-    return _edit(
-        settings_file,
-        lambda d: add_hooks(d, command_prefix),
-        dry_run,
-        out if out is not None else sys.stdout,
-        "installed",
-    )
+    """Add (or update in place) our hooks, saying what becomes of the Go CLI's. Returns an exit code."""
+    out = out if out is not None else sys.stdout
+
+    def change(data: dict) -> dict:
+        new = add_hooks(data, command_prefix, keep_confab)
+        _report_go_hooks(go_compat.find_go_hooks(data), go_compat.find_go_hooks(new), keep_confab, out)
+        return new
+
+    return _edit(settings_file, change, dry_run, out, "installed")
+
+
+def _report_go_hooks(before: list, after: list, keep_confab: bool, out) -> None:
+    """One line per hook of the Go confab CLI found: replaced by ours, removed, or kept."""
+    ours = {event for event, _ in EVENTS + TOOL_EVENTS}
+    for hook in before:
+        if hook in after:
+            fate = "kept"
+        elif hook.event in ours:
+            fate = "replaced by confabd's"
+        else:
+            fate = "removed"
+        print(f"confab CLI hook {go_compat.describe(hook)}: {fate}", file=out)
+    if keep_confab and after:
+        print(go_compat.KEEP_WARNING, file=sys.stderr)
 
 
 def uninstall_hooks(settings_file: Optional[str], dry_run: bool = False, out=None) -> int:

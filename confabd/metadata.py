@@ -32,6 +32,12 @@ class SessionFacts:
         self.cwd = ""
         self.git_branch = ""
 
+    def may_learn_from(self, joined: bytes) -> bool:
+        """Whether `learn` could take anything from these lines (joined): a needle it looks for is there.
+        Redaction keeps JSON keys and the type values, so the raw lines answer for the redacted ones."""
+        return (b'"summary"' in joined or (not self.first_user_message and b'"user"' in joined)
+                or (not self.cwd and b'"cwd"' in joined))
+
     def learn(self, lines: list[bytes], joined: Optional[bytes] = None) -> None:
         """Learn from a batch of lines (`joined`: the same lines joined by newlines).
 

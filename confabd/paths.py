@@ -50,9 +50,10 @@ def user_socket_path(home, env=None):
     return os.path.join(confab_dir(home), "run", "control.sock")
 
 
-def confab_config_path(home):
-    """Backend credentials, as the Go confab CLI writes them."""
-    return os.path.join(confab_dir(home), "config.json")
+def confab_config_path(home, env=None):
+    """Backend credentials, as the Go confab CLI writes them: $CONFAB_CONFIG_PATH, else ~/.confab/config.json."""
+    env = os.environ if env is None else env
+    return env.get("CONFAB_CONFIG_PATH") or os.path.join(confab_dir(home), "config.json")
 
 
 def user_settings_path(home):

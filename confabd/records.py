@@ -99,6 +99,7 @@ class State(msgspec.Struct, omit_defaults=True):
     last_sync_at: str = ""
     last_error: str = ""
     sink: str = ""
+    config_dir: str = ""  # the session's credential binding (bindings.py); "": the default backend
     # Agent IDs named in synced lines whose file was not found yet: kept until it is
     # (a restart's discovery never sees the naming line again).
     pending_agents: list[str] = []

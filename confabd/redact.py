@@ -15,11 +15,14 @@ very same ``bytes`` object, so it is sent byte for byte.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import msgspec
+
+from .redact_scan import compile_first_pass, flagged_lines
 
 __all__ = ["Redactor", "DEFAULT_PATTERNS"]
 
@@ -192,6 +195,18 @@ def _build_prefilter(specs: tuple[PatternSpec, ...]) -> re.Pattern[bytes]:
 
 
 _DEFAULT_PREFILTER = _build_prefilter(DEFAULT_PATTERNS)
+_FIRST_PASS: list = []  # [the compiled first pass, or None]: built once per process, on first use
+
+
+def _default_first_pass():
+    """The default anchors' first pass (redact_scan.py), None without Hyperscan."""
+    if not _FIRST_PASS:
+        from .paths import confab_dir, home_dir
+
+        _FIRST_PASS.append(compile_first_pass(
+            ((literal, tail, spec.ignore_case_anchors) for spec in DEFAULT_PATTERNS for literal, tail in spec.anchors),
+            cache_dir=os.path.join(confab_dir(home_dir()), "cache")))
+    return _FIRST_PASS[0]
 # The same scan over one decoded JSON string value: lets the JSON path skip
 # the whole default rule set for the (many) values of a line that hold none.
 _DEFAULT_TEXT_PREFILTER = re.compile(_DEFAULT_PREFILTER.pattern.decode("ascii"))
@@ -320,6 +335,21 @@ class Redactor:
             if field_rule:
                 field_rules.append(field_rule)
         return cls(default_rules, custom_rules, field_rules)
+
+    # -- per batch ----------------------------------------------------------
+
+    def redact_lines(self, lines: list[bytes], joined: bytes | None = None) -> list[bytes]:
+        """`redact_line` of each line, in one first pass over the batch when it can
+        be (redact_scan.py: Hyperscan, the default patterns only); each line that
+        nothing matched is the very object given, as with `redact_line`.
+        `joined`: the same lines joined by newlines, when the caller has it."""
+        first_pass = _default_first_pass() if self._scan is not None else None
+        if first_pass is None:
+            return [self.redact_line(line) for line in lines]
+        out = list(lines)
+        for index in flagged_lines(lines, first_pass, joined):
+            out[index] = self.redact_line(lines[index])
+        return out
 
     # -- per line -----------------------------------------------------------
 

@@ -87,6 +87,7 @@ class Registration(msgspec.Struct, frozen=True):
     parent_create_time: float = 0.0
     provider: str = "claude-code"  # the agent (confabd.providers)
     model: str = ""  # what the agent's hook said its model is (Cursor)
+    config_dir: str = ""  # its binding (bindings.py); "": the default backend
 
 
 class Session:
@@ -101,6 +102,7 @@ class Session:
         self.model = registration.model
         self.parent_pid = registration.parent_pid
         self.parent_create_time = registration.parent_create_time
+        self.config_dir = registration.config_dir
         self.parent_fd: Optional[int] = None  # a pidfd: readable when the parent exits
         self.proc: Optional[multiprocessing.process.BaseProcess] = None
         self.pipe: Optional[WorkerChannel] = None  # the master's end of the worker's Pipe, non-blocking
@@ -230,7 +232,7 @@ class Sessions:
         elif parent_pid and not same_process(parent_pid, create_time):
             finish_reason = finish_reason or worker_api.parent_gone(parent_pid, providers.get(state.provider).label)
         session = Session(Registration(owner, state.external_id, state.transcript_path, state.cwd,
-                                       parent_pid, create_time, state.provider, state.model))
+                                       parent_pid, create_time, state.provider, state.model, state.config_dir))
         session.restarts = state.worker_restarts
         session.confab_session_id = state.confab_session_id
         session.end_hook_input = hook_input
@@ -266,7 +268,7 @@ class Sessions:
             sync_dir=where.sync_dir, home=where.home, settings=where.settings, run_as=where.run_as,
             cwd=session.cwd, parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
             provider=session.provider, model=session.model, restarts=session.restarts, finish_reason=session.finish_reason,
-            end_hook_input=session.end_hook_input)
+            end_hook_input=session.end_hook_input, config_dir=session.config_dir)
         master_end, worker_end = self.ctx.Pipe(duplex=True)
         inherited = self.inherited_fds() + [master_end.fileno()]
         worker_main = importlib.import_module(WORKER_MODULE).worker_main  # preloaded: no import here

@@ -39,7 +39,7 @@ from typing import Callable, NamedTuple, Optional, Protocol
 import msgspec
 import psutil
 
-from . import fileio, paths
+from . import fileio, go_compat, paths
 from .config import Settings
 from . import privileges
 from .privileges import PrivilegeError, User, lookup_user
@@ -245,7 +245,8 @@ class UserTenancy:
         for the next master should this one die during the restart backoff.
         """
         state = State(external_id=session.external_id, transcript_path=session.transcript_path,
-                      cwd=session.cwd, pid=os.getpid(), parent_pid=session.parent_pid,
+                      cwd=session.cwd, pid=go_compat.state_pid(session.parent_pid, session.parent_create_time, False, os.getpid()),
+                      parent_pid=session.parent_pid,
                       inbox_path=self.files.inbox_path(session.external_id), started_at=utc_now(),
                       parent_create_time=session.parent_create_time, provider=session.provider,
                       model=session.model)

@@ -25,7 +25,7 @@ import errno
 import hashlib
 import os
 import stat
-from typing import Optional
+from typing import Callable, Optional
 
 import msgspec
 
@@ -100,6 +100,10 @@ class Batch(msgspec.Struct, frozen=True):
     inode: int
     oversized: int = 0  # > 0: the next line alone is this many bytes, over the budget
     end_tail: str = ""  # tail_hash at end_offset
+    # With an `encode` function (read_batch): the lines as the sink will send them, one
+    # (line count, encoded bytes) per whole block read, covering the first lines of
+    # `lines` in order; the lines after them (the block that overflowed) are not encoded.
+    encoded: tuple = ()
 
 
 def encoded_size(line: bytes) -> int:
@@ -137,12 +141,18 @@ class LineReader:
         # symlink put in its place later is not followed (it reads as missing).
         self._open_flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
 
-    def read_batch(self, first_line: int, budget: int, max_lines: Optional[int] = None) -> Optional[Batch]:
+    def read_batch(self, first_line: int, budget: int, max_lines: Optional[int] = None,
+                   encode: Optional[Callable[[list[bytes], bytes], bytes]] = None) -> Optional[Batch]:
         """Lines from `first_line` on, as many as fit `budget` (encoded size).
 
         None when the file does not exist. An empty batch when there is no new
         complete line. When the very next line alone exceeds the budget, the
         batch is empty and `oversized` gives that line's length.
+
+        `encode` (the engine's, when the sink sends an encoding): a block's lines
+        (and the block as read: the lines, each ending in a newline) as the bytes
+        they take in the body. Each whole block is then encoded once and
+        charged its exact size, and the encoding travels in `Batch.encoded`.
         """
         try:
             fd = open_regular(self.path, self._open_flags)
@@ -159,7 +169,7 @@ class LineReader:
             start = self._offset_of_line(f, st, first_line)
             if start is None:  # the file has fewer complete lines than that
                 return Batch(first_line, [], st.st_size, st.st_size, st.st_ino)
-            batch = self._collect(f, st, first_line, start, budget, max_lines)
+            batch = self._collect(f, st, first_line, start, budget, max_lines, encode)
             return msgspec.structs.replace(batch, end_tail=tail_hash(f.fileno(), batch.end_offset))
 
     def remember(self, line: int, offset: int, inode: int, tail: str) -> None:
@@ -192,11 +202,14 @@ class LineReader:
             return False
         return tail_hash(f.fileno(), c.offset) == c.tail
 
-    def _collect(self, f, st, first_line, start, budget, max_lines) -> Batch:
+    def _collect(self, f, st, first_line, start, budget, max_lines, encode=None) -> Batch:
         """Whole blocks of lines at a time while they fit: the budget is charged per
-        block with C-speed byte counts (`block_cost`), and only the block that
-        would overflow it is walked line by line."""
+        block with its exact encoding (`encode`) or else C-speed byte counts
+        (`block_cost`), and only the block that would overflow it is walked line
+        by line."""
         lines: list[bytes] = []
+        encoded: list[tuple[int, bytes]] = []
+        covered = 0  # lines that `encoded` holds
         used = 0
         offset = start
         f.seek(start)
@@ -213,8 +226,16 @@ class LineReader:
                 parts = complete.split(b"\n")
                 parts.pop()  # the empty string after the last newline
                 if max_lines is None or len(lines) + len(parts) <= max_lines:
-                    cost = block_cost(complete, len(parts), budget - used)
+                    if encode is not None and len(complete) + 2 * len(parts) <= budget - used:
+                        body = encode(parts, complete)
+                        cost = len(body) + 1  # and the comma before the next block
+                        cost = cost if cost <= budget - used else None
+                    else:
+                        body, cost = None, block_cost(complete, len(parts), budget - used)
                     if cost is not None:
+                        if body is not None and covered == len(lines):  # `encoded` stays a prefix
+                            encoded.append((len(parts), body))
+                            covered += len(parts)
                         lines += parts
                         used += cost
                         offset += cut
@@ -222,7 +243,7 @@ class LineReader:
                 for line in parts:  # this block does not fit whole: up to where it stops fitting
                     cost = encoded_size(line)
                     if used + cost > budget or (max_lines is not None and len(lines) >= max_lines):
-                        return self._batch(first_line, lines, start, offset, st, oversized=0 if lines else len(line))
+                        return self._batch(first_line, lines, start, offset, st, 0 if lines else len(line), encoded)
                     lines.append(line)
                     used += cost
                     offset += len(line) + 1
@@ -234,10 +255,10 @@ class LineReader:
                     if size is not None:
                         return self._batch(first_line, [], start, offset, st, oversized=size)
                 break
-        return self._batch(first_line, lines, start, offset, st)
+        return self._batch(first_line, lines, start, offset, st, 0, encoded)
 
-    def _batch(self, first_line, lines, start, end, st, oversized=0) -> Batch:
-        return Batch(first_line, lines, start, end, st.st_ino, oversized)
+    def _batch(self, first_line, lines, start, end, st, oversized=0, encoded=()) -> Batch:
+        return Batch(first_line, lines, start, end, st.st_ino, oversized, encoded=tuple(encoded))
 
 
 def _skip_lines(f, offset: int, count: int) -> Optional[int]:

@@ -34,7 +34,7 @@ from typing import Optional
 
 import msgspec
 
-from . import privileges, providers, worker_api as api
+from . import bindings, go_compat, privileges, providers, worker_api as api
 from .worker_api import Phase
 from .backlog import LineCounter
 from .config import ConfigError, load_backend_config
@@ -537,7 +537,8 @@ class SessionWorker:
     def _make_engine(self) -> SessionSync:
         from .redact import Redactor
 
-        backend = load_backend_config(self.spec.home, default_url=self.settings.backend_url)
+        backend = bindings.backend_for(load_backend_config(self.spec.home, default_url=self.settings.backend_url),
+                                       self.spec.config_dir)
         self.sink_target = sink_target(self.settings, backend, self.spec.home)
         sink = _Heartbeating(MeteredSink(open_sink(self.settings, backend, self.spec.home), self.tally),
                              self._heartbeat_if_due)
@@ -548,6 +549,7 @@ class SessionWorker:
             self.spec.external_id, self.spec.transcript_path, sink,
             cwd=self.state.cwd,
             redact=redactor.redact_line if redactor else None,
+            redact_lines=redactor.redact_lines if redactor else None,
             oversized_lines=self.settings.oversized_lines,
             progress=self.state.files,
             pending_agents=self.state.pending_agents,
@@ -586,6 +588,7 @@ class SessionWorker:
             started_at=old.started_at if old and old.started_at else utc_now(),
             confab_session_id=old.confab_session_id if old else "",
             parent_create_time=spec.parent_create_time,
+            config_dir=spec.config_dir,
             worker_restarts=spec.restarts,
             finishing=bool(spec.finish_reason) or bool(old and old.finishing),
             files=old.files if old and old.transcript_path == spec.transcript_path else {},
@@ -636,6 +639,9 @@ class SessionWorker:
     def _save_state(self) -> None:
         """Write State when it changed: an idle session costs no disk writes."""
         self._keep_progress()
+        self.state.pid = go_compat.state_pid(self.spec.parent_pid, self.spec.parent_create_time,
+                                             self.state.finishing or self.state.phase == Phase.FINISHING,
+                                             os.getpid())
         encoded = msgspec.json.encode(self.state)
         if encoded == self._saved_state:
             return

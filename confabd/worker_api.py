@@ -102,6 +102,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     restarts: int = 0
     finish_reason: str = ""  # not "": start straight in finishing mode, for this reason
     end_hook_input: Optional[dict[str, Any]] = None  # see Finish.hook_input
+    config_dir: str = ""  # the session's binding (bindings.py); "": the default backend
     # The user the worker becomes before it opens any file (system mode); None: stay as forked.
     run_as: Optional[User] = None
 

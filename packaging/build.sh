@@ -86,7 +86,7 @@ rm -rf "$STAGE"
 mkdir -p "$(dirname "$VENV")"
 "$PYTHON" -m venv "$VENV"
 PIP_CONSTRAINT="$HERE/constraints.txt" "$VENV/bin/python" -m pip install -q --no-compile \
-	--only-binary=:all: "$OUT"/wheels/confabd-*.whl
+	--only-binary=:all: "$(echo "$OUT"/wheels/confabd-*.whl)[fast]"
 "$VENV/bin/python" -m pip uninstall -q -y pip setuptools
 # Relocate: bin/ keeps only the interpreter symlinks (entry points are
 # /usr/bin/confabd and /usr/bin/confabctl); nothing may name the staging dir.
@@ -95,6 +95,9 @@ rm -rf "$VENV/include"
 find "$VENV" -name direct_url.json -delete
 find "$VENV" -name __pycache__ -prune -exec rm -rf {} +
 sed -i "s#$STAGE##g" "$VENV/pyvenv.cfg"
+# C sources some wheels carry beside their compiled module (hyperscan's extension.c)
+# are not needed at run time (rpmlint: devel-file-in-non-devel-package).
+find "$VENV/lib" -name '*.c' -type f -delete
 # Library files are not programs (some carry a stray exec bit or shebang).
 find "$VENV/lib" -type f ! -name '*.so*' -exec chmod 0644 {} +
 # Shared objects from the wheels carry debug symbols; strip as dh_strip would.
@@ -110,7 +113,7 @@ if grep -rlF "$STAGE" "$VENV" >/dev/null 2>&1; then
 fi
 # Smoke test of the staged tree (its interpreter symlink resolves to the
 # target python, which then uses the staged site-packages).
-"$VENV/bin/python3" -IB -c 'import confabd, msgspec, psutil, requests, daemon, zstandard, backoff; print("venv ok: confabd", confabd.__version__)'
+"$VENV/bin/python3" -IB -c 'import confabd, msgspec, psutil, requests, daemon, zstandard, hyperscan; print("venv ok: confabd", confabd.__version__)'
 # Relative from its final place /usr/lib/confabd/venv/bin to /usr/bin.
 ln -sfn "../../../../bin/python$PYVER" "$VENV/bin/python$PYVER"
 STAMP=${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}

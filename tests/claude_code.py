@@ -22,6 +22,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable, Optional
 
 import pytest
 
@@ -119,6 +120,11 @@ class FakeAnthropic:
 
     def __init__(self, reply: str = "Hello! How can I help you today?"):
         self.reply = reply
+        # One tool call to make, e.g. {"name": "Bash", "input": {"command": "git commit -m x"}}: the first
+        # request offering that tool gets it (once `tool_use_ready()` is true), every other the text reply.
+        self.tool_use: Optional[dict] = None
+        self.tool_use_ready: Callable[[], bool] = lambda: True
+        self.bodies: list[dict] = []  # every /v1/messages request body, in order
         self.log: list[dict] = []
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -193,6 +199,15 @@ class FakeAnthropic:
                 msg_id = "msg_" + uuid.uuid4().hex[:24]
                 usage = {"input_tokens": 10, "output_tokens": 8, "cache_creation_input_tokens": 0,
                          "cache_read_input_tokens": 0}
+                with api._lock:
+                    api.bodies.append(body)
+                    call = api.tool_use
+                    offered = call and any(t.get("name") == call["name"] for t in body.get("tools") or ())
+                    if offered:
+                        api.tool_use = None
+                if offered:
+                    self._tool_use(body, model, msg_id, usage, call)
+                    return
                 text = api.reply
                 if not body.get("stream"):
                     self._send(200, {"id": msg_id, "type": "message", "role": "assistant", "model": model,
@@ -212,6 +227,41 @@ class FakeAnthropic:
                     ("content_block_stop", {"type": "content_block_stop", "index": 0}),
                     ("message_delta", {"type": "message_delta",
                                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                       "usage": {"output_tokens": 8}}),
+                    ("message_stop", {"type": "message_stop"}),
+                ]
+                data = b"".join(f"event: {name}\ndata: {json.dumps(ev)}\n\n".encode() for name, ev in events)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("request-id", "req_" + uuid.uuid4().hex)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _tool_use(self, body: dict, model: str, msg_id: str, usage: dict, call: dict) -> None:
+                deadline = time.monotonic() + 30
+                while not api.tool_use_ready() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                block = {"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": call["name"],
+                         "input": call["input"]}
+                if not body.get("stream"):
+                    self._send(200, {"id": msg_id, "type": "message", "role": "assistant", "model": model,
+                                     "content": [block], "stop_reason": "tool_use", "stop_sequence": None,
+                                     "usage": usage})
+                    return
+                events = [
+                    ("message_start", {"type": "message_start", "message": {
+                        "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
+                        "stop_reason": None, "stop_sequence": None, "usage": dict(usage, output_tokens=1)}}),
+                    ("content_block_start", {"type": "content_block_start", "index": 0,
+                                             "content_block": dict(block, input={})}),
+                    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "input_json_delta",
+                                                       "partial_json": json.dumps(call["input"])}}),
+                    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                    ("message_delta", {"type": "message_delta",
+                                       "delta": {"stop_reason": "tool_use", "stop_sequence": None},
                                        "usage": {"output_tokens": 8}}),
                     ("message_stop", {"type": "message_stop"}),
                 ]

@@ -65,12 +65,11 @@ ENDPOINTS = {
     "/api/v1/sync/init": "init",
     "/api/v1/sync/chunk": "chunk",
     "/api/v1/sync/event": "event",
+    "/api/v1/capabilities": "capabilities",  # public: which optional features the server has
     # accounts: the key check, and the device login that gives a new key
     "/api/v1/auth/validate": "validate",
     "/auth/device/code": "device_code",
     "/auth/device/token": "device_token",
-    # what this server supports (public, no key): a dict of capabilities, see FakeBackend.capabilities
-    "/api/v1/capabilities": "capabilities",
 }
 ACCOUNT_ENDPOINTS = ("validate", "device_code", "device_token")
 #: The server's static answer (internal/api/capabilities.go). Absent keys mean false; an older
@@ -81,6 +80,10 @@ CODEX_ROLLOUT_LIMITS = {"rollout_path": 8192, "cwd": 8192, "model": 255, "source
                         "agent_path": 8192, "agent_role": 255, "agent_nickname": 255}
 MAX_MODEL = 255
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+#: POST: link a GitHub PR or commit URL to a session (the server's internal/api/github_links.go).
+GITHUB_LINKS_RE = re.compile(r"/api/v1/sessions/([^/]+)/github-links\Z")
+_GITHUB_PR_RE = re.compile(r"^https?://github\.com/([^/]+)/([^/]+)/pull/(\d+)")
+_GITHUB_COMMIT_RE = re.compile(r"^https?://github\.com/([^/]+)/([^/]+)/commit/([a-f0-9]+)")
 #: The server keys a session by (user, provider, external id); init's provider is one of these.
 PROVIDERS = ("claude-code", "codex", "opencode", "cursor")
 DEVICE_POLL_INTERVAL_S = 5  # the server's `interval`; clients poll every max(interval, 5 s)
@@ -175,6 +178,7 @@ class _Session:
     events: list[dict] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     deleted: bool = False
+    github_links: list[dict] = field(default_factory=list)
 
     def merge_metadata(self, values: Optional[dict[str, Any]]) -> None:
         """Keep the latest non-empty value of each field (what a UI would show)."""
@@ -406,7 +410,8 @@ class FakeBackend:
         self._slow_downs = 0
         self._device_polls = 0
         self._log: list[dict] = []
-        # Per server feature, merged into GET /api/v1/capabilities: tests set or add keys.
+        # GET /api/v1/capabilities, per server feature: tests set or add keys; None: the endpoint
+        # is missing (a server older than workflow files)
         self.capabilities: Optional[dict[str, bool]] = dict(CAPABILITIES)
         self._codex_rollouts: dict[tuple[str, str], dict] = {}  # (owner, thread_uuid) -> the row
         self._sidecar_chunks = 0  # accepted chunks that carried a codex_rollout
@@ -718,11 +723,8 @@ class FakeBackend:
         if req.endpoint in ACCOUNT_ENDPOINTS:
             return self._account(req)
         if req.endpoint == "capabilities":
-            if req.method != "GET":
-                return _Reply(405, {"error": "Method not allowed"})
             with self._lock:
-                caps = None if self.capabilities is None else dict(self.capabilities)
-            return _Reply(404, {"error": "Not found"}) if caps is None else _Reply(200, caps)
+                return self._capabilities(req)
         decoded_size = None
         try:
             if req.method != "POST":
@@ -730,11 +732,21 @@ class FakeBackend:
             owner = self._authenticate(req.headers.get("Authorization"))
             data = self._decode_body(req)
             decoded_size = len(data)
+            if req.endpoint == "github_links":
+                return _Reply(201, self._github_link(owner, GITHUB_LINKS_RE.match(req.path).group(1), data))
             handler = {"init": self._init, "chunk": self._chunk, "event": self._event}[req.endpoint]
             payload, lossy = handler(owner, data)
             return _Reply(200, payload, decoded_size=decoded_size, lossy_utf8=lossy)
         except ApiError as err:
             return _Reply(err.status, {"error": err.message}, decoded_size=decoded_size)
+
+    def _capabilities(self, req: _Request) -> _Reply:
+        """GET, no auth: the server's static map (internal/api/capabilities.go); None: an older server's 404."""
+        if req.method != "GET":
+            return _Reply(405, {"error": "Method not allowed"})
+        if self.capabilities is None:
+            return _Reply(404, {"error": "Not found"})
+        return _Reply(200, dict(self.capabilities))
 
     def _account(self, req: _Request) -> _Reply:
         """GET validate (Bearer), POST device_code and device_token (no auth), as the server does."""
@@ -888,8 +900,9 @@ class FakeBackend:
             raise ApiError(400, "file_name is required")
         if len(body.file_name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
             raise ApiError(400, f"file_name exceeds {MAX_FILE_NAME_BYTES} bytes")
-        # The server keeps a name's slashes as storage key segments (Cursor's subagents/<id>.jsonl);
-        # what it would make of empty, '.' or '..' segments no client should find out.
+        # The server keeps a name's slashes as storage key segments (Cursor's subagents/<id>.jsonl,
+        # Claude's workflow files) and limits only the length; what it would make of empty, '.' or
+        # '..' segments no client should find out, so this backend refuses them.
         if "\\" in body.file_name or any(part in ("", ".", "..") for part in body.file_name.split("/")):
             raise ApiError(400, "file_name must be a relative path of plain names")
         if body.file_type not in FILE_TYPES:
@@ -934,6 +947,44 @@ class FakeBackend:
                 {"event_type": body.event_type, "timestamp": body.timestamp, "payload": body.payload}
             )
         return {"success": True}, lossy
+
+    def _github_link(self, owner: str, session_id: str, data: bytes) -> dict:
+        """The server's rules: a PR or commit URL of github.com, source cli_hook or manual, the caller's
+        session (404 otherwise, someone else's included), each URL once per session (409)."""
+        try:
+            body = json.loads(data)
+        except ValueError:
+            raise ApiError(400, "Invalid request body") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "Invalid request body")
+        url = body.get("url")
+        if not url or not isinstance(url, str):
+            raise ApiError(400, "URL is required")
+        match = _GITHUB_PR_RE.match(url) or _GITHUB_COMMIT_RE.match(url)
+        if not match:
+            raise ApiError(400, "invalid GitHub URL: must be a PR or commit URL")
+        link_type = "pull_request" if _GITHUB_PR_RE.match(url) else "commit"
+        if body.get("link_type") and body["link_type"] != link_type:
+            raise ApiError(400, f"link_type '{body['link_type']}' doesn't match URL type '{link_type}'")
+        if body.get("source") not in ("cli_hook", "manual"):
+            raise ApiError(400, "source must be 'cli_hook' or 'manual'")
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or session.deleted or session.owner != owner:
+                raise ApiError(404, "Session not found")
+            if any(link["url"] == url for link in session.github_links):
+                raise ApiError(409, "GitHub link already exists")
+            link = {"id": sum(len(s.github_links) for s in self._sessions.values()) + 1, "session_id": session_id,
+                    "link_type": link_type, "url": url, "owner": match.group(1), "repo": match.group(2),
+                    "ref": match.group(3), "source": body["source"]}
+            session.github_links.append(link)
+            return dict(link)
+
+    def github_links(self, external_id: str) -> list[dict]:
+        """The links made to the session, in order."""
+        with self._lock:
+            session = self._find(external_id)
+            return [dict(link) for link in session.github_links] if session else []
 
     def _owned_session(self, session_id: str, owner: str) -> _Session:
         """404 for unknown or deleted sessions, 403 for someone else's. Caller holds the lock."""
@@ -1073,7 +1124,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, path: str) -> None:
         backend = self.server.backend
-        endpoint = ENDPOINTS.get(path)
+        endpoint = ENDPOINTS.get(path) or ("github_links" if GITHUB_LINKS_RE.match(path) else None)
         raw, raw_size = self._read_body(backend.max_body + (backend.max_body >> 6) + 4096)
         req = _Request(self.command, path, endpoint, self.headers, raw, raw_size, self.conn_id)
         if endpoint is None:

@@ -43,7 +43,7 @@ def test_every_agent_found_gets_its_hooks_once_and_loses_only_ours(cfd, tmp_path
     assert f"Cursor: not found (no {home / '.cursor'}, no cursor-agent on PATH); skipped" in lines
     assert f"{settings}: hooks installed" in lines
     data = json.loads(settings.read_text())
-    assert data["theme"] == "dark" and set(data["hooks"]) == {"SessionStart", "UserPromptSubmit", "SessionEnd"}
+    assert data["theme"] == "dark" and {"SessionStart", "UserPromptSubmit", "SessionEnd"} <= set(data["hooks"])
     text = codex_config.read_text()
     assert text.startswith('model = "o3"  # mine\n') and "# >>> confabd codex hooks >>>" in text
     assert (home / PLUGIN).is_file()

@@ -65,6 +65,20 @@ def test_doctor_checks_every_hook_install_hooks_writes(cfd):
     assert "no UserPromptSubmit hook of ours" in missing["what"] and missing["todo"] == "confabctl install-hooks"
 
 
+def test_doctor_checks_the_link_hooks_too(cfd):
+    """Without the tool hooks sessions are still shipped, only the commit and PR links are lost: a warning."""
+    assert cfd.ctl("install-hooks").returncode == 0
+    settings = cfd.home / ".claude" / "settings.json"
+    document = json.loads(settings.read_text())
+    checks = json.loads(cfd.ctl("doctor", "--json").stdout)
+    assert any(c["verdict"] == "ok" and c["what"].startswith("links: PostToolUse calls ") for c in checks)
+    del document["hooks"]["PreToolUse"]
+    settings.write_text(json.dumps(document))
+    checks = json.loads(cfd.ctl("doctor", "--json").stdout)
+    [missing] = [c for c in checks if "no PreToolUse hook of ours" in c["what"]]
+    assert missing["verdict"] == "warn" and missing["todo"] == "confabctl install-hooks"
+
+
 def agent_hook_checks(cfd, env):
     r = cfd.ctl("doctor", "--json", env=env)
     return r.returncode, [c for c in json.loads(r.stdout)

@@ -229,6 +229,7 @@ def test_file_name_and_file_type_rules(backend, http):
         assert_error(chunk(http, backend, sid, 1, ["a"], file_name=bad), 400)
     # slashes are the server's key segments (Cursor's subagents/<id>.jsonl, Claude's workflow files)
     assert chunk(http, backend, sid, 1, ["s"], file_name="subagents/x.jsonl", file_type="agent").ok
+    assert chunk(http, backend, sid, 1, ["p"], file_name="subagents/workflows/r1/agent-x.jsonl", file_type="agent").ok
     assert chunk(http, backend, sid, 1, ["a"], file_name="n" * 506 + ".jsonl").ok  # exactly 512 bytes
     assert chunk(http, backend, sid, 1, ["w"], file_name="wf.jsonl", file_type="workflow_journal").ok
     assert chunk(http, backend, sid, 1, ["g"], file_name="agent-a1.jsonl", file_type="agent").ok

@@ -11,12 +11,16 @@ import pytest
 from confabd import hooks_install as hi
 
 import subprocess
+import sys
 import time
 
 # what install-hooks writes for the default prefix `confabctl` (not an absolute path: `command -v`)
 START = "command -v confabctl >/dev/null && exec confabctl hook session-start || true"
 END = "command -v confabctl >/dev/null && exec confabctl hook session-end || true"
 PROMPT = "command -v confabctl >/dev/null && exec confabctl hook user-prompt-submit || true"
+PRE = "command -v confabctl >/dev/null && exec confabctl hook pre-tool-use || true"
+POST = "command -v confabctl >/dev/null && exec confabctl hook post-tool-use || true"
+GO_TOOL_MATCHERS = ("Bash", "mcp__github__create_pull_request")  # the Go client's (pkg/hookconfig/claude.go)
 PLAIN_START = "/usr/bin/confabctl hook session-start"
 GUARDED_START = "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-start || true"
 GUARDED_END = "[ -x /usr/bin/confabctl ] && exec /usr/bin/confabctl hook session-end || true"
@@ -53,6 +57,9 @@ def test_no_settings_file_creates_it_and_dir(tmp_path):
             "SessionStart": [{"matcher": "*", "hooks": [{"type": "command", "command": START}]}],
             "UserPromptSubmit": [{"hooks": [{"type": "command", "command": PROMPT}]}],  # no matcher there
             "SessionEnd": [{"matcher": "*", "hooks": [{"type": "command", "command": END}]}],
+            # the commit and PR links, under the Go client's two tool matchers
+            "PreToolUse": [{"matcher": m, "hooks": [{"type": "command", "command": PRE}]} for m in GO_TOOL_MATCHERS],
+            "PostToolUse": [{"matcher": m, "hooks": [{"type": "command", "command": POST}]} for m in GO_TOOL_MATCHERS],
         }
     }
     # written the way the user's file is formatted: indent=2, final newline
@@ -104,8 +111,11 @@ def test_other_settings_and_hooks_kept_in_order(tmp_path):
     assert run_install(path)[0] == 0
     data = load(path)
     assert list(data) == ["model", "permissions", "hooks", "env"]
-    assert list(data["hooks"]) == ["PreToolUse", "SessionStart", "UserPromptSubmit", "SessionEnd"]
-    assert data["hooks"]["PreToolUse"] == original["hooks"]["PreToolUse"]
+    assert list(data["hooks"]) == ["PreToolUse", "SessionStart", "UserPromptSubmit", "SessionEnd", "PostToolUse"]
+    # ours joins the user's Bash group, after their hook; a group for the MCP tool is added
+    assert data["hooks"]["PreToolUse"] == [
+        {"matcher": "Bash", "hooks": [{"type": "command", "command": "audit.sh"}, {"type": "command", "command": PRE}]},
+        {"matcher": "mcp__github__create_pull_request", "hooks": [{"type": "command", "command": PRE}]}]
     ss = data["hooks"]["SessionStart"]
     assert ss[0] == original["hooks"]["SessionStart"][0]
     # ours went into the existing "*" group, after the user's hook
@@ -423,3 +433,76 @@ def test_the_go_clis_prompt_hook_is_replaced_by_ours(tmp_path):
     assert commands(data, "SessionStart") == [START]
     assert run_uninstall(path)[0] == 0
     assert "UserPromptSubmit" not in load(path).get("hooks", {})
+
+
+# The hooks exactly as the Go confab CLI writes them (its pkg/hookconfig/claude.go): the session hooks with
+# `--provider claude-code` under matcher "*", the prompt hook without a matcher, the tool-use hooks under
+# the matchers "Bash" and "mcp__github__create_pull_request".
+GO = "/usr/local/bin/confab"
+
+
+def go_settings():
+    tool = lambda arg: [{"matcher": m, "hooks": [{"type": "command", "command": f"{GO} hook {arg}"}]}
+                        for m in GO_TOOL_MATCHERS]
+    return {"model": "opus", "hooks": {
+        "SessionStart": [{"matcher": "*", "hooks": [
+            {"type": "command", "command": f"{GO} hook session-start --provider claude-code"},
+            {"type": "command", "command": "confab sync start"}]}],  # an older Go install's, left beside
+        "SessionEnd": [{"matcher": "*", "hooks": [
+            {"type": "command", "command": f"{GO} hook session-end --provider claude-code"}]}],
+        "UserPromptSubmit": [{"hooks": [{"type": "command", "command": f"{GO} hook user-prompt-submit"}]}],
+        "PreToolUse": tool("pre-tool-use"),
+        "PostToolUse": tool("post-tool-use"),
+    }}
+
+
+def ctl_install(path, *extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONFAB", "CLAUDE"))}
+    return subprocess.run([sys.executable, "-m", "confabd.ctl", "install-hooks", "--settings", str(path), *extra],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def go_commands(data, event):
+    return [c for c in commands(data, event) if c.startswith(GO) or c.startswith("confab ")]
+
+
+def test_install_hooks_names_each_go_hook_and_replaces_its_uploader_hooks(tmp_path):
+    """Every Go hook is found and named; its session and prompt hooks (each would start or stop its own
+    uploader) give way to ours, the older `confab sync start` included."""
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(go_settings()))
+    r = ctl_install(path)
+    assert r.returncode == 0, r.stderr
+    data = load(path)
+    for event in ("SessionStart", "SessionEnd", "UserPromptSubmit"):
+        assert go_commands(data, event) == [], event
+    assert len(commands(data, "SessionStart")) == 1 and "confabd.ctl hook session-start" in commands(data, "SessionStart")[0]
+    assert f"SessionStart[*]: {GO} hook session-start --provider claude-code: replaced by confabd's" in r.stdout
+    assert "SessionStart[*]: confab sync start: replaced by confabd's" in r.stdout
+    assert f"UserPromptSubmit: {GO} hook user-prompt-submit: replaced by confabd's" in r.stdout
+    assert data["model"] == "opus"
+    assert "--keep-confab" not in r.stderr
+    for event in ("PreToolUse", "PostToolUse"):  # ours make the links now, under the same matchers
+        assert go_commands(data, event) == [], event
+        assert [g["matcher"] for g in data["hooks"][event]] == list(GO_TOOL_MATCHERS)
+        assert all("confabd.ctl hook " in c for c in commands(data, event))
+    assert f"PreToolUse[Bash]: {GO} hook pre-tool-use: replaced by confabd's" in r.stdout
+    assert ctl_install(path).stdout.count("confab CLI hook") == 0  # once replaced, nothing of Go's left to name
+
+
+def test_keep_confab_leaves_the_go_prompt_and_tool_hooks_and_warns(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(go_settings()))
+    r = ctl_install(path, "--keep-confab")
+    assert r.returncode == 0, r.stderr
+    data = load(path)
+    assert go_commands(data, "SessionStart") == [] and go_commands(data, "SessionEnd") == []
+    assert go_commands(data, "UserPromptSubmit") == [f"{GO} hook user-prompt-submit"]
+    assert len(commands(data, "UserPromptSubmit")) == 2  # ours beside it
+    assert go_commands(data, "PreToolUse") == [f"{GO} hook pre-tool-use"] * 2
+    assert commands(data, "PreToolUse") == [f"{GO} hook pre-tool-use"] * 2  # one link, not two
+    assert f"UserPromptSubmit: {GO} hook user-prompt-submit: kept" in r.stdout
+    assert "uploaded twice" in r.stderr and "session hooks are replaced" in r.stderr
+    again = ctl_install(path, "--keep-confab")
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert load(path) == data

@@ -46,7 +46,7 @@ def test_install_says_path_and_uninstall_removes_everything_but_the_data(user_en
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert f"{bindir} is not on PATH in this shell" in installed.stdout
     assert f'export PATH="{bindir}:$PATH"' in installed.stdout
-    assert len(confab_hooks(home / ".claude" / "settings.json")) == 3  # start, prompt, end
+    assert len(confab_hooks(home / ".claude" / "settings.json")) == 7  # start, prompt, end; 2 x pre, post-tool-use
     assert subprocess.run(ctl + ["ping"], env=user_env, capture_output=True).returncode == 0
     (home / ".confab" / "sync").mkdir(parents=True, exist_ok=True)
     (home / ".confab" / "config.json").write_text('{"backend_url": "", "api_key": ""}')
@@ -55,7 +55,7 @@ def test_install_says_path_and_uninstall_removes_everything_but_the_data(user_en
     again = run([], on_path)  # idempotent, restarts the master, no hint when bindir is on PATH
     assert again.returncode == 0, again.stdout + again.stderr
     assert "not on PATH" not in again.stdout
-    assert len(confab_hooks(home / ".claude" / "settings.json")) == 3  # start, prompt, end
+    assert len(confab_hooks(home / ".claude" / "settings.json")) == 7  # start, prompt, end; 2 x pre, post-tool-use
 
     removed = run(["--uninstall"], user_env)
     assert removed.returncode == 0, removed.stdout + removed.stderr

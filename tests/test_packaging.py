@@ -170,7 +170,7 @@ def test_deb_contents(packages):
     names = list(entries)
     # the private venv: our package and every runtime dependency, no pip, no bytecode
     site = [n for n in names if "/site-packages/" in n]
-    for dist in ("confabd", "msgspec", "psutil", "requests", "daemon", "zstandard", "backoff"):
+    for dist in ("confabd", "msgspec", "psutil", "requests", "daemon", "zstandard"):
         assert any(re.search(rf"/site-packages/{dist}/__init__\.py$", n) for n in site), dist
     assert not [n for n in names if "/site-packages/pip/" in n or "/site-packages/setuptools/" in n]
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
@@ -199,9 +199,9 @@ def test_deb_venv_is_relocated(deb_root):
     assert pythons[:2] == ["python", "python3"], pythons
     versioned = [p for p in pythons if re.fullmatch(r"python3\.\d+", p)]
     assert versioned and os.readlink(venv / "bin" / versioned[0]) == f"../../../../bin/{versioned[0]}"
-    for entry in ("confabd", "confabctl"):
+    for entry, flags in (("confabd", "-IB"), ("confabctl", "-IBS")):  # confabctl, the hook: no site either
         first = (deb_root / "usr/bin" / entry).read_text().splitlines()[0]
-        assert first == "#!/usr/lib/confabd/venv/bin/python3 -IB", first
+        assert first == "#!/usr/lib/confabd/venv/bin/python3 " + flags, first
 
 
 @pytest.mark.packaging

@@ -468,3 +468,73 @@ def test_hooks_stay_silent_once_confabctl_is_removed(cfd, api, claude_bin):
         assert any(isinstance(p, dict) and p.get("type") == "hook_non_blocking_error" for p in problems), problems
     finally:
         rc.close()
+
+
+def test_hooks_installed_while_a_session_is_open(cfd, api, claude_bin):
+    """A Claude Code session started before `confabctl install-hooks`: no SessionStart of ours ran. Once the
+    hooks are installed, its next prompt's UserPromptSubmit registers it, and the whole transcript, the lines
+    written before the install included, arrives once; its end is shipped too."""
+    rc = RealClaude(cfd, api, claude_bin)  # the recorder's hooks only: none of ours yet
+    backend = cfd.backend
+    cfd.master()
+    claude = Interactive(rc)
+    try:
+        wait_until(lambda: rc.hook_inputs("SessionStart"), 30, what="SessionStart")
+        eid = rc.hook_inputs("SessionStart")[0]["session_id"]
+        transcript = rc.transcript_dir() / f"{eid}.jsonl"
+        claude.submit("say hello")
+        wait_until(lambda: transcript.exists() and b"How can I help" in transcript.read_bytes(), 20,
+                   what="the first reply in the transcript")
+        assert cfd.session(eid) is None  # nobody ships it
+        rc.install_hooks()
+        # Claude Code notices a changed settings.json on its own, a few seconds later (its file watcher):
+        # prompt until one is seen by our UserPromptSubmit hook.
+        deadline, prompts = time.monotonic() + 60, 1
+        while cfd.session(eid) is None:
+            assert time.monotonic() < deadline, "no prompt hook of ours ran within 60 s of the install"
+            prompts += 1
+            claude.submit(f"again {prompts}")
+            wait_until(lambda: len(rc.api.requests("/v1/messages")) >= prompts
+                       and transcript.read_bytes().count(b"How can I help") >= prompts, 20,
+                       what=f"reply {prompts}")
+        session = cfd.session(eid)
+        assert session["parent_pid"] == claude.pid
+        backend.wait_for(lambda: backend.file_bytes(eid, transcript.name) == transcript.read_bytes(), timeout=20)
+        claude.submit("/exit")
+        claude.proc.wait(20)
+    finally:
+        claude.close()
+        rc.close()
+    wait_finished(cfd, eid, 1)
+    assert_complete(backend, eid, transcript)
+    assert [e["event_type"] for e in backend.events(eid)] == ["session_end"]
+
+
+def test_the_commit_link_hook_speaks_claude_codes_pretooluse_contract(cfd, rc):
+    """The real binary runs our PreToolUse hook before a Bash `git commit` (the matcher install-hooks wrote)
+    and takes its JSON: the call is denied, and the model is told, in the tool result, to add the
+    `Confab-Link:` trailer with the session's URL."""
+    backend = cfd.backend
+    cfd.master()
+    rc.api.tool_use = {"name": "Bash", "input": {"command": "git commit -m 'add a feature'",
+                                                 "description": "Commit the change"}}
+
+    def synced():  # the link needs the backend's session id in the State: the call waits for the worker's init
+        starts = rc.hook_inputs("SessionStart")
+        state = cfd.state_file(starts[0]["session_id"]) if starts else None
+        return bool(state and state.exists() and json.loads(state.read_text()).get("confab_session_id"))
+
+    rc.api.tool_use_ready = synced
+    _, r = rc.run_print("commit this")
+    assert r.returncode == 0, r.stderr
+    eid = rc.hook_inputs("SessionStart")[0]["session_id"]
+    url = f"{backend.url}/sessions/{backend.session_id(eid)}"
+    results = [block for body in rc.api.bodies for message in body.get("messages") or ()
+               if message.get("role") == "user" and isinstance(message.get("content"), list)
+               for block in message["content"] if block.get("type") == "tool_result"]
+    assert len(results) == 1, rc.api.bodies[-1:]
+    said = json.dumps(results[0], ensure_ascii=False)
+    assert f"Confab-Link: {url}" in said and "Confab is linking this commit to your session" in said, said
+    assert results[0].get("is_error") is True
+    wait_finished(cfd, eid, 1)
+    assert_complete(backend, eid, rc.transcript_dir() / f"{eid}.jsonl")

@@ -94,8 +94,8 @@ def test_save_shows_a_progress_bar_on_a_terminal(home):
     finally:
         os.close(master_fd)
     assert result.returncode == 0
-    assert b"] 100% " + path.name.encode() in shown and b"\r" in shown
-    assert b"#]" not in result.stdout and result.stdout.startswith(b"saved ")  # bar on the terminal, summary on stdout
+    assert b" 100%  " in shown and path.name.encode() in shown and b"\r" in shown
+    assert b" MB" not in result.stdout and result.stdout.startswith(b"saved ")  # line on the terminal, summary on stdout
 
 
 def test_save_refuses_while_a_worker_syncs_the_session(home):

@@ -373,7 +373,8 @@ def test_state_file_is_private_and_names_the_session(backend, home, workers):
     state = decode_state(state_path)
     assert (state_path.stat().st_mode & 0o777) == 0o600
     assert (home.sync_dir.stat().st_mode & 0o777) == 0o700
-    assert state.pid == w.process.pid and state.parent_pid == os.getpid()
+    # pid: its live Claude Code (here this process), what the Go client's liveness test needs (go_compat.py)
+    assert state.pid == os.getpid() and state.parent_pid == os.getpid()
     assert state.confab_session_id == backend.session_id(eid)
     assert state.files[path.name].last_synced_line == len(file_lines(path))
     w.finish()

@@ -27,7 +27,9 @@ class Layout:
     """Which files belong to one session besides its transcript, and their names.
 
     - `scan()`: {file_name: path} of the side files (`file_type` "agent") to track now;
-      called after every delivery round, so cheap or rate-limited.
+      called after every delivery round, so cheap or rate-limited. `scan_gated()`: the same for
+      files a backend takes only when its capabilities say so, with their file_type.
+    - `side_file_type(name)`: the file_type a side file of that name is sent as ("" if never).
     - `locate(name)`: the path of a side file the backend named (init's `files`), None when
       the name is not one this client sends (the backend is not trusted) or not found.
     - `owns(name, path)`: whether State's remembered `path` for `name` is still this session's.
@@ -52,6 +54,15 @@ class Layout:
 
     def is_side_file_name(self, file_name: str) -> bool:
         return False
+
+    def side_file_type(self, file_name: str) -> str:
+        """The file_type a side file of that name is sent as; "" for a name this client never sends."""
+        return "agent" if self.is_side_file_name(file_name) else ""
+
+    def scan_gated(self) -> dict[str, tuple[str, str]]:
+        """{file_name: (path, file_type)} of side files sent only to a backend whose capabilities
+        allow that file_type (confabd.capabilities): Claude Code's workflow files."""
+        return {}
 
     def agents_named(self, text: bytes) -> set[str]:
         return set()

@@ -222,6 +222,14 @@ class ArchiveSink:
         self.path = path
         self._conn = _connect(path, create=True)
 
+    @property
+    def capabilities_key(self) -> str:
+        return "archive:" + self.path
+
+    def capabilities(self) -> dict:
+        """The archive keeps every file this client sends, workflow files included."""
+        return {"workflow_files": True, "workflow_journal": True}
+
     def init(self, request: InitRequest) -> InitResponse:
         """Create the session for `external_id`, or resume it (same session_id)."""
         if not request.external_id:

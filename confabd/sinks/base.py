@@ -32,6 +32,10 @@ class Chunk(msgspec.Struct, frozen=True):
     first_line: int
     lines: list[bytes]
     metadata: Optional[ChunkMetadata] = None
+    # The first lines already encoded by the sink's `encode_lines` (Batch.encoded: one
+    # (line count, bytes) per block), so the HTTP sink streams them instead of
+    # encoding the chunk again. The archive ignores it.
+    encoded: tuple = ()
 
     @property
     def last_line(self) -> int:

@@ -66,6 +66,13 @@ CHUNK_PATH = "/api/v1/sync/chunk"
 EVENT_PATH = "/api/v1/sync/event"
 # Beyond the sync API: the key check and the device login (confabctl login, doctor).
 VALIDATE_PATH = "/api/v1/auth/validate"
+CAPABILITIES_PATH = "/api/v1/capabilities"
+GITHUB_LINKS_PATH = "/api/v1/sessions/{}/github-links"
+
+
+class GitHubLinkRequest(msgspec.Struct, frozen=True):
+    url: str
+    source: str
 DEVICE_CODE_PATH = "/auth/device/code"
 DEVICE_TOKEN_PATH = "/auth/device/token"
 
@@ -87,6 +94,7 @@ POSITION_RE = re.compile(r"first_line must be (\d+)")
 DELAY_SECONDS_RE = re.compile(r"\d{1,9}(\.\d+)?\Z")
 
 T = TypeVar("T")
+_JSON_ENCODE = msgspec.json.Encoder().encode
 _utf8 = bytes.decode  # strict UTF-8
 
 
@@ -219,6 +227,8 @@ class HttpSink:
 
     def upload_chunk(self, chunk: Chunk) -> int:
         """Send the chunk; return the server's new `last_synced_line` for the file."""
+        if chunk.encoded:
+            return self._send("POST", CHUNK_PATH, self._encode_chunk(chunk), ChunkResponse).last_synced_line
         request = ChunkRequest(
             session_id=chunk.session_id,
             file_name=chunk.file_name,
@@ -238,6 +248,31 @@ class HttpSink:
     def validate_key(self) -> dict:
         """The server's word on the key (`{"valid": true, ...}`); AuthFailed when it refuses it."""
         return self._send("GET", VALIDATE_PATH, None, dict)
+
+    def link_github(self, session_id: str, url: str, source: str) -> dict:
+        """Link a commit or PR URL to a session (the Go client's LinkGitHub); SinkError otherwise (409: it
+        is linked already)."""
+        return self._post(GITHUB_LINKS_PATH.format(session_id), GitHubLinkRequest(url=url, source=source), dict)
+
+    @property
+    def capabilities_key(self) -> str:
+        return self.base_url
+
+    def capabilities(self) -> dict:
+        """GET /api/v1/capabilities (public: no key sent). {} from a server without it (404: a
+        definitive "nothing optional"); Unavailable when it cannot say now (ask again later)."""
+        deadline = time.monotonic() + self.timeout[1]
+        with _deadline_sockets.deadline(deadline):
+            status, raw, _retry_after = self._exchange(CAPABILITIES_PATH, None, {}, method="GET", auth=_no_auth)
+        if status == 404:
+            return {}
+        if status != 200:
+            raise self._scrub(Unavailable(f"{CAPABILITIES_PATH}: HTTP {status}", status=status))
+        try:
+            answer = _DECODERS[dict].decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise Unavailable(f"{CAPABILITIES_PATH}: an answer that is not a JSON object") from None
+        return {name: value is True for name, value in answer.items() if isinstance(name, str)}
 
     def post_unauthenticated(self, path: str, payload: dict) -> tuple[int, dict]:
         """POST without the key (the device login's endpoints): (status, the JSON object answered).
@@ -268,6 +303,42 @@ class HttpSink:
         self.close()
 
     # ---- lines ------------------------------------------------------------------
+
+    def encode_lines(self, lines: list[bytes]) -> bytes:
+        """`lines` as they go into a chunk's `"lines"` array: JSON strings joined by
+        commas, without the brackets (the engine's budget charges exactly this)."""
+        return _JSON_ENCODE(self._decode_lines(lines))[1:-1]
+
+    def _encode_chunk(self, chunk: Chunk) -> tuple[bytes, dict[str, str]]:
+        """The chunk's body from its encoded blocks, streamed into one zstd frame:
+        never built whole (a 14 MiB body in memory twice costs page faults, not only
+        copies). The same JSON as `_encode` of the ChunkRequest would produce."""
+        covered = sum(count for count, _ in chunk.encoded)
+        parts = [body for _, body in chunk.encoded]
+        if covered < len(chunk.lines):
+            parts.append(self.encode_lines(chunk.lines[covered:]))
+        envelope = _JSON_ENCODE(ChunkRequest(
+            session_id=chunk.session_id, file_name=chunk.file_name, file_type=chunk.file_type,
+            first_line=chunk.first_line, lines=[], metadata=chunk.metadata,
+        ))
+        # `"lines":[]` cannot occur inside a JSON string (its quotes would be escaped)
+        head, empty, tail = envelope.partition(b'"lines":[]')
+        size = len(envelope) + sum(map(len, parts)) + len(parts) - 1
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body would be {size} bytes, over the server's "
+                                  f"{MAX_BODY_BYTES} (not sent)", 413)
+        pieces = [head, b'"lines":[']
+        for index, part in enumerate(parts):
+            if index:
+                pieces.append(b",")
+            pieces.append(part)
+        pieces += [b"]", tail]
+        if size < COMPRESS_MIN_BYTES:
+            return b"".join(pieces), {}
+        stream = self._compressor.compressobj(size=size)
+        out = [stream.compress(piece) for piece in pieces]
+        out.append(stream.flush())
+        return b"".join(out), {"Content-Encoding": "zstd"}
 
     def _decode_lines(self, lines: list[bytes]) -> list[str]:
         """Every line decoded in one C-level map; per line only when one is not UTF-8.

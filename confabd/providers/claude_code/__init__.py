@@ -3,7 +3,8 @@
 Sessions live in `~/.claude/projects/<project>/<id>.jsonl`; the SessionStart,
 UserPromptSubmit and SessionEnd hooks in `~/.claude/settings.json` announce and
 end them (confabd.hooks_install, confabctl's hook commands); the parent is the
-`claude` process; side files are `agent-<id>.jsonl` (confabd.discovery); the
+`claude` process; side files are `agent-<id>.jsonl` and, for a backend that takes them,
+the workflow files (confabd.discovery); the
 title and summary come from the lines (confabd.metadata); the end is posted as
 a `session_end` event.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ...discovery import SubagentLocator, agent_file_name, agent_ids_in, is_agent_file_name
+from ...discovery import SubagentLocator, agent_file_name, agent_ids_in, sendable_file_type
 from ...metadata import SessionFacts
 from ...parents import CLAUDE_RE
 from ..base import Layout, Provider
@@ -32,7 +33,13 @@ class ClaudeLayout(Layout):
         return self.locator.owns(file_name, path)
 
     def is_side_file_name(self, file_name: str) -> bool:
-        return is_agent_file_name(file_name)
+        return bool(sendable_file_type(file_name))
+
+    def side_file_type(self, file_name: str) -> str:
+        return sendable_file_type(file_name)  # agent-<id>.jsonl, or a workflow run's file
+
+    def scan_gated(self) -> dict[str, tuple[str, str]]:
+        return self.locator.scan_workflows()  # only to a backend whose capabilities say so
 
     def agents_named(self, text: bytes) -> set[str]:
         return agent_ids_in(text)
