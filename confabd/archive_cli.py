@@ -19,8 +19,8 @@ from .errors import ConfabdError
 from .records import InvalidExternalId, validate_external_id
 from .sinks.archive import export_session, list_sessions
 
-COLUMNS = ("EXTERNAL ID", "FILES", "LINES", "UPDATED")
-NUMERIC = (False, True, True, False)
+COLUMNS = ("EXTERNAL ID", "AGENT", "FILES", "LINES", "UPDATED")
+NUMERIC = (False, False, True, True, False)
 MIN_TEXT_WIDTH = 10
 
 
@@ -94,7 +94,7 @@ def _row(session: dict[str, Any]) -> tuple[str, ...]:
     text = session["summary"] or session["first_user_message"]
     if session["ended"]:
         text = "[ended] " + text
-    return (session["external_id"], str(len(files)), str(total), updated, text)
+    return (session["external_id"], session["provider"], str(len(files)), str(total), updated, text)
 
 
 def _format_row(cells, widths, text: str) -> str:

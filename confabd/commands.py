@@ -93,7 +93,7 @@ class Commands:
         rows = [self.sessions.status_row(s) for s in self.sessions.visible_to(owner)]
         totals = self.sink_totals(owner)
         return control.reply(text=self.meter.prometheus(rows, totals), sinks=self.meter.sinks_json(totals),
-                             sessions=self.meter.states(rows))
+                             sessions=self.meter.states(rows), providers=self.meter.providers(rows))
 
     def register(self, conn: Connection, owner: int, request: control.Register) -> Optional[dict]:
         try:

@@ -516,7 +516,7 @@ def build_parser():
                                    "with --all (--since limits it to recent ones). Lines the backend already "
                                    "holds are not sent again, so running it again resumes where it stopped.")
     p.add_argument("targets", metavar="PATH|ID", nargs="*")
-    p.add_argument("--all", action="store_true", help="every Claude Code session on this machine (a backup of "
+    p.add_argument("--all", action="store_true", help="every local session of every coding agent (a backup of "
                                                       "the history Claude Code deletes after 30 days)")
     p.add_argument("--since", metavar="AGE", help="with --all: only sessions written within AGE (5d, 12h, 30m)")
 
@@ -524,8 +524,11 @@ def build_parser():
     p.add_argument("file", metavar="FILE")
     p.add_argument("--show", action="store_true", help="print each changed line as it would be sent")
 
-    p = sub.add_parser("list", help="local Claude Code sessions, newest first: id, age, what confabd holds, title")
+    p = sub.add_parser("list", help="local sessions of every coding agent, newest first: id, agent, age, "
+                                    "what confabd holds, title")
     p.add_argument("--since", metavar="AGE", help="only sessions written within AGE (5d, 12h, 30m, 2w)")
+    p.add_argument("--provider", default=None, choices=["claude-code", "codex", "cursor", "opencode"],
+                   help="only this agent's sessions")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("archive", help="the local archive (when no backend is configured)")
@@ -550,15 +553,17 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="the checks as a JSON list")
 
     for name, text in (("install-hooks", "add"), ("uninstall-hooks", "remove")):
-        p = sub.add_parser(name, help=f"{text} the SessionStart/UserPromptSubmit/SessionEnd hooks and the "
-                                      "PreToolUse/PostToolUse link hooks in ~/.claude/settings.json "
-                                      "(or another agent's hooks: --provider)")
-        p.add_argument("--settings", metavar="FILE", help="settings file (default ~/.claude/settings.json; "
+        p = sub.add_parser(name, help=f"{text} confabd's hooks (or plugin) for every coding agent found here, "
+                                      "or for the one --provider names; Claude Code's: the SessionStart/"
+                                      "UserPromptSubmit/SessionEnd hooks and the PreToolUse/PostToolUse link hooks")
+        p.add_argument("--settings", metavar="FILE", help="settings file of one agent (without --provider: "
+                                                          "Claude Code's, default ~/.claude/settings.json; "
                                                           "with --provider codex, $CODEX_HOME/config.toml)")
         p.add_argument("--dry-run", action="store_true", help="show the result, change nothing")
-        p.add_argument("--provider", default="claude-code", choices=["claude-code", "codex", "cursor", "opencode"],
-                       help="whose hooks: Claude Code's (the default), Codex's SessionStart hook, or "
-                            "Cursor's sessionStart/sessionEnd in ~/.cursor/hooks.json, or the OpenCode plugin")
+        p.add_argument("--provider", default=None, choices=["claude-code", "codex", "cursor", "opencode"],
+                       help="only this agent: Claude Code's hooks, Codex's SessionStart hook, "
+                            "Cursor's sessionStart/sessionEnd in ~/.cursor/hooks.json, or the OpenCode plugin "
+                            "(default: every agent whose directory exists or whose program is on PATH)")
         if name == "install-hooks":
             p.add_argument("--keep-confab", action="store_true",
                            help="leave the Go confab CLI's prompt and tool-use hooks beside ours (by default "
@@ -790,7 +795,8 @@ def cmd_metrics(args):
     if args.json:
         import json
 
-        text = json.dumps({"sessions": reply.get("sessions", {}), "sinks": reply.get("sinks", [])}, indent=2) + "\n"
+        text = json.dumps({"sessions": reply.get("sessions", {}), "providers": reply.get("providers", {}),
+                           "sinks": reply.get("sinks", [])}, indent=2) + "\n"
     else:
         text = reply["text"]
     if not args.output:
@@ -854,7 +860,7 @@ def cmd_save(args):
         err(f"save: {exc}")
         return EXIT_USAGE if args.since else EXIT_FAIL
     if args.all and not paths_to_save:
-        print("no Claude Code sessions to save")
+        print("no sessions to save")
         return EXIT_OK
     failed, several = 0, len(paths_to_save) > 1
     line = None
@@ -938,21 +944,42 @@ def provider_installer(name):
     return importlib.import_module(f".providers.{name}.install", __package__)
 
 
-def cmd_install_hooks(args):
-    if args.provider in ("codex", "cursor", "opencode"):
-        install = provider_installer(args.provider)
-        return install.install(args.settings, hook_command_prefix(), args.dry_run)
+def install_one(provider, settings, dry_run, keep_confab=False):
+    if provider in ("codex", "cursor", "opencode"):
+        install = provider_installer(provider)
+        return install.install(settings, hook_command_prefix(), dry_run)
     from .hooks_install import install_hooks
 
-    return install_hooks(args.settings, hook_command_prefix(), args.dry_run, keep_confab=args.keep_confab)
+    return install_hooks(settings, hook_command_prefix(), dry_run, keep_confab=keep_confab)
+
+
+def uninstall_one(provider, settings, dry_run):
+    if provider in ("codex", "cursor", "opencode"):
+        return provider_installer(provider).uninstall(settings, dry_run)
+    from .hooks_install import uninstall_hooks
+
+    return uninstall_hooks(settings, dry_run)
+
+
+def cmd_install_hooks(args):
+    from .providers import detect
+
+    def install(name, settings=None):
+        return install_one(name, settings, args.dry_run, args.keep_confab)
+
+    one = detect.one_or_all(args.provider, args.settings)
+    if one:
+        return install(one, args.settings)
+    return detect.for_each_agent(install, "installing")
 
 
 def cmd_uninstall_hooks(args):
-    if args.provider in ("codex", "cursor", "opencode"):
-        return provider_installer(args.provider).uninstall(args.settings, args.dry_run)
-    from .hooks_install import uninstall_hooks
+    from .providers import detect
 
-    return uninstall_hooks(args.settings, args.dry_run)
+    one = detect.one_or_all(args.provider, args.settings)
+    if one:
+        return uninstall_one(one, args.settings, args.dry_run)
+    return detect.for_each_agent(lambda name: uninstall_one(name, None, args.dry_run), "removing")
 
 
 COMMANDS = {

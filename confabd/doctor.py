@@ -1,8 +1,9 @@
-"""`confabctl doctor`: is everything in place for the next Claude Code session to be shipped?
+"""`confabctl doctor`: is everything in place for the next session of each agent to be shipped?
 
 Each check is one line: `ok`, `warn` or `FAIL`, what was found, and for
 anything short of ok what to do. The checks, in the order a session needs
-them: the hooks (installed, pointing at a program that exists), the master
+them: the hooks of every agent found here (installed, pointing at a program
+that exists; Codex's, Cursor's and OpenCode's in agent_checks.py), the master
 (answering), where the lines go (the backend and the server's word on the
 key, or the local archive), the sync dir (writable), the clock (against the
 backend's). Exit 0 when nothing failed, 1 otherwise.
@@ -31,7 +32,14 @@ class Check(NamedTuple):
 
 
 def run_checks(home: str, settings_file: Optional[str] = None) -> list[Check]:
-    checks = hooks_checks(settings_file or default_claude_settings(home))
+    from .agent_checks import agent_checks
+    from .providers import detect
+
+    found = [agent.name for agent in detect.installed()]
+    checks = []
+    if settings_file or "claude-code" in found or not found:  # no agent at all: say what Claude Code needs
+        checks = hooks_checks(settings_file or default_claude_settings(home))
+    checks += agent_checks(found)  # Codex's, Cursor's, OpenCode's hooks, where the agent is here
     checks.append(master_check())
     try:
         settings = load_settings(paths.user_settings_path(home))

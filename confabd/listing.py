@@ -1,7 +1,6 @@
-"""`confabctl list`: the Claude Code sessions on this machine, newest first, to find an id.
+"""`confabctl list`: every coding agent's sessions on this machine, newest first, to find an id.
 
-A session is a `<projects dir>/<project>/<session id>.jsonl` file (agent files
-are not sessions). For each: its title (the summary, else the first prompt,
+Sessions are found where each agent keeps them (local_sessions.py). For each: its agent, its title (the summary, else the first prompt,
 from the first 64 KiB), its project (the cwd it was run in), when it was last
 written, and what confabd knows of it locally:
 
@@ -23,11 +22,12 @@ import re
 import time
 from typing import Any, Optional
 
-from . import client, paths
-from .metadata import SessionFacts
+from . import client, local_sessions, paths
+from .providers import CLAUDE_CODE, get
+from .providers.base import Facts
+from .providers.detect import LABELS
 
 HEAD_BYTES = 64 << 10
-SESSION_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.jsonl\Z")
 DURATION = re.compile(r"(\d+)([smhdw])\Z")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -41,37 +41,11 @@ def parse_since(text: str) -> float:
 
 
 def claude_projects_dir(home: str, env=None) -> str:
-    env = os.environ if env is None else env
-    base = env.get("CONFAB_CLAUDE_DIR") or env.get("CLAUDE_CONFIG_DIR") or os.path.join(home, ".claude")
-    return os.path.join(base, "projects")
+    return local_sessions.claude_projects_dir(home, env)
 
 
-def session_files(projects: str) -> list[tuple[str, os.stat_result]]:
-    found = []
-    try:
-        projects_list = os.listdir(projects)
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return []
-    for project in projects_list:
-        directory = os.path.join(projects, project)
-        try:
-            names = os.listdir(directory)
-        except (NotADirectoryError, PermissionError, FileNotFoundError):
-            continue
-        for name in names:
-            if SESSION_FILE.match(name) and not name.startswith("agent-"):
-                path = os.path.join(directory, name)
-                try:
-                    info = os.stat(path)
-                except OSError:
-                    continue
-                if os.path.isfile(path):
-                    found.append((path, info))
-    return found
-
-
-def facts_of(path: str) -> SessionFacts:
-    facts = SessionFacts()
+def facts_of(path: str, provider: str = CLAUDE_CODE) -> Facts:
+    facts = get(provider).facts()  # each agent's lines say their title differently
     try:
         with open(path, "rb") as f:
             head = f.read(HEAD_BYTES)
@@ -82,24 +56,25 @@ def facts_of(path: str) -> SessionFacts:
     return facts
 
 
-def list_sessions(home: str, since_s: Optional[float] = None, now: Optional[float] = None) -> list[dict[str, Any]]:
+def list_sessions(home: str, since_s: Optional[float] = None, now: Optional[float] = None,
+                  provider: Optional[str] = None) -> list[dict[str, Any]]:
     now = time.time() if now is None else now
     running = _running_sessions()
     sync_dir = paths.sync_dir(home, os.environ)
     archived = _archived(home)
     rows = []
-    for path, info in session_files(claude_projects_dir(home)):
-        if since_s is not None and now - info.st_mtime > since_s:
+    for session in local_sessions.local_sessions(home, provider=provider):
+        if since_s is not None and now - session.mtime > since_s:
             continue
-        external_id = os.path.basename(path)[: -len(".jsonl")]
-        facts = facts_of(path)
+        facts = facts_of(session.path, session.provider)
         rows.append({
-            "external_id": external_id,
+            "external_id": session.external_id,
+            "provider": session.provider,
             "title": facts.summary or facts.first_user_message,
             "project": facts.cwd,
-            "modified_at": info.st_mtime,
-            "transcript_path": path,
-            "local": _local_state(external_id, path, running, sync_dir, archived),
+            "modified_at": session.mtime,
+            "transcript_path": session.path,
+            "local": _local_state(session.external_id, session.path, running, sync_dir, archived),
         })
     rows.sort(key=lambda r: r["modified_at"], reverse=True)
     return rows
@@ -148,10 +123,10 @@ def _complete_lines(path: str) -> int:
 def resolve_targets(home: str, targets: list[str], every: bool, since_s: Optional[float]) -> list[str]:
     """Transcript paths for `confabctl save`: paths as given, ids and unique id prefixes looked up,
     or (`every`) every session, oldest first; ValueError naming what matched nothing or too much."""
-    sessions = session_files(claude_projects_dir(home))
+    sessions = [(s.path, s) for s in local_sessions.local_sessions(home)]
     if every:
         now = time.time()
-        chosen = [(info.st_mtime, path) for path, info in sessions if since_s is None or now - info.st_mtime <= since_s]
+        chosen = [(s.mtime, path) for path, s in sessions if since_s is None or now - s.mtime <= since_s]
         return [path for _mtime, path in sorted(chosen)]
     resolved = []
     for target in targets:
@@ -161,10 +136,10 @@ def resolve_targets(home: str, targets: list[str], every: bool, since_s: Optiona
         from .records import validate_external_id
 
         validate_external_id(target)  # InvalidExternalId, a ValueError, says what an id looks like
-        ids = {os.path.basename(path)[: -len(".jsonl")]: path for path, _info in sessions}
+        ids = {s.external_id: path for path, s in sessions}
         matches = [target] if target in ids else sorted(i for i in ids if i.startswith(target))
         if not matches:
-            raise ValueError(f"no transcript for session {target} under {claude_projects_dir(home)}/")
+            raise ValueError(f"no transcript for session {target} of any agent on this machine (`confabctl list` shows them)")
         if len(matches) > 1:
             raise ValueError(f"{target!r} is the start of {len(matches)} sessions ({', '.join(matches[:4])}"
                              f"{', ...' if len(matches) > 4 else ''}); give more of the id")
@@ -190,19 +165,21 @@ def run_list(args) -> int:
     except ValueError as exc:
         sys.stderr.write(f"confabctl: {exc}\n")
         return 2
-    rows = list_sessions(paths.home_dir(), since)
+    provider = getattr(args, "provider", None)
+    rows = list_sessions(paths.home_dir(), since, provider=provider)
     if args.json:
         print(json.dumps({"sessions": rows}, indent=2))
         return 0
     if not rows:
-        print("no Claude Code sessions found" + (f" in the last {args.since}" if args.since else ""))
+        print(f"no {LABELS[provider] + ' ' if provider else ''}sessions found"
+              + (f" in the last {args.since}" if args.since else ""))
         return 0
     now = time.time()
-    print(f"{'ID':<8}  {'AGE':>8}  {'LOCAL':<10}  {'PROJECT':<16}  TITLE")
+    print(f"{'ID':<8}  {'AGENT':<11}  {'AGE':>8}  {'LOCAL':<10}  {'PROJECT':<16}  TITLE")
     for r in rows:
         title = printable(" ".join((r["title"] or "-").split()))
         project = os.path.basename(r["project"].rstrip("/")) or "-"
-        print(f"{r['external_id'][:8]:<8}  {format_age(now - r['modified_at']):>8}  {r['local']:<10}  "
-              f"{printable(project)[:16]:<16}  {title[:60]}")
+        print(f"{r['external_id'][:8]:<8}  {r['provider']:<11}  {format_age(now - r['modified_at']):>8}  "
+              f"{r['local']:<10}  {printable(project)[:16]:<16}  {title[:60]}")
     print(f"\n{len(rows)} session(s). `confabctl save ID` (or an id prefix) uploads one now.")
     return 0

@@ -198,6 +198,17 @@ class Metrics:
             states[str(row["state"])] = states.get(str(row["state"]), 0) + 1
         return states
 
+    @staticmethod
+    def providers(rows: list[dict]) -> dict[str, int]:
+        """Sessions by agent (every provider confabd ships, 0 included), from status rows."""
+        from .providers import NAMES
+
+        counts: dict[str, int] = dict.fromkeys(NAMES, 0)
+        for row in rows:
+            provider = str(row.get("provider") or "claude-code")
+            counts[provider] = counts.get(provider, 0) + 1
+        return counts
+
     # -- Prometheus ------------------------------------------------------------------
 
     @staticmethod
@@ -216,6 +227,8 @@ class Metrics:
         family("confabd_build_info", "gauge", "The master's version.", [({"version": __version__}, 1)])
         states = Metrics.states(rows)
         family("confabd_sessions", "gauge", "Sessions by state.", [({"state": s}, n) for s, n in states.items()])
+        family("confabd_provider_sessions", "gauge", "Sessions by coding agent (provider).",
+               [({"provider": p}, n) for p, n in Metrics.providers(rows).items()])
 
         def per_sink(name, kind, text, value):
             family(name, kind, text, [({"sink": sink}, value(t, lag, down)) for sink, t, lag, down in totals])

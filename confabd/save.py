@@ -1,5 +1,8 @@
 """`confabctl save PATH|ID`: upload one transcript and its subagent files once, now.
 
+Any agent's session: its provider is told by where the file is (local_sessions.provider_of), and
+its provider object says which files belong to it and what rides on its chunks, as in a worker.
+
 The same engine as the workers, so the same exactly-once rules: a transcript
 already partly on the backend continues from the backend's line count. While a
 worker syncs the session (it holds an flock on the transcript), save refuses
@@ -15,6 +18,7 @@ import sys
 import time
 from typing import Optional, TextIO
 
+from . import local_sessions, providers
 from .config import ConfigError, Settings, load_backend_config
 from .engine import SessionSync, TrackedFile
 from .errors import ConfabdError
@@ -33,8 +37,11 @@ def find_transcript(target: str, home: str) -> str:
         return os.path.abspath(target)
     validate_external_id(target)
     matches = sorted(glob.glob(os.path.join(home, ".claude", "projects", "*", glob.escape(target) + ".jsonl")))
+    if not matches:  # another agent's session
+        matches = sorted(s.path for s in local_sessions.local_sessions(home) if s.external_id == target)
     if not matches:
-        raise ConfabdError(f"no transcript for session {target} under {home}/.claude/projects/")
+        raise ConfabdError(f"no transcript for session {target} under {home}/.claude/projects/ "
+                           "or of any other agent (`confabctl list` shows them)")
     return matches[-1]
 
 
@@ -49,14 +56,16 @@ def run_save(target: str, home: str, settings: Settings, progress: Optional[bool
     it, one is drawn for this session when `progress` (default: `err` is a terminal)."""
     try:
         path = find_transcript(target, home)
-        external_id = validate_external_id(os.path.basename(path)[: -len(".jsonl")])
+        provider, external_id = local_sessions.provider_of(path, home)  # by where the file is
+        validate_external_id(external_id)
         if line is None and _wants_bar(progress, err):
             from .progress import ProgressLine
 
             line = ProgressLine(err, session_size(path))
         with open(path, "rb") as lock:
             _refuse_if_live(lock, path)
-            return _upload(path, external_id, home, settings, _Reporter(line) if line else None, out, err)
+            return _upload(path, external_id, home, settings, _Reporter(line) if line else None, out, err,
+                           providers.get(provider))
     except (ConfabdError, ConfigError, SinkError, ValueError, OSError) as exc:
         if line:
             line.clear()
@@ -85,7 +94,8 @@ def _refuse_if_live(lock, path: str) -> None:
         ) from None
 
 
-def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out: TextIO, err: TextIO) -> int:
+def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out: TextIO, err: TextIO,
+            provider: Optional[providers.Provider] = None) -> int:
     from .bindings import backend_for, session_config_dir
     from .redact import Redactor
 
@@ -100,6 +110,7 @@ def _upload(path: str, external_id: str, home: str, settings: Settings, bar, out
         oversized_lines=settings.oversized_lines,
         on_chunk=bar.chunk if bar else None,
         on_read=bar.read if bar else None,
+        provider=provider,  # its files, sidecars and metadata (the provider's layout and facts)
     )
     engine.hurry = True  # one upload, now: no chunk spacing
     started = time.monotonic()

@@ -199,5 +199,32 @@ def test_a_cursor_session_in_the_local_archive_exports_its_subagent_files(tmp_pa
         assert r.returncode == 0, r.stderr
         assert (out / transcript.name).read_bytes() == transcript.read_bytes()
         assert (out / "subagents" / "sub-1.jsonl").read_bytes() == subagent.read_bytes()
+        listing = cfd.ctl("archive", "list", "--json")
+        assert listing.returncode == 0, listing.stderr
+        assert [(s["external_id"], s["provider"]) for s in json.loads(listing.stdout)["sessions"]] == [(SID, "cursor")]
     finally:
         cfd.close()
+
+
+def test_metrics_count_sessions_by_agent(cfd, cursor):
+    """A Cursor session beside a Claude Code one: `metrics` counts each agent's (every agent listed)."""
+    from tests.test_operability import parse_prometheus, sample
+
+    cfd.master()
+    workspace = cfd.root / "w"
+    transcript, _ = session_files(cfd, workspace)
+    transcript.parent.mkdir(parents=True)
+    shutil.copy(CURSOR / "main.jsonl", transcript)
+    assert cursor.hook("session-start", start_payload(workspace))[0] == 0
+    claude = cfd.transcript("claude-metrics-1")
+    claude.write_text('{"type":"user","message":{"role":"user","content":"hi"}}\n')
+    assert cfd.ctl("register", "--session-id", "claude-metrics-1", "--transcript", str(claude)).returncode == 0
+    wait_until(lambda: cfd.session(SID) and cfd.session("claude-metrics-1"), 30, what="both sessions")
+    r = cfd.ctl("metrics")
+    assert r.returncode == 0, r.stderr
+    samples = parse_prometheus(r.stdout)
+    assert {p: sample(samples, "confabd_provider_sessions", provider=p)
+            for p in ("claude-code", "codex", "cursor", "opencode")} == \
+        {"claude-code": 1, "codex": 0, "cursor": 1, "opencode": 0}
+    as_json = json.loads(cfd.ctl("metrics", "--json").stdout)
+    assert as_json["providers"] == {"claude-code": 1, "codex": 0, "cursor": 1, "opencode": 0}

@@ -77,3 +77,54 @@ def test_doctor_checks_the_link_hooks_too(cfd):
     checks = json.loads(cfd.ctl("doctor", "--json").stdout)
     [missing] = [c for c in checks if "no PreToolUse hook of ours" in c["what"]]
     assert missing["verdict"] == "warn" and missing["todo"] == "confabctl install-hooks"
+
+
+def agent_hook_checks(cfd, env):
+    r = cfd.ctl("doctor", "--json", env=env)
+    return r.returncode, [c for c in json.loads(r.stdout)
+                          if c["what"].startswith(("hooks: Codex", "hooks: Cursor", "hooks: OpenCode"))]
+
+
+def test_doctor_checks_the_hooks_of_every_agent_found_and_only_those(cfd, tmp_path):
+    (tmp_path / "bin").mkdir()
+    env = {k: v for k, v in cfd.env.items() if k not in ("CODEX_HOME", "XDG_CONFIG_HOME")}
+    env["PATH"] = str(tmp_path / "bin")  # no agent program from this machine
+    code, checks = agent_hook_checks(cfd, env)
+    assert checks == []  # only Claude Code is here: nothing said of the others
+    for directory in (".codex", ".cursor", ".config/opencode"):
+        (cfd.home / directory).mkdir(parents=True)
+    code, checks = agent_hook_checks(cfd, env)
+    assert code == 1
+    assert [(c["verdict"], c["todo"]) for c in checks] == [
+        ("FAIL", "confabctl install-hooks --provider codex"),
+        ("FAIL", "confabctl install-hooks --provider cursor"), ("FAIL", "confabctl install-hooks --provider cursor"),
+        ("FAIL", "confabctl install-hooks --provider opencode")]
+    assert "no SessionStart hook of ours" in checks[0]["what"] and "no sessionEnd hook of ours" in checks[2]["what"]
+
+    assert cfd.ctl("install-hooks", env=env).returncode == 0
+    cfd.master()
+    code, checks = agent_hook_checks(cfd, env)
+    assert {c["verdict"] for c in checks} == {"ok"} and len(checks) == 4, checks
+    assert code == 0
+    assert checks[0]["what"].startswith("hooks: Codex SessionStart calls /")
+
+    config = cfd.home / ".codex" / "config.toml"
+    good = config.read_text()
+    config.write_text(good.replace("hooks = true", "hooks = false"))
+    assert "[features] hooks is not true" in agent_hook_checks(cfd, env)[1][0]["what"]
+    digest = good.split('trusted_hash = "sha256:')[1][:4]
+    config.write_text(good.replace('trusted_hash = "sha256:' + digest, 'trusted_hash = "sha256:0000'))
+    assert "not trusted as written (Codex skips it)" in agent_hook_checks(cfd, env)[1][0]["what"]
+    config.write_text(good)
+
+    hooks = cfd.home / ".cursor" / "hooks.json"
+    document = json.loads(hooks.read_text())
+    document["hooks"]["sessionEnd"] = [{"type": "command", "command":
+                                        "[ -x /gone/confabctl ] && exec /gone/confabctl hook session-end --provider cursor || true"}]
+    hooks.write_text(json.dumps(document))
+    (cfd.home / ".config" / "opencode" / "plugins" / "confabd-sync.ts").unlink()
+    code, checks = agent_hook_checks(cfd, env)
+    assert code == 1
+    assert [c["verdict"] for c in checks] == ["ok", "ok", "FAIL", "FAIL"]
+    assert "sessionEnd calls /gone/confabctl, which is not there" in checks[2]["what"]
+    assert "no confabd plugin" in checks[3]["what"]

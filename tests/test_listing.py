@@ -41,7 +41,7 @@ def test_list_shows_sessions_newest_first_with_title_project_and_what_confabd_ho
                    str(cfd.transcript("cccc3333-new"))).returncode == 0
     wait_until(lambda: listed(cfd)["cccc3333-new"]["local"] == "syncing", what="the running session")
     table = cfd.ctl("list").stdout.splitlines()
-    assert table[0].split() == ["ID", "AGE", "LOCAL", "PROJECT", "TITLE"]
+    assert table[0].split() == ["ID", "AGENT", "AGE", "LOCAL", "PROJECT", "TITLE"]
     assert table[1].startswith("cccc3333") and "syncing" in table[1] and "the newest prompt" in table[1]
     assert cfd.ctl("list", "--since", "soon").returncode == 2
 

@@ -333,3 +333,65 @@ def assert_consistent(db) -> dict[str, int]:
     for name, last, count, low, high in rows:
         assert (count, low, high) == (last, 1, last), name
     return {name: last for name, last, *_ in rows}
+
+
+# ---------------------------------------------------------------------------
+# The provider of each session, and the migration of archives from before providers.
+
+V1_SCHEMA = __import__("confabd.sinks.archive", fromlist=["SCHEMA"]).SCHEMA.replace(
+    "    provider           TEXT NOT NULL DEFAULT 'claude-code',\n", "")
+
+
+def make_v1_archive(db):
+    """An archive as confabd wrote it before providers (schema 1), with one session of 2 lines."""
+    assert "provider" not in V1_SCHEMA
+    os.makedirs(os.path.dirname(db), mode=0o700)
+    conn = sqlite3.connect(db)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("INSERT INTO sessions (session_id, external_id, transcript_path, created_at, updated_at)"
+                 " VALUES ('s-1', ?, '/home/u/.claude/projects/p/x.jsonl', '2026-01-01T00:00:00Z',"
+                 " '2026-01-01T00:00:00Z')", (EID,))
+    conn.execute("INSERT INTO files (session, file_name, file_type, last_synced_line) VALUES (1, ?, 'transcript', 2)",
+                 (NAME,))
+    conn.executemany("INSERT INTO lines (file, line_no, data) VALUES (1, ?, ?)", [(1, b"a"), (2, b"b")])
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+def test_an_archive_from_before_providers_is_migrated_and_its_sessions_are_claude_codes(tmp_path, db):
+    make_v1_archive(db)
+    home = tmp_path / "home"
+    settings = home / ".config" / "confabd" / "confabd.toml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(f'archive_path = "{db}"\n')
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "PYTHONPATH": REPO}
+    r = subprocess.run([sys.executable, "-m", "confabd.ctl", "archive", "list", "--json"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    (listed,) = json.loads(r.stdout)["sessions"]
+    assert listed["external_id"] == EID and listed["provider"] == "claude-code"
+    assert listed["files"] == {NAME: {"file_type": "transcript", "lines": 2}}
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 2
+    table = subprocess.run([sys.executable, "-m", "confabd.ctl", "archive", "list"], env=env,
+                           capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert table[0].split()[:4] == ["EXTERNAL", "ID", "AGENT", "FILES"]
+    assert table[1].split()[:2] == [EID, "claude-code"]
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "confabd.ctl", "archive", "export", EID, "--out", str(out)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (out / NAME).read_bytes() == b"a\nb\n"  # the old lines, untouched by the migration
+
+
+def test_each_session_keeps_its_agent_and_an_id_is_never_two_agents(db, sink):
+    codex_id = "019a0000-1111-7222-8333-444455556666"
+    session = sink.init(InitRequest(codex_id, f"/h/.codex/sessions/2026/12/01/rollout-x-{codex_id}.jsonl",
+                                    InitMetadata(cwd="/h/p"), provider="codex"))
+    sink.upload_chunk(chunk(session.session_id, 1, [b"x"], f"rollout-x-{codex_id}.jsonl"))
+    init(sink)  # a Claude Code session beside it
+    assert {s["external_id"]: s["provider"] for s in list_sessions(db)} == {codex_id: "codex", EID: "claude-code"}
+    with pytest.raises(RequestRejected, match="archived as a codex session, not cursor"):
+        sink.init(InitRequest(codex_id, "/h/.cursor/x.jsonl", InitMetadata(cwd="/h/p"), provider="cursor"))
+    assert sink.init(InitRequest(codex_id, f"/h/.codex/sessions/2026/12/01/rollout-x-{codex_id}.jsonl",
+                                 InitMetadata(cwd="/h/p"), provider="codex")).session_id == session.session_id

@@ -16,7 +16,10 @@ Design choices, and why:
 - `synchronous=FULL`: a chunk acknowledged to the engine survives power loss,
   because the transcript it came from may later be deleted by Claude Code.
 - The schema is versioned with `PRAGMA user_version`; a newer schema than
-  this code knows is refused rather than misread.
+  this code knows is refused rather than misread, an older one is migrated
+  on open (MIGRATIONS, one transaction).
+- Each session records its agent (`provider`, as init names it); an archive
+  from before providers is all Claude Code's and migrates to that.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from ..errors import ConfabdError
 from ..records import ChunkMetadata, InitRequest, InitResponse, ServerFile
 from .base import Chunk, PositionMismatch, RequestRejected, SessionGone
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sessions.provider
 BUSY_TIMEOUT_S = 60.0
 
 # The backend's limits (protocol.md), enforced here too so a session that
@@ -53,6 +56,7 @@ CREATE TABLE sessions (
     session_id         TEXT NOT NULL UNIQUE,
     external_id        TEXT NOT NULL UNIQUE,
     transcript_path    TEXT NOT NULL,
+    provider           TEXT NOT NULL DEFAULT 'claude-code',
     init_metadata      TEXT NOT NULL DEFAULT '{}',
     summary            TEXT NOT NULL DEFAULT '',
     first_user_message TEXT NOT NULL DEFAULT '',
@@ -83,6 +87,12 @@ CREATE TABLE events (
     received_at TEXT NOT NULL
 );
 """
+
+# Each step brings an archive of the version before it to the next one, in the same transaction
+# as the version bump. Version 1 archives hold only Claude Code sessions (the only agent then).
+MIGRATIONS = {
+    2: ("ALTER TABLE sessions ADD COLUMN provider TEXT NOT NULL DEFAULT 'claude-code'",),
+}
 
 
 class ArchiveError(ConfabdError):
@@ -161,12 +171,17 @@ def _ensure_schema(conn: sqlite3.Connection, path: str) -> None:
     if _schema_version(conn, path) == SCHEMA_VERSION:
         return  # the usual case: no write lock needed just to open
     with _transaction(conn):
-        if _schema_version(conn, path) == 0:
+        version = _schema_version(conn, path)
+        if version == 0:
             # executescript() would COMMIT behind our back, so one statement at a time.
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        else:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _schema_version(conn: sqlite3.Connection, path: str) -> int:
@@ -223,12 +238,13 @@ class ArchiveSink:
             raise RequestRejected("archive init: transcript_path is required", 400)
         now = _now()
         with _transaction(self._conn) as conn:
+            _refuse_another_agents_session(conn, request)
             conn.execute(
-                "INSERT INTO sessions (session_id, external_id, transcript_path, init_metadata,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+                "INSERT INTO sessions (session_id, external_id, transcript_path, provider, init_metadata,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (external_id) DO UPDATE SET"
                 " transcript_path = excluded.transcript_path, init_metadata = excluded.init_metadata",
-                (str(uuid.uuid4()), request.external_id, request.transcript_path,
+                (str(uuid.uuid4()), request.external_id, request.transcript_path, request.provider,
                  msgspec.json.encode(request.metadata).decode(), now, now),
             )
             session_id, rowid = conn.execute(
@@ -337,6 +353,14 @@ def _file_position(conn: sqlite3.Connection, session: int, chunk: Chunk) -> tupl
     return cursor.lastrowid, 0
 
 
+def _refuse_another_agents_session(conn: sqlite3.Connection, request: InitRequest) -> None:
+    """One archived session per external id (as State is keyed): never lines of two agents in one."""
+    row = conn.execute("SELECT provider FROM sessions WHERE external_id = ?", (request.external_id,)).fetchone()
+    if row is not None and row[0] != request.provider:
+        raise RequestRejected(f"archive init: session {request.external_id} is archived as a {row[0]} session, "
+                              f"not {request.provider}", 409)
+
+
 def _update_session_metadata(conn: sqlite3.Connection, session: int, meta: Optional[ChunkMetadata]) -> None:
     """Keep the latest non-empty value of each field, as the backend's UI shows it."""
     meta = meta or ChunkMetadata()
@@ -360,7 +384,7 @@ def list_sessions(path: str) -> list[dict[str, Any]]:
     conn = _connect(path, create=False)
     try:
         sessions = conn.execute(
-            "SELECT id, external_id, session_id, transcript_path, created_at, updated_at,"
+            "SELECT id, external_id, session_id, transcript_path, provider, created_at, updated_at,"
             " summary, first_user_message,"
             " EXISTS (SELECT 1 FROM events e WHERE e.session = s.id AND e.event_type = 'session_end')"
             " FROM sessions s ORDER BY created_at, id"
@@ -371,7 +395,7 @@ def list_sessions(path: str) -> list[dict[str, Any]]:
 
 
 def _session_dict(conn: sqlite3.Connection, row: tuple) -> dict[str, Any]:
-    rowid, external_id, session_id, transcript_path, created, updated, summary, first_msg, ended = row
+    rowid, external_id, session_id, transcript_path, provider, created, updated, summary, first_msg, ended = row
     files = conn.execute(
         "SELECT file_name, file_type, last_synced_line FROM files WHERE session = ? ORDER BY id", (rowid,)
     ).fetchall()
@@ -379,6 +403,7 @@ def _session_dict(conn: sqlite3.Connection, row: tuple) -> dict[str, Any]:
         "external_id": external_id,
         "session_id": session_id,
         "transcript_path": transcript_path,
+        "provider": provider,
         "created_at": created,
         "updated_at": updated,
         "ended": bool(ended),

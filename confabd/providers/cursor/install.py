@@ -74,7 +74,7 @@ def _apply(path: str, change, dry_run: bool, what: str) -> int:
         print(f"confabctl: cannot read {path}: {exc}; left as it is", file=sys.stderr)
         return 1
     new = change(old)
-    if new == old and os.path.exists(path):
+    if new == old and (os.path.exists(path) or not new):  # nothing to remove from a missing file
         print(f"{path}: {what} already")
         return 0
     text = json.dumps(new, indent=2) + "\n"
