@@ -35,6 +35,7 @@ import os
 import selectors
 import signal
 import time
+import uuid
 from typing import Callable, Iterator, Optional
 
 import msgspec
@@ -43,7 +44,7 @@ from . import worker_api
 from .config import Settings
 from .parents import CLAUDE_RE, process_identity, same_process
 from .privileges import PrivilegeError
-from .records import State
+from .records import NextRun, State
 from .tenancy import USER_OWNER
 from .worker_api import Phase
 from .worker_channel import Unreadable, WorkerChannel
@@ -85,6 +86,7 @@ class Registration(msgspec.Struct, frozen=True):
     cwd: str = ""
     parent_pid: int = 0  # its Claude Code, 0: not watched
     parent_create_time: float = 0.0
+    run_id: str = ""  # which run of the session (runs.py): "" the first
 
 
 class Session:
@@ -97,6 +99,7 @@ class Session:
         self.cwd = registration.cwd
         self.parent_pid = registration.parent_pid
         self.parent_create_time = registration.parent_create_time
+        self.run_id = registration.run_id
         self.parent_fd: Optional[int] = None  # a pidfd: readable when the parent exits
         self.proc: Optional[multiprocessing.process.BaseProcess] = None
         self.pipe: Optional[WorkerChannel] = None  # the master's end of the worker's Pipe, non-blocking
@@ -198,11 +201,24 @@ class Sessions:
         """Start the session; None when it is finishing and will start again once that is done."""
         session = self.get(registration.owner, registration.external_id)
         if session is not None and session.finish_reason and session.phase != Phase.FAILED:
-            session.then_register = registration  # e.g. --continue right after SessionEnd
+            self.register_next_run(session, registration)  # e.g. --continue right after SessionEnd
             return None
         if session is not None:  # failed before: start over
             self.forget(session)
         return self.start(registration)
+
+    def register_next_run(self, session: Session, registration: Registration) -> None:
+        """Start `registration` once `session` is finished, and say so on disk now (an inbox
+        record, runs.py): a master killed meanwhile leaves it for the next one."""
+        if session.then_register is not None:
+            return  # the same next run again (its prompt hook registers on every prompt)
+        run_id = uuid.uuid4().hex[:16]
+        session.then_register = msgspec.structs.replace(registration, run_id=run_id)
+        self.tenancy.record_next_run(session.owner, session.external_id, NextRun(
+            run_id, registration.transcript_path, registration.cwd, registration.parent_pid,
+            registration.parent_create_time))
+        log.info("session %s: registered again while finishing; run %s starts once it is done",
+                 session.external_id, run_id)
 
     def start(self, registration: Registration) -> Session:
         session = Session(registration)
@@ -222,7 +238,7 @@ class Sessions:
         elif parent_pid and not same_process(parent_pid, create_time):
             finish_reason = finish_reason or worker_api.parent_gone(parent_pid)
         session = Session(Registration(owner, state.external_id, state.transcript_path, state.cwd,
-                                       parent_pid, create_time))
+                                       parent_pid, create_time, state.run_id))
         session.restarts = state.worker_restarts
         session.confab_session_id = state.confab_session_id
         session.end_hook_input = hook_input
@@ -258,7 +274,7 @@ class Sessions:
             sync_dir=where.sync_dir, home=where.home, settings=where.settings, run_as=where.run_as,
             cwd=session.cwd, parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
             restarts=session.restarts, finish_reason=session.finish_reason,
-            end_hook_input=session.end_hook_input)
+            end_hook_input=session.end_hook_input, run_id=session.run_id)
         master_end, worker_end = self.ctx.Pipe(duplex=True)
         inherited = self.inherited_fds() + [master_end.fileno()]
         worker_main = importlib.import_module(WORKER_MODULE).worker_main  # preloaded: no import here
@@ -469,9 +485,24 @@ class Sessions:
     def done(self, session: Session) -> None:
         self.forget(session)
         self.release_waiters(session, "")
-        if session.then_register is not None and not self.stopping:
+        if self.stopping:
+            return
+        if session.then_register is not None:
             log.info("session %s: registered again while finishing: starting it anew", session.external_id)
             self.start(session.then_register)
+        else:  # a next run recorded on disk (by an earlier master) was handed its State
+            self.tenancy.session_record(session.owner, session.external_id, counted=False,
+                                        then=lambda record, error: self.adopt_handed_over(session, record))
+
+    def adopt_handed_over(self, ended: Session, record) -> None:
+        if record is None or self.stopping or self.get(ended.owner, ended.external_id) is not None:
+            return
+        state, has_end = record
+        if state.run_id == ended.run_id:
+            return  # not a new run: a State left by something else; adoption at start sees it
+        log.info("session %s: its next run %s was registered before a master restart", state.external_id,
+                 state.run_id)
+        self.adopt(state, ended.owner, worker_api.SESSION_END_IN_INBOX if has_end else "")
 
     @staticmethod
     def release_waiters(session: Session, error: str) -> None:

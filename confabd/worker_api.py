@@ -67,6 +67,7 @@ STOP_REQUESTED = "stop requested"  # confabctl stop, or a Finish request without
 SESSION_END_IN_INBOX = "SessionEnd recorded in the inbox"  # the hook could not reach the master
 SESSION_DELETED = "session deleted from backend"
 FINISH_RESUMED = "finishing was already under way"  # State says finishing, nobody said why
+REGISTERED_AGAIN = "registered again (a later run of the session is waiting)"  # runs.py
 
 
 def parent_exited(pid: int) -> str:
@@ -99,6 +100,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     end_hook_input: Optional[dict[str, Any]] = None  # see Finish.hook_input
     # The user the worker becomes before it opens any file (system mode); None: stay as forked.
     run_as: Optional[User] = None
+    run_id: str = ""  # which run of the session (runs.py): "" the first
 
 
 class Finish(msgspec.Struct, tag="finish", frozen=True):

@@ -564,3 +564,43 @@ def test_under_the_journal_each_line_carries_its_priority_and_no_timestamp(cfd):
     assert any(line.startswith("<4>") and "restarting in" in line for line in lines), lines
     assert any(line.startswith("<6>") for line in lines)
     assert not any(re.search(r"\d\d:\d\d:\d\d", line) for line in lines), "journald stamps the time itself"
+
+
+def test_continue_while_finishing_survives_a_master_crash(cfd):
+    """`--continue` registers the session again while its first run is still finishing (its
+    session_end refused), then the master and its worker are killed -9. The next master
+    finishes the first run and then runs the second: every line of both once, two
+    session_end events with their own payloads."""
+    backend, eid = cfd.backend, "continued"
+    master = cfd.master()
+    first = cfd.claude()
+    path, lines = cfd.transcript(eid), fixture_lines("coverage-test-fix.jsonl")
+    append(path, lines[:10])
+    assert first.hook("session-start", cfd.payload(eid, source="startup"))[0] == 0
+    backend.wait_for(lambda: len(backend.lines(eid, path.name)) == 10, timeout=20)
+    backend.fail_next(10_000, 503, path="event")  # the first run stays finishing
+    end_first = cfd.payload(eid, "SessionEnd", reason="exit")
+    assert first.hook("session-end", end_first)[0] == 0
+    first.kill9()
+    wait_until(lambda: (s := cfd.session(eid)) and s["state"] == "finishing", what="finishing")
+    wait_until(lambda: any(r["endpoint"] == "event" for r in backend.requests_log()),
+               what="the first session_end refused")
+    second = cfd.claude()
+    assert second.hook("session-start", cfd.payload(eid, source="resume"))[0] == 0
+    os.killpg(master.pid, signal.SIGKILL)  # the master and its worker, at once
+    master.proc.wait(10)
+    backend.clear_faults()
+    append(path, lines[10:20])  # the second run writes while no master runs
+    cfd.master()
+    wait_until(lambda: len(backend.events(eid)) == 1, timeout=30, what="the first run's session_end")
+    s = wait_until(lambda: (s := cfd.session(eid)) and s["state"] == "syncing" and s, timeout=30,
+                   what="the second run, adopted and syncing")
+    assert s["parent_pid"] == second.pid
+    append(path, lines[20:])
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=30)
+    end_second = cfd.payload(eid, "SessionEnd", reason="prompt_input_exit")
+    assert second.hook("session-end", end_second)[0] == 0
+    wait_until(lambda: len(backend.events(eid)) == 2 and cfd.session(eid) is None, timeout=30)
+    assert [e["payload"] for e in backend.events(eid)] == [end_first, end_second]
+    assert_exactly_once(backend, eid, path)
+    assert not cfd.state_file(eid).exists() and not cfd.inbox_file(eid).exists()
