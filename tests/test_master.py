@@ -604,3 +604,44 @@ def test_continue_while_finishing_survives_a_master_crash(cfd):
     assert [e["payload"] for e in backend.events(eid)] == [end_first, end_second]
     assert_exactly_once(backend, eid, path)
     assert not cfd.state_file(eid).exists() and not cfd.inbox_file(eid).exists()
+
+
+def test_a_session_end_accepted_as_the_master_dies_is_not_sent_again(cfd):
+    """The master is killed -9 while its worker's session_end is held by the backend; a new master
+    adopts the session (its worker waits for the orphan's lock); the held session_end then goes
+    through. The orphan records it in State and stops; the new worker sends no second one."""
+    backend, eid = cfd.backend, "end-once"
+    master = cfd.master()
+    claude = cfd.claude()
+    path = cfd.transcript(eid)
+    append(path, fixture_lines()[:6])
+    assert claude.hook("session-start", cfd.payload(eid))[0] == 0
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
+    held = backend.gate("event")
+    end = cfd.payload(eid, "SessionEnd", reason="exit")
+    try:
+        assert claude.hook("session-end", end)[0] == 0
+        wait_until(held.arrived.is_set, what="the session_end held by the backend")
+        master.kill9()
+        cfd.master()
+        wait_until(lambda: cfd.session(eid), what="the session adopted by the new master")
+    finally:
+        held.release()
+    wait_until(lambda: cfd.session(eid) is None and not cfd.state_file(eid).exists(), timeout=30,
+               what="the session finished")
+    assert [e["payload"] for e in backend.events(eid)] == [end]
+    assert_exactly_once(backend, eid, path)
+
+
+def test_a_state_that_says_session_end_was_sent_is_finished_without_another(cfd):
+    """kill -9 after the session_end was accepted and recorded, before State was deleted."""
+    backend, eid = cfd.backend, "end-recorded"
+    path = cfd.transcript(eid)
+    append(path, fixture_lines()[:4])
+    cfd.sync_dir.mkdir(parents=True)
+    cfd.state_file(eid).write_text(json.dumps({
+        "external_id": eid, "transcript_path": str(path), "finishing": True, "session_end_sent": True}))
+    cfd.master()
+    wait_until(lambda: not cfd.state_file(eid).exists() and cfd.session(eid) is None, timeout=30)
+    assert_exactly_once(backend, eid, path)  # the final sync still runs
+    assert backend.events(eid) == []
