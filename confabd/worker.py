@@ -620,7 +620,8 @@ class SessionWorker:
         try:
             old = self.sync_dir.load_state(spec.external_id)
         except CorruptRecord as exc:
-            log.warning("%s; starting it afresh (the backend keeps the position)", exc)
+            log.warning("%s; starting from what of it is valid (the backend keeps the position)", exc)
+            old = self.sync_dir.set_aside_invalid_state(spec.external_id)
         if old is not None and old.run_id and old.run_id != spec.run_id:
             log.info("%s: the State is the next run's (%s): this run is over", spec.external_id, old.run_id)
             return False

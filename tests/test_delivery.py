@@ -402,3 +402,28 @@ def test_a_finish_ends_within_the_shutdown_timeout_against_a_stalled_backend(bac
     w = workers(home, eid, path, settings=settings, finish_reason="test")
     assert w.wait_exit(timeout=20) == api.EXIT_UNFINISHED  # the read timeout alone would take 30 s
     assert (home.sync_dir / f"{eid}.json").exists()
+
+
+def test_an_invalid_state_is_set_aside_and_its_pending_agents_salvaged(backend, home, workers):
+    """A State made invalid by one bad value (a negative offset) is not thrown away whole: it is
+    kept beside as <id>.json.invalid, and what is valid in it (the pending agent ID) is kept."""
+    eid, agent_id = "salvaged", "a9b8c7d6e5f4"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("m", 0, 3) + b'{"type":"user","toolUseResult":{"agentId":"%s"}}\n' % agent_id.encode())
+    first = workers(home, eid, path)
+    wait_until(lambda: delivered(backend, eid, path), what="the naming line on the backend")
+    wait_until(lambda: agent_id in state_of(home, eid).pending_agents, what="the agent ID pending in State")
+    first.kill()
+    state_path = home.sync_dir / f"{eid}.json"
+    raw = json.loads(state_path.read_bytes())
+    raw["files"][path.name]["byte_offset"] = -7
+    state_path.write_text(json.dumps(raw))
+    second = workers(home, eid, path)
+    agent = home.project / f"agent-{agent_id}.jsonl"
+    agent.write_bytes(numbered("agent", 0, 4))
+    wait_until(lambda: delivered(backend, eid, agent), timeout=30, what="the agent named in the invalid State")
+    aside = home.sync_dir / f"{eid}.json.invalid"
+    assert json.loads(aside.read_bytes()) == raw  # kept as it was, for a human to look at
+    second.finish()
+    assert second.wait_exit() == api.EXIT_DONE
+    assert not state_path.exists()
