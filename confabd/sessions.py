@@ -14,6 +14,8 @@ worker. Then, by the worker's exit code:
 - EXIT_DONE: finished, files removed; `stop --wait` callers hear "finished";
 - during shutdown: suspended, State kept for the next master;
 - EXIT_UNFINISHED: the final sync hit the shutdown timeout; retried later;
+- EXIT_BLOCKED: a file cannot be delivered past a line: FAILED, retried only
+  when asked (`stop`, a registration) or by the next master;
 - anything else: a crash; restarted after min(0.5 s * 2^(n-1), 60 s), the
   count reset by a stable minute; CRASH_LOOP_LIMIT crashes: FAILED, which is
   retried every `failed_retry_s` (and at once when it is finished);
@@ -117,6 +119,7 @@ class Session:
         self.last_error = ""
         self.waiters: list[Waiter] = []  # `stop --wait` callers
         self.then_register: Optional[Registration] = None  # registered again while finishing
+        self.is_blocked = False  # failed on a blocked file: retried only when asked (blocked())
 
     @property
     def alive(self) -> bool:
@@ -424,6 +427,8 @@ class Sessions:
             self.release_waiters(session, f"the master shut down; worker {how}")
         elif code == worker_api.EXIT_UNFINISHED:  # backend unreachable while finishing: not a crash
             self.retry_later(session)
+        elif code == worker_api.EXIT_BLOCKED:
+            self.blocked(session)
         else:
             if ran >= STABLE_AFTER_S:
                 session.crashes = 0
@@ -436,6 +441,18 @@ class Sessions:
         log.warning("session %s: %s", session.external_id, session.last_error)
         self.release_waiters(session, session.last_error)
         session.restart_timer = self.timers.call_later(UNFINISHED_RETRY_S, lambda: self.restart(session))
+
+    def blocked(self, session: Session) -> None:
+        """A file that cannot be delivered past a line (the chunk cap, a refused or oversized
+        line): retrying on a timer would fail the same way forever. Failed, State kept, tried
+        again when asked (`confabctl stop`, a registration) or by the next master (an upgrade)."""
+        last = (session.report and session.report.last_error) or "a file is blocked"
+        session.phase = Phase.FAILED
+        session.is_blocked = True
+        session.last_error = (f"blocked, {last}; not retried by itself: `confabctl stop` or a new master "
+                              "(an upgrade) tries again")
+        log.error("session %s: %s", session.external_id, session.last_error)
+        self.release_waiters(session, session.last_error)
 
     def crashed(self, session: Session, why: str) -> None:
         session.crashes += 1
@@ -470,6 +487,9 @@ class Sessions:
     def finish(self, session: Session, reason: str, hook_input: Optional[dict] = None) -> None:
         """Ask for the session's end, once, whoever asks first; the reason goes to the worker."""
         if session.finish_reason:
+            if session.is_blocked and not session.alive:  # asked again: that is the retry
+                session.is_blocked = False
+                self.restart(session)
             return
         session.finish_reason = reason
         session.end_hook_input = hook_input

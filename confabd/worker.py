@@ -334,8 +334,8 @@ class SessionWorker:
             self._with_retries(deadline, engine.sync_until_idle)
             self._linger(engine, deadline)
             blocked = engine.blocked()
-            if blocked:
-                return self._unfinished("not finished: " + "; ".join(blocked.values()))
+            if blocked:  # the same again on a retry: only a user's retry or an upgrade can change it
+                return self._unfinished("not finished: " + "; ".join(blocked.values()), api.EXIT_BLOCKED)
             if not self.state.session_end_sent:
                 self._check_master()
                 timestamp, payload = self._session_end_payload()
@@ -353,7 +353,7 @@ class SessionWorker:
             self._finish_by = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
         return self._finish_by
 
-    def _unfinished(self, why: str) -> int:
+    def _unfinished(self, why: str, code: int = api.EXIT_UNFINISHED) -> int:
         """Not finished, and nothing forgotten: State (finishing) and inbox stay, the
         reason is in status and State, and the master tries again later."""
         self._note_error(why)
@@ -361,7 +361,7 @@ class SessionWorker:
         self.state.finishing = True
         self._save_state()
         self._report()
-        return api.EXIT_UNFINISHED
+        return code
 
     def _linger(self, engine: SessionSync, deadline: float) -> None:
         """Claude Code may write a last line just after SessionEnd (seen: `cost-state` ~115 ms

@@ -229,7 +229,7 @@ def test_a_blocked_file_keeps_the_session_unfinished_and_says_why(backend, home,
     w = workers(home, eid, path)
     wait_until(lambda: (r := w.last_report()) and "refused lines 1-3" in r.last_error, what="the refusal reported")
     w.finish()
-    assert w.wait_exit() == api.EXIT_UNFINISHED
+    assert w.wait_exit() == api.EXIT_BLOCKED
     state = state_of(home, eid)
     assert state.finishing and path.name in state.blocked and "refused" in state.blocked[path.name]
     assert "not finished" in w.reports[-1].last_error
@@ -248,7 +248,7 @@ def test_an_oversized_line_blocks_only_when_configured_and_then_the_session_stay
     w = workers(home, eid, path, settings=home.settings(oversized_lines="block"))
     wait_until(lambda: (r := w.last_report()) and "line 2" in r.last_error, what="the oversized line reported")
     w.finish()
-    assert w.wait_exit() == api.EXIT_UNFINISHED
+    assert w.wait_exit() == api.EXIT_BLOCKED
     assert "line 2" in state_of(home, eid).blocked[path.name]
     assert backend.events(eid) == []
 
@@ -290,7 +290,7 @@ def test_at_the_servers_chunk_cap_the_file_is_blocked_clearly_and_not_finished(h
         wait_until(lambda: (r := w.last_report()) and "limit of chunks per file" in r.last_error,
                    what="the cap reported")
         w.finish()
-        assert w.wait_exit() == api.EXIT_UNFINISHED
+        assert w.wait_exit() == api.EXIT_BLOCKED
         assert "limit of chunks" in state_of(home, eid).blocked[path.name]
         assert capped.events(eid) == []
 
@@ -427,3 +427,4 @@ def test_an_invalid_state_is_set_aside_and_its_pending_agents_salvaged(backend, 
     second.finish()
     assert second.wait_exit() == api.EXIT_DONE
     assert not state_path.exists()
+

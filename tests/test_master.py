@@ -645,3 +645,34 @@ def test_a_state_that_says_session_end_was_sent_is_finished_without_another(cfd)
     wait_until(lambda: not cfd.state_file(eid).exists() and cfd.session(eid) is None, timeout=30)
     assert_exactly_once(backend, eid, path)  # the final sync still runs
     assert backend.events(eid) == []
+
+
+def test_a_session_blocked_at_the_chunk_cap_is_not_retried_until_asked(tmp_path):
+    """At the server's chunk cap the final sync can never complete: failed and said why, not
+    restarted every 60 s; `confabctl stop` is the retry (and hears the same reason back)."""
+    from tests.conftest import Confabd
+    from tests.fakebackend import FakeBackend
+
+    with FakeBackend(max_chunks_per_file=2) as capped:
+        cfd = Confabd(tmp_path, capped)
+        try:
+            eid = "capped-master"
+            cfd.master()
+            path = cfd.transcript(eid)
+            append(path, fixture_lines()[:1])
+            assert cfd.ctl("start", "--session-id", eid, "--transcript", str(path)).returncode == 0
+            for n in (2, 3):
+                wait_until(lambda: len(capped.lines(eid, path.name)) == n - 1, what=f"chunk {n - 1}")
+                append(path, fixture_lines()[n - 1:n])
+            wait_until(lambda: "limit of chunks" in (cfd.session(eid)["last_error"] or ""), what="the cap")
+            assert cfd.ctl("stop", eid).returncode == 0
+            s = wait_until(lambda: (s := cfd.session(eid)) and s["state"] == "failed" and s, timeout=30,
+                           what="the session failed on its blocked file")
+            assert "limit of chunks" in s["last_error"] and "not retried by itself" in s["last_error"]
+            assert s["worker_pid"] is None
+            assert cfd.state_file(eid).exists()
+            r = cfd.ctl("stop", eid, "--wait", timeout=60)  # the retry: a worker again, the same answer
+            assert r.returncode == 1 and "limit of chunks" in r.stderr, (r.returncode, r.stdout, r.stderr)
+            assert cfd.session(eid)["restarts"] == 1 and capped.events(eid) == []
+        finally:
+            cfd.close()
