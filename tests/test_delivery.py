@@ -428,3 +428,45 @@ def test_an_invalid_state_is_set_aside_and_its_pending_agents_salvaged(backend, 
     assert second.wait_exit() == api.EXIT_DONE
     assert not state_path.exists()
 
+
+def test_an_unreadable_transcript_is_reported_and_the_session_kept_not_crash_looped(backend, workers):
+    """EACCES for real: the worker runs as a throwaway user and the transcript is root's, 0600.
+    It says why in its report and State, stays up (no crash loop), and syncs once it may read."""
+    import pwd
+    import secrets
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from confabd.privileges import User
+    from tests.conftest import require_root_for
+    from tests.workers import decode_state
+
+    require_root_for("a worker as a throwaway user", "CONFABD_TEST_USERS", "sudo tests/run-tests tests/test_delivery.py")
+    if not shutil.which("useradd"):
+        pytest.skip("needs useradd")
+    name = "cfdeacces" + secrets.token_hex(3)
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, capture_output=True)
+    try:
+        entry = pwd.getpwnam(name)
+        home = Home(Path(entry.pw_dir) / "t")
+        home.configure_backend(backend.url, backend.api_key)
+        subprocess.run(["chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", entry.pw_dir], check=True)
+        eid = "eacces"
+        path = home.transcript(eid)
+        path.write_bytes(numbered("r", 0, 4))  # root's, 0600: the user may not read it
+        path.chmod(0o600)
+        w = workers(home, eid, path, run_as=User(entry.pw_uid, entry.pw_gid, name, str(home.path)))
+        r = wait_until(lambda: (r := w.last_report()) and "Permission denied" in r.last_error and r,
+                       what="EACCES reported")
+        assert str(path) in r.last_error
+        state = wait_until(lambda: decode_state(home.sync_dir / f"{eid}.json"), what="State written")
+        assert "Permission denied" in state.last_error
+        assert w.process.is_alive()  # waiting for it, not crashing
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+        wait_until(lambda: delivered(backend, eid, path), timeout=30, what="delivery once readable")
+        w.finish()
+        assert w.wait_exit() == api.EXIT_DONE
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
