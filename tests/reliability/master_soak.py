@@ -99,7 +99,8 @@ class SoakSession:
 
 
 class MasterSoak:
-    def __init__(self, root: Path, backend: FakeBackend, seed: int, minutes: float, live: int):
+    def __init__(self, root: Path, backend: FakeBackend, seed: int, minutes: float, live: int,
+                 outages: bool = True):
         self.backend = backend
         self.cfd = Confabd(root, backend)
         self.rng = random.Random(seed)
@@ -110,6 +111,7 @@ class MasterSoak:
         self.master = None
         self.gated = False  # an event gate is held: no worker kills (see kill_worker)
         self.next_id = 0
+        self.outages = outages  # two of OUTAGE_S (the short variant in the suite has none)
 
     # -- the loop -------------------------------------------------------------
 
@@ -117,9 +119,12 @@ class MasterSoak:
         self.master = self.cfd.master()
         started = time.monotonic()
         period = self.seconds
-        next_master_kill = started + period / 23
-        next_worker_kill = started + period / 240
-        outages = [started + period * 0.3, started + period * 0.65]
+        # ~22 master and ~230 worker kills a run, but never so often that a short run is only
+        # crash loops (five crashes within a minute: failed, retried after failed_retry_s)
+        master_every, worker_every = max(period / 23, 6.0), max(period / 240, 1.5)
+        next_master_kill = started + master_every
+        next_worker_kill = started + worker_every
+        outages = [started + period * 0.3, started + period * 0.65] if self.outages else []
         outage_kinds = ["outage-stopped", "outage-refusing"]
         outage_until: Optional[float] = None
         outage_kind = ""
@@ -135,10 +140,10 @@ class MasterSoak:
                 outage_until = None
             if now >= next_master_kill:
                 self.kill_master()
-                next_master_kill = time.monotonic() + period / 23
+                next_master_kill = time.monotonic() + master_every
             if now >= next_worker_kill:
                 self.kill_worker()
-                next_worker_kill = time.monotonic() + period / 240
+                next_worker_kill = time.monotonic() + worker_every
             if outage_until is None and self.rng.random() < 0.02:
                 self.storm()
             self.fill()
@@ -280,6 +285,9 @@ class MasterSoak:
             pass
 
     def storm(self) -> None:
+        with self.backend._lock:  # one storm at a time: queued faults must not pile up for the end
+            if self.backend._faults:
+                return
         kind = self.rng.choice(("5xx-storm", "429-storm", "commit-then-drop"))
         if kind == "5xx-storm":
             self.backend.fail_next(self.rng.randint(3, 20), self.rng.choice((500, 502, 503)),
@@ -316,6 +324,16 @@ class MasterSoak:
             return True
         except AssertionError as exc:
             print(f"not finished: {exc}", file=sys.stderr)
+            for s in self.sessions:
+                events = len(self.backend.events(s.eid))
+                if events < s.ended_runs:
+                    print(f"  {s.eid}: {events} of {s.ended_runs} session_end events", file=sys.stderr)
+            try:
+                for row in self.cfd.status()["sessions"]:
+                    print(f"  still in the master: {row['external_id']} {row['state']} "
+                          f"{row['last_error']}", file=sys.stderr)
+            except (AssertionError, ValueError) as status_error:
+                print(f"  no status: {status_error}", file=sys.stderr)
             return False
 
     def score(self) -> dict:
