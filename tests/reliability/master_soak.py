@@ -25,8 +25,10 @@ the master has none left; then it scores what the backend holds against what
 the fake Claude Code processes wrote: lines lost, duplicated, reordered,
 foreign, and session_end events (one per run, with the SessionEnd hook's
 payload when a hook ran). Prints the fault matrix and the counts; exits 1
-unless every count is 0 and every run has its one session_end. Loopback only;
-its files live in a temporary directory that is removed afterwards.
+unless every count is 0, every run has its one session_end and no hook or
+`confabctl stop` reported a problem. Loopback only; its files live in a
+temporary directory, removed afterwards unless the run failed (then its path
+is printed: the masters' logs are there).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import collections
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -83,7 +86,7 @@ class SoakSession:
         self.runs += 1
         self.steps_left = self.soak.rng.randint(10, 60)
         code, out, err = self.claude.hook("session-start", self.soak.cfd.payload(self.eid, source=source))
-        assert code == 0, f"{self.eid}: session-start hook exit {code}: {err}"
+        self.soak.check(f"{self.eid}: session-start hook", code, err)
 
     def ended(self, payload: Optional[dict]) -> None:
         self.ended_runs += 1
@@ -111,7 +114,14 @@ class MasterSoak:
         self.master = None
         self.gated = False  # an event gate is held: no worker kills (see kill_worker)
         self.next_id = 0
+        self.problems: list[str] = []  # a hook or confabctl that said something went wrong
         self.outages = outages  # two of OUTAGE_S (the short variant in the suite has none)
+
+    def check(self, what: str, code: int, err: str) -> None:
+        """Hooks always exit 0; whatever they print on stderr is a problem (a refusal, a timeout)."""
+        if code != 0 or err.strip():
+            self.problems.append(f"{what}: exit {code}: {err.strip()}")
+            print(f"problem: {self.problems[-1]}", file=sys.stderr, flush=True)
 
     # -- the loop -------------------------------------------------------------
 
@@ -208,7 +218,7 @@ class MasterSoak:
         if how == "end-hook":
             payload = self.cfd.payload(s.eid, "SessionEnd", reason=self.rng.choice(("exit", "prompt_input_exit")))
             code, _, err = s.claude.hook("session-end", payload)
-            assert code == 0, err
+            self.check(f"{s.eid}: session-end hook", code, err)
             s.ended(payload)
             s.drop_claude()
         elif how == "end-parent-death":
@@ -216,7 +226,7 @@ class MasterSoak:
             s.ended(None)
         elif how == "end-stop":
             r = self.cfd.ctl("stop", s.eid)
-            assert r.returncode == 0, f"stop {s.eid}: {r.returncode} {r.stdout} {r.stderr}"
+            self.check(f"{s.eid}: confabctl stop", r.returncode, r.stderr)
             s.ended(None)
             s.drop_claude()
         else:
@@ -231,7 +241,7 @@ class MasterSoak:
         try:
             payload = self.cfd.payload(s.eid, "SessionEnd", reason="exit")
             code, _, err = s.claude.hook("session-end", payload)
-            assert code == 0, err
+            self.check(f"{s.eid}: session-end hook", code, err)
             s.ended(payload)
             s.drop_claude()
             try:  # held (unless the backend is down: then it is finishing anyway)
@@ -373,7 +383,8 @@ def main(argv=None) -> int:
     if not 0 < args.minutes <= MAX_MINUTES:
         parser.error(f"--minutes must be in (0, {MAX_MINUTES}]")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="confabd-master-soak-") as tmp, FakeBackend() as backend:
+    tmp = tempfile.mkdtemp(prefix="confabd-master-soak-")
+    with FakeBackend() as backend:
         backend._port = int(backend.url.rsplit(":", 1)[1])  # an outage restarts it on the same port
         soak = MasterSoak(Path(tmp), backend, args.seed, args.minutes, args.live)
         try:
@@ -393,15 +404,20 @@ def main(argv=None) -> int:
           f"{len(soak.cfd.masters)} masters: lost {t.get('lost', 0)}, duplicated {t.get('duplicated', 0)}, "
           f"reordered {t.get('reordered', 0)}, foreign {t.get('foreign', 0)}, session_end events "
           f"{t.get('session_end_events', 0)}/{t.get('runs', 0)} ({t.get('session_end_wrong', 0)} sessions wrong)"
-          f"{'' if finished else '; NOT ALL FINISHED'}")
-    for line in result["bad"][:50]:
+          f"; {len(soak.problems)} problems{'' if finished else '; NOT ALL FINISHED'}")
+    for line in result["bad"][:50] + soak.problems[:50]:
         print("  " + line)
     if args.json:
         Path(args.json).write_text(json.dumps({"minutes": round(elapsed, 1), "seed": args.seed,
                                                "injected": dict(sorted(soak.injected.items())),
-                                               "finished": finished, **t}, indent=1) + "\n")
-    perfect = finished and not any(t.get(k) for k in ("lost", "duplicated", "reordered", "foreign",
-                                                       "session_end_wrong"))
+                                               "finished": finished, "problems": soak.problems, **t},
+                                              indent=1) + "\n")
+    perfect = finished and not soak.problems and not any(
+        t.get(k) for k in ("lost", "duplicated", "reordered", "foreign", "session_end_wrong"))
+    if perfect:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:  # the masters' logs (master-N.log) say what happened
+        print(f"kept for a look: {tmp}")
     return 0 if perfect else 1
 
 
