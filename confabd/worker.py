@@ -39,7 +39,7 @@ from .worker_api import Phase
 from .config import ConfigError, load_backend_config
 from .engine import SessionSync
 from .errors import CorruptRecord
-from .fileio import unlink_if_present
+from .fileio import read_private_file, unlink_if_present
 from .records import Backoff, HookInput, InboxRecord, NextRun, State
 from .sinks import _deadline_sockets, open_sink, retry_delay
 from .sinks.base import AuthFailed, SessionGone, SinkError, Unavailable
@@ -156,6 +156,7 @@ class SessionWorker:
         self.state: State = State(external_id=spec.external_id, transcript_path=spec.transcript_path)
         self.engine: Optional[SessionSync] = None
         self.lock_fd: Optional[int] = None
+        self._may_overwrite = False  # State on disk: see _save_state
         self.finish_reason = spec.finish_reason  # the master's word: it knows why
         self.end_hook_input = spec.end_hook_input  # SessionEnd input that reached us without the inbox
         self.suspend = False  # SIGTERM: final flush, keep State, exit (a master will adopt it)
@@ -499,8 +500,10 @@ class SessionWorker:
         try:
             fd = open_regular(path)  # follows a symlink: see docs/RELIABILITY.md
         except FileNotFoundError:
+            self._may_overwrite = True
             return ABSENT
         except OSError as exc:
+            self._may_overwrite = True
             self._note_once(f"cannot read the transcript {path}: {exc.strerror or exc}; not syncing it until it "
                             f"is a readable regular file")
             return UNUSABLE
@@ -508,9 +511,11 @@ class SessionWorker:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            self._may_overwrite = False
             self._note_once("another process is uploading this session; waiting for it")
             return BUSY
         self.lock_fd = fd  # never read: held open so the flock lasts as long as the worker
+        self._may_overwrite = True
         return LOCKED
 
     def _note_once(self, message: str) -> None:
@@ -678,7 +683,15 @@ class SessionWorker:
                 self.state.confab_session_id = self.engine.session_id
 
     def _save_state(self) -> None:
-        """Write State when it changed: an idle session costs no disk writes."""
+        """Write State when it changed: an idle session costs no disk writes.
+
+        Until this worker knows nobody else holds the transcript's lock (it holds it, or the
+        transcript is absent or unreadable), a State on disk that someone else wrote is left
+        alone: that process (an orphaned worker) may hold the lock and be writing it (its
+        session_end_sent, its pending agents); this worker reads it once the lock is its
+        (_state_still_mine)."""
+        if not self._may_overwrite and self._state_written_by_another():
+            return
         self._keep_progress()
         encoded = msgspec.json.encode(self.state)
         if encoded == self._saved_state:
@@ -691,6 +704,15 @@ class SessionWorker:
             if message != self.last_error:
                 log.error("%s: %s", self.spec.external_id, message)
             self.last_error = self.state.last_error = message
+
+    def _state_written_by_another(self) -> bool:
+        """The State on disk is not what this worker last wrote (or was removed after it)."""
+        try:
+            return read_private_file(self.sync_dir.state_path(self.spec.external_id)) != self._saved_state
+        except FileNotFoundError:
+            return bool(self._saved_state)
+        except OSError:
+            return False  # unreadable: the write reports what is wrong
 
     def _set_phase(self, phase: Phase, save: bool = True) -> None:
         """Phases move forward: once finishing, only done follows (a sink rebuilt for the

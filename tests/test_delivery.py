@@ -470,3 +470,32 @@ def test_an_unreadable_transcript_is_reported_and_the_session_kept_not_crash_loo
     finally:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
         subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+
+
+
+
+def test_a_worker_waiting_for_the_lock_leaves_the_holders_state_alone(backend, home, workers):
+    """Found by the master soak: a new master's worker, started while an orphaned worker still held
+    the lock, wrote its State just after the orphan had recorded `session_end_sent` in it (read
+    before, written after), and sent a second session_end. Until a worker holds the lock it does
+    not overwrite a State on disk; once it does, it reads it."""
+    eid = "lock-waiter"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("w", 0, 4))
+    home.sync_dir.mkdir(parents=True, exist_ok=True)
+    state_path = home.sync_dir / f"{eid}.json"
+    held = msgspec.json.encode(State(external_id=eid, transcript_path=str(path), finishing=True,
+                                     session_end_sent=True, pending_agents=["a1b2c3d4"]))
+    state_path.write_bytes(held)  # the holder's, session_end accepted
+    holder = os.open(path, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        w = workers(home, eid, path, finish_reason="SessionEnd")
+        wait_until(lambda: (r := w.last_report()) and "another process is uploading" in r.last_error,
+                   what="the worker to see the lock")
+        assert state_path.read_bytes() == held
+    finally:
+        os.close(holder)
+    assert w.wait_exit() == api.EXIT_DONE
+    assert backend.events(eid) == []  # the holder sent it
+    assert delivered(backend, eid, path)
