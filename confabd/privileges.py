@@ -34,9 +34,9 @@ from typing import Any, Callable, Optional
 
 import msgspec
 
-from . import paths, providers
+from . import paths, providers, runs
 from .errors import CorruptRecord
-from .records import State
+from .records import InboxRecord, State
 from .store import SyncDir
 
 PR_SET_NO_NEW_PRIVS = 38
@@ -307,8 +307,15 @@ def adoption_record(sync_dir: str, external_id: str) -> Optional[tuple[State, bo
         providers.check_name(state.provider)
     except providers.UnknownProvider as exc:
         raise CorruptRecord(path, str(exc)) from None
-    ended = any(r.type == "session_end" for r in files.read_inbox(external_id))
+    # Ended: its own run's SessionEnd is in the inbox, or a later run is registered (runs.py).
+    mine, later = runs.split(files.read_inbox(external_id),
+                             runs.RunIdentity(state.run_id, state.parent_pid, state.parent_create_time))
+    ended = bool(later) or any(r.type == "session_end" for r in mine)
     return state, ended
+
+
+def append_inbox(sync_dir: str, external_id: str, record: InboxRecord) -> None:
+    SyncDir(sync_dir).append_inbox(external_id, record)
 
 
 def delete_session(sync_dir: str, external_id: str) -> None:

@@ -107,14 +107,35 @@ class State(msgspec.Struct, omit_defaults=True):
     # here the session does not finish (no session_end, State kept).
     blocked: dict[str, str] = {}
     backoff: Backoff = msgspec.field(default_factory=Backoff)
+    # Which run of the session this is: "" for the first, else the token of the NextRun
+    # record that started it (a `--continue` registered while the previous run finished).
+    run_id: str = ""
+    # This run's session_end was accepted: a finish restarted after it sends none again.
+    session_end_sent: bool = False
+
+
+class NextRun(msgspec.Struct, omit_defaults=True):
+    """A registration that arrived while the session's run was finishing (`claude
+    --continue` right after SessionEnd): the run to start once that one is done."""
+
+    run_id: str
+    transcript_path: str
+    cwd: str = ""
+    parent_pid: NonNegative = 0
+    parent_create_time: float = 0.0
 
 
 class InboxRecord(msgspec.Struct, omit_defaults=True):
-    """One line of `<sync dir>/<external_id>.inbox.jsonl`."""
+    """One line of `<sync dir>/<external_id>.inbox.jsonl`.
+
+    `type` is "session_end" (the SessionEnd hook's input) or "next_run" (`next_run`
+    set: the master, for a registration while finishing). Records after a next_run
+    record belong to that run (runs.py)."""
 
     type: str
     timestamp: str = ""
     hook_input: dict[str, Any] = {}
+    next_run: Optional[NextRun] = None
 
 
 # ---------------------------------------------------------------------------

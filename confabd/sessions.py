@@ -14,6 +14,8 @@ worker. Then, by the worker's exit code:
 - EXIT_DONE: finished, files removed; `stop --wait` callers hear "finished";
 - during shutdown: suspended, State kept for the next master;
 - EXIT_UNFINISHED: the final sync hit the shutdown timeout; retried later;
+- EXIT_BLOCKED: a file cannot be delivered past a line: FAILED, retried only
+  when asked (`stop`, a registration) or by the next master;
 - anything else: a crash; restarted after min(0.5 s * 2^(n-1), 60 s), the
   count reset by a stable minute; CRASH_LOOP_LIMIT crashes: FAILED, which is
   retried every `failed_retry_s` (and at once when it is finished);
@@ -35,6 +37,7 @@ import os
 import selectors
 import signal
 import time
+import uuid
 from typing import Callable, Iterator, Optional
 
 import msgspec
@@ -43,7 +46,7 @@ from . import providers, worker_api
 from .config import Settings
 from .parents import process_identity, same_process
 from .privileges import PrivilegeError
-from .records import State
+from .records import NextRun, State
 from .tenancy import USER_OWNER
 from .worker_api import Phase
 from .worker_channel import Unreadable, WorkerChannel
@@ -88,6 +91,7 @@ class Registration(msgspec.Struct, frozen=True):
     provider: str = "claude-code"  # the agent (confabd.providers)
     model: str = ""  # what the agent's hook said its model is (Cursor)
     config_dir: str = ""  # its binding (bindings.py); "": the default backend
+    run_id: str = ""  # which run of the session (runs.py): "" the first
 
 
 class Session:
@@ -103,6 +107,7 @@ class Session:
         self.parent_pid = registration.parent_pid
         self.parent_create_time = registration.parent_create_time
         self.config_dir = registration.config_dir
+        self.run_id = registration.run_id
         self.parent_fd: Optional[int] = None  # a pidfd: readable when the parent exits
         self.proc: Optional[multiprocessing.process.BaseProcess] = None
         self.pipe: Optional[WorkerChannel] = None  # the master's end of the worker's Pipe, non-blocking
@@ -120,6 +125,7 @@ class Session:
         self.last_error = ""
         self.waiters: list[Waiter] = []  # `stop --wait` callers
         self.then_register: Optional[Registration] = None  # registered again while finishing
+        self.is_blocked = False  # failed on a blocked file: retried only when asked (blocked())
 
     @property
     def alive(self) -> bool:
@@ -208,11 +214,24 @@ class Sessions:
         """Start the session; None when it is finishing and will start again once that is done."""
         session = self.get(registration.owner, registration.external_id)
         if session is not None and session.finish_reason and session.phase != Phase.FAILED:
-            session.then_register = registration  # e.g. --continue right after SessionEnd
+            self.register_next_run(session, registration)  # e.g. --continue right after SessionEnd
             return None
         if session is not None:  # failed before: start over
             self.forget(session)
         return self.start(registration)
+
+    def register_next_run(self, session: Session, registration: Registration) -> None:
+        """Start `registration` once `session` is finished, and say so on disk now (an inbox
+        record, runs.py): a master killed meanwhile leaves it for the next one."""
+        if session.then_register is not None:
+            return  # the same next run again (its prompt hook registers on every prompt)
+        run_id = uuid.uuid4().hex[:16]
+        session.then_register = msgspec.structs.replace(registration, run_id=run_id)
+        self.tenancy.record_next_run(session.owner, session.external_id, NextRun(
+            run_id, registration.transcript_path, registration.cwd, registration.parent_pid,
+            registration.parent_create_time))
+        log.info("session %s: registered again while finishing; run %s starts once it is done",
+                 session.external_id, run_id)
 
     def start(self, registration: Registration) -> Session:
         session = Session(registration)
@@ -232,7 +251,8 @@ class Sessions:
         elif parent_pid and not same_process(parent_pid, create_time):
             finish_reason = finish_reason or worker_api.parent_gone(parent_pid, providers.get(state.provider).label)
         session = Session(Registration(owner, state.external_id, state.transcript_path, state.cwd,
-                                       parent_pid, create_time, state.provider, state.model, state.config_dir))
+                                       parent_pid, create_time, state.provider, state.model, state.config_dir,
+                                       state.run_id))
         session.restarts = state.worker_restarts
         session.confab_session_id = state.confab_session_id
         session.end_hook_input = hook_input
@@ -268,7 +288,7 @@ class Sessions:
             sync_dir=where.sync_dir, home=where.home, settings=where.settings, run_as=where.run_as,
             cwd=session.cwd, parent_pid=session.parent_pid, parent_create_time=session.parent_create_time,
             provider=session.provider, model=session.model, restarts=session.restarts, finish_reason=session.finish_reason,
-            end_hook_input=session.end_hook_input, config_dir=session.config_dir)
+            end_hook_input=session.end_hook_input, config_dir=session.config_dir, run_id=session.run_id)
         master_end, worker_end = self.ctx.Pipe(duplex=True)
         inherited = self.inherited_fds() + [master_end.fileno()]
         worker_main = importlib.import_module(WORKER_MODULE).worker_main  # preloaded: no import here
@@ -419,6 +439,8 @@ class Sessions:
             self.release_waiters(session, f"the master shut down; worker {how}")
         elif code == worker_api.EXIT_UNFINISHED:  # backend unreachable while finishing: not a crash
             self.retry_later(session)
+        elif code == worker_api.EXIT_BLOCKED:
+            self.blocked(session)
         else:
             if ran >= STABLE_AFTER_S:
                 session.crashes = 0
@@ -431,6 +453,18 @@ class Sessions:
         log.warning("session %s: %s", session.external_id, session.last_error)
         self.release_waiters(session, session.last_error)
         session.restart_timer = self.timers.call_later(UNFINISHED_RETRY_S, lambda: self.restart(session))
+
+    def blocked(self, session: Session) -> None:
+        """A file that cannot be delivered past a line (the chunk cap, a refused or oversized
+        line): retrying on a timer would fail the same way forever. Failed, State kept, tried
+        again when asked (`confabctl stop`, a registration) or by the next master (an upgrade)."""
+        last = (session.report and session.report.last_error) or "a file is blocked"
+        session.phase = Phase.FAILED
+        session.is_blocked = True
+        session.last_error = (f"blocked, {last}; not retried by itself: `confabctl stop` or a new master "
+                              "(an upgrade) tries again")
+        log.error("session %s: %s", session.external_id, session.last_error)
+        self.release_waiters(session, session.last_error)
 
     def crashed(self, session: Session, why: str) -> None:
         session.crashes += 1
@@ -488,6 +522,9 @@ class Sessions:
     def finish(self, session: Session, reason: str, hook_input: Optional[dict] = None) -> None:
         """Ask for the session's end, once, whoever asks first; the reason goes to the worker."""
         if session.finish_reason:
+            if session.is_blocked and not session.alive:  # asked again: that is the retry
+                session.is_blocked = False
+                self.restart(session)
             return
         session.finish_reason = reason
         session.end_hook_input = hook_input
@@ -503,9 +540,24 @@ class Sessions:
     def done(self, session: Session) -> None:
         self.forget(session)
         self.release_waiters(session, "")
-        if session.then_register is not None and not self.stopping:
+        if self.stopping:
+            return
+        if session.then_register is not None:
             log.info("session %s: registered again while finishing: starting it anew", session.external_id)
             self.start(session.then_register)
+        else:  # a next run recorded on disk (by an earlier master) was handed its State
+            self.tenancy.session_record(session.owner, session.external_id, counted=False,
+                                        then=lambda record, error: self.adopt_handed_over(session, record))
+
+    def adopt_handed_over(self, ended: Session, record) -> None:
+        if record is None or self.stopping or self.get(ended.owner, ended.external_id) is not None:
+            return
+        state, has_end = record
+        if state.run_id == ended.run_id:
+            return  # not a new run: a State left by something else; adoption at start sees it
+        log.info("session %s: its next run %s was registered before a master restart", state.external_id,
+                 state.run_id)
+        self.adopt(state, ended.owner, worker_api.SESSION_END_IN_INBOX if has_end else "")
 
     @staticmethod
     def release_waiters(session: Session, error: str) -> None:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 STATE_SUFFIX = ".json"
 INBOX_SUFFIX = ".inbox.jsonl"
+INVALID_SUFFIX = ".invalid"  # <id>.json.invalid: an invalid State, kept for a human to look at
 CLAIMED_INBOX_SUFFIX = ".inbox-claimed.jsonl"
 
 _state_decoder = msgspec.json.Decoder(State)
@@ -60,6 +61,21 @@ class SyncDir:
     def save_state(self, state: State) -> None:
         ensure_private_dir(self.path)
         atomic_write(self.state_path(state.external_id), _encoder.encode(state))
+
+    def set_aside_invalid_state(self, external_id: str) -> Optional[State]:
+        """An invalid State: renamed to `<id>.json.invalid` (one bad value must not cost the
+        rest), and what of it is valid, field by field (salvage_state); None: nothing."""
+        path = self.state_path(external_id)
+        try:
+            data = read_private_file(path)
+            os.replace(path, path + INVALID_SUFFIX)
+        except OSError as exc:
+            log.warning("%s: cannot set the invalid State aside (%s)", path, exc.strerror or exc)
+            return None
+        salvaged = salvage_state(data, external_id)
+        log.warning("%s: invalid State kept as %s%s", path, path + INVALID_SUFFIX,
+                    "; its valid fields are kept" if salvaged else "; nothing in it was usable")
+        return salvaged
 
     def claimed_inbox_path(self, external_id: str) -> str:
         return self.inbox_path(external_id)[: -len(INBOX_SUFFIX)] + CLAIMED_INBOX_SUFFIX
@@ -154,6 +170,35 @@ def load_state_file(path: str) -> Optional[State]:
         return _state_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise CorruptRecord(path, str(exc)) from exc
+
+
+def salvage_state(data: bytes, external_id: str) -> Optional[State]:
+    """The valid part of an invalid State: each field checked on its own, each file's
+    progress on its own; invalid ones are dropped (the backend keeps the position)."""
+    try:
+        raw = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("transcript_path"), str):
+        return None
+    base = {"external_id": external_id, "transcript_path": raw["transcript_path"]}
+    kept = dict(base)
+    for name, value in raw.items():
+        if name in base or name not in State.__struct_fields__:
+            continue
+        if name == "files" and isinstance(value, dict):
+            value = {f: p for f, p in value.items() if _valid(base | {"files": {f: p}})}
+        if _valid(base | {name: value}):
+            kept[name] = value
+    return msgspec.convert(kept, State)
+
+
+def _valid(fields: dict) -> bool:
+    try:
+        msgspec.convert(fields, State)
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
 def read_inbox_file(path: str) -> list[InboxRecord]:

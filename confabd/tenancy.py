@@ -43,7 +43,8 @@ from . import fileio, go_compat, paths
 from .config import Settings
 from . import privileges
 from .privileges import PrivilegeError, User, lookup_user
-from .records import State
+from .records import InboxRecord, NextRun, State
+from .runs import NEXT_RUN
 from .store import SyncDir, utc_now
 
 log = logging.getLogger("confabd.tenancy")
@@ -56,6 +57,10 @@ MIN_BURST = 20
 Peer = tuple  # (pid, uid, gid) from SO_PEERCRED
 # session_record's answer: ((State, its inbox holds a session_end) or None when there is no State, error)
 RecordThen = Callable[[Optional[tuple[State, bool]], str], None]
+
+
+def next_run_record(run: NextRun) -> InboxRecord:
+    return InboxRecord(type=NEXT_RUN, timestamp=utc_now(), next_run=run)
 
 
 class Refusal(NamedTuple):
@@ -115,6 +120,7 @@ class Tenancy(Protocol):
     def session_record(self, owner: int, external_id: str, then: RecordThen, counted: bool = True) -> None: ...
     def delete_session(self, owner: int, external_id: str,
                        then: Optional[Callable[[str], None]] = None) -> None: ...  # then(error)
+    def record_next_run(self, owner: int, external_id: str, run: NextRun) -> None: ...  # runs.py
     def owners_to_adopt(self) -> list[int]: ...  # whose sync dirs may hold States (at start)
     def owners_waiting(self) -> list[int]: ...  # who left a note while no master ran (the spool)
     def session_ids(self, owner: int, then: Callable[[list[str], str], None], counted: bool = False) -> None: ...
@@ -224,6 +230,14 @@ class UserTenancy:
             error = str(exc)
         if then is not None:
             then(error)
+
+    def record_next_run(self, owner: int, external_id: str, run: NextRun) -> None:
+        """A registration while finishing, on disk at once (runs.py)."""
+        try:
+            self.files.append_inbox(external_id, next_run_record(run))
+        except OSError as exc:
+            log.error("session %s: cannot record its next run (%s); it is remembered until the master "
+                      "exits", external_id, exc.strerror or exc)
 
     def owners_to_adopt(self) -> list[int]:
         return [USER_OWNER]
@@ -381,6 +395,17 @@ class SystemTenancy:
             if then is not None:
                 then(error)
         self.helpers.run(user, privileges.delete_session, user.sync_dir, external_id, done=done, counted=False)
+
+    def record_next_run(self, owner: int, external_id: str, run: NextRun) -> None:
+        """A registration while finishing, on disk at once (runs.py), written as the user."""
+        user = self.user(owner)
+
+        def done(_value, error):
+            if error:
+                log.error("session %s: cannot record its next run (%s); it is remembered until the master "
+                          "exits", external_id, error)
+        self.helpers.run(user, privileges.append_inbox, user.sync_dir, external_id, next_run_record(run),
+                         done=done, counted=False)
 
     def owners_to_adopt(self) -> list[int]:
         self.spool.ensure()

@@ -34,14 +34,15 @@ from typing import Optional
 
 import msgspec
 
-from . import bindings, go_compat, privileges, providers, worker_api as api
+from . import bindings, go_compat, privileges, providers, runs, worker_api as api
 from .worker_api import Phase
 from .backlog import LineCounter
 from .config import ConfigError, load_backend_config
 from .delivery import MeteredSink, Tally, sink_target
 from .engine import SessionSync
 from .errors import CorruptRecord
-from .records import Backoff, HookInput, InboxRecord, State
+from .fileio import read_private_file, unlink_if_present
+from .records import Backoff, HookInput, InboxRecord, NextRun, State
 from .sinks import _deadline_sockets, open_sink, retry_delay
 from .sinks.base import AuthFailed, SessionGone, SinkError, Unavailable
 from .store import SyncDir, utc_now
@@ -158,6 +159,7 @@ class SessionWorker:
         self.state: State = State(external_id=spec.external_id, transcript_path=spec.transcript_path)
         self.engine: Optional[SessionSync] = None
         self.lock_fd: Optional[int] = None
+        self._may_overwrite = False  # State on disk: see _save_state
         self.finish_reason = spec.finish_reason  # the master's word: it knows why
         self.end_hook_input = spec.end_hook_input  # SessionEnd input that reached us without the inbox
         self.suspend = False  # SIGTERM: final flush, keep State, exit (a master will adopt it)
@@ -174,6 +176,7 @@ class SessionWorker:
         self.sink_target = ""
         self._reported_complete: dict[str, int] = {}
         self._last_word = 0.0  # monotonic: the last message to the master (heartbeats)
+        self._claimed: Optional[list[InboxRecord]] = None  # this run's claimed inbox records
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -184,12 +187,15 @@ class SessionWorker:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
-            self._start_state()
+            if not self._start_state():
+                return api.EXIT_DONE
             found = self._acquire_transcript()
             if found == ABSENT:
                 return self._finish_without_transcript()
             if found != LOCKED:
                 return self._suspend() if self.suspend else self._unfinished(self.last_error)
+            if not self._state_still_mine():
+                return api.EXIT_DONE
             self._sync_loop()
             if self.suspend:
                 return self._suspend()
@@ -215,8 +221,41 @@ class SessionWorker:
 
     def _check_inbox(self) -> None:
         """A SessionEnd hook that could not reach the master still left its record here."""
-        if os.path.exists(self.state.inbox_path) and self._inbox_has_session_end():
+        if os.path.exists(self.state.inbox_path):
+            self._finish_if_inbox_says()
+
+    def _finish_if_inbox_says(self) -> None:
+        """This run's SessionEnd, or a later run registered (runs.py): this run is over."""
+        mine, later = runs.split(self.sync_dir.read_inbox(self.spec.external_id), self._identity())
+        if later:
+            self.finish_reason = self.finish_reason or api.REGISTERED_AGAIN
+        elif self._valid_session_ends(mine):
             self.finish_reason = self.finish_reason or api.SESSION_END_IN_INBOX
+
+    def _identity(self) -> runs.RunIdentity:
+        return runs.RunIdentity(self.spec.run_id, self.spec.parent_pid, self.spec.parent_create_time)
+
+    def _state_still_mine(self) -> bool:
+        """Once the lock is ours, State as the process that held it left it: that process
+        (the orphaned worker of a killed master) may have finished this run meanwhile, or
+        handed it over to the next run; else its progress is ours to continue."""
+        try:
+            fresh = self.sync_dir.load_state(self.spec.external_id)
+        except CorruptRecord:
+            return True
+        if fresh is None or fresh.run_id != self.state.run_id:
+            log.info("%s: this run was finished by the process that held its lock", self.spec.external_id)
+            return False
+        self.state.files = fresh.files or self.state.files
+        self.state.pending_agents = sorted(set(fresh.pending_agents) | set(self.state.pending_agents))
+        self.state.session_end_sent = self.state.session_end_sent or fresh.session_end_sent
+        return True
+
+    def _check_master(self) -> None:
+        """Before a step a new master's worker would repeat (session_end, cleanup): an
+        orphaned worker stops here, State saved, and leaves the rest to that worker."""
+        if os.getppid() != self.master_pid:
+            raise MasterGone()
 
     def _cycle(self) -> None:
         """One sync pass; an unavailable sink moves the backoff on (the loop waits it out)."""
@@ -308,9 +347,15 @@ class SessionWorker:
             self._with_retries(deadline, engine.sync_until_idle)
             self._linger(engine, deadline)
             blocked = engine.blocked()
-            if blocked:
-                return self._unfinished("not finished: " + "; ".join(blocked.values()))
-            self._with_retries(deadline, lambda: self._send_session_end(engine))
+            if blocked:  # the same again on a retry: only a user's retry or an upgrade can change it
+                return self._unfinished("not finished: " + "; ".join(blocked.values()), api.EXIT_BLOCKED)
+            if not self.state.session_end_sent:
+                self._check_master()
+                timestamp, payload = self._session_end_payload()  # claims this run's inbox records
+                if engine.provider.posts_session_end:  # e.g. Codex: the backend never hears of an end
+                    self._with_retries(deadline, lambda: engine.send_session_end(timestamp, payload))
+                self.state.session_end_sent = True
+                self._save_state()
         except (SinkError, ConfigError, OSError) as exc:
             return self._unfinished(f"final sync incomplete: {exc}")
         return self._cleanup()
@@ -322,7 +367,7 @@ class SessionWorker:
             self._finish_by = time.monotonic() + self.settings.shutdown_timeout_ms / 1000
         return self._finish_by
 
-    def _unfinished(self, why: str) -> int:
+    def _unfinished(self, why: str, code: int = api.EXIT_UNFINISHED) -> int:
         """Not finished, and nothing forgotten: State (finishing) and inbox stay, the
         reason is in status and State, and the master tries again later."""
         self._note_error(why)
@@ -330,7 +375,7 @@ class SessionWorker:
         self.state.finishing = True
         self._save_state()
         self._report()
-        return api.EXIT_UNFINISHED
+        return code
 
     def _linger(self, engine: SessionSync, deadline: float) -> None:
         """Claude Code may write a last line just after SessionEnd (seen: `cost-state` ~115 ms
@@ -349,28 +394,31 @@ class SessionWorker:
                 sizes, calm_since = now_sizes, time.monotonic()
                 self._with_retries(deadline, engine.sync_until_idle)
 
-    def _send_session_end(self, engine: SessionSync) -> None:
-        """This run's `session_end`: the first SessionEnd record of the claimed inbox.
+    def _session_end_payload(self) -> tuple[str, dict]:
+        """This run's `session_end`: the first SessionEnd record of this run in the claimed inbox."""
+        ends = self._valid_session_ends(self._claim_my_records())
+        if ends:
+            return ends[0].timestamp or utc_now(), dict(ends[0].hook_input)
+        if self.end_hook_input:  # the hook could not write the inbox (e.g. disk full)
+            return utc_now(), dict(self.end_hook_input)
+        return utc_now(), self._synthetic_end_payload()
 
-        Later records belong to later runs of the same session (a `--continue`
-        that started and ended while this one was finishing): they go back to
-        the live inbox for that run's worker.
+    def _claim_my_records(self) -> list[InboxRecord]:
+        """Claim the inbox (once per worker) and return this run's records.
+
+        What belongs to a later run (runs.py: from its next_run record on; or, with
+        none, a second SessionEnd: a `--continue` that started and ended while this
+        one was finishing) goes back to the live inbox for that run, before this
+        run's session_end is sent: a crash after it loses none of it.
         """
-        records = self._valid_session_ends(self.sync_dir.claim_inbox(self.spec.external_id))
-        if not engine.provider.posts_session_end:  # e.g. Codex: the backend never hears of an end
-            return
-        if records:
-            mine, later = records[0], records[1:]
-            timestamp, payload = mine.timestamp or utc_now(), dict(mine.hook_input)
-        elif self.end_hook_input:  # the hook could not write the inbox (e.g. disk full)
-            later = []
-            timestamp, payload = utc_now(), dict(self.end_hook_input)
-        else:
-            later = []
-            timestamp, payload = utc_now(), self._synthetic_end_payload()
-        engine.send_session_end(timestamp, payload)
-        for record in later:
-            self.sync_dir.append_inbox(self.spec.external_id, record)
+        if self._claimed is None:
+            mine, later = runs.split(self.sync_dir.claim_inbox(self.spec.external_id), self._identity())
+            if not later:
+                later = self._valid_session_ends(mine)[1:]
+            for record in later:
+                self.sync_dir.append_inbox(self.spec.external_id, record)
+            self._claimed = mine
+        return self._claimed
 
     def _synthetic_end_payload(self) -> dict:
         """No SessionEnd hook ran (Claude Code was killed, or `confabctl stop`): say why."""
@@ -382,6 +430,25 @@ class SessionWorker:
             "reason": "other",
             "confabd_reason": self.finish_reason,
         }
+
+    def _hand_over(self, run: NextRun) -> None:
+        """This run is finished; the State becomes the next run's, in one rename: any master
+        adopts it from here (the next run's worker, when this master starts it, takes it on)."""
+        same_file = run.transcript_path == self.state.transcript_path
+        self._keep_progress()
+        handed = State(
+            external_id=self.spec.external_id, transcript_path=run.transcript_path,
+            cwd=run.cwd or self.state.cwd, parent_pid=run.parent_pid, parent_create_time=run.parent_create_time,
+            inbox_path=self.state.inbox_path, started_at=utc_now(), confab_session_id=self.state.confab_session_id,
+            files=self.state.files if same_file else {}, pending_agents=self.state.pending_agents if same_file else [],
+            run_id=run.run_id,
+            # the same session: the same agent, model and binding (a State without them is Claude Code's,
+            # sent to the default backend: the next run must not lose them)
+            provider=self.state.provider, model=self.state.model, config_dir=self.state.config_dir)
+        self.sync_dir.save_state(handed)
+        unlink_if_present(self.sync_dir.claimed_inbox_path(self.spec.external_id))
+        log.info("%s: this run is finished; its State is handed to the next run %s", self.spec.external_id,
+                 run.run_id)
 
     def _finish_without_transcript(self) -> int:
         if self.suspend:
@@ -401,8 +468,13 @@ class SessionWorker:
         return api.EXIT_MASTER_GONE
 
     def _cleanup(self) -> int:
-        self.sync_dir.claim_inbox(self.spec.external_id)  # this run's records, if none were used
-        self.sync_dir.close_session(self.spec.external_id)
+        self._check_master()
+        self._claim_my_records()  # this run's records, if none were used
+        later = runs.next_run(self.sync_dir.read_inbox(self.spec.external_id), self._identity())
+        if later is not None:
+            self._hand_over(later)
+        else:
+            self.sync_dir.close_session(self.spec.external_id)
         self._set_phase(Phase.DONE, save=False)
         if self.engine is not None:
             self.engine.sink.close()
@@ -447,8 +519,10 @@ class SessionWorker:
         try:
             fd = open_regular(path)  # follows a symlink: see docs/RELIABILITY.md
         except FileNotFoundError:
+            self._may_overwrite = True
             return ABSENT
         except OSError as exc:
+            self._may_overwrite = True
             self._note_once(f"cannot read the transcript {path}: {exc.strerror or exc}; not syncing it until it "
                             f"is a readable regular file")
             return UNUSABLE
@@ -456,9 +530,11 @@ class SessionWorker:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            self._may_overwrite = False
             self._note_once("another process is uploading this session; waiting for it")
             return BUSY
         self.lock_fd = fd  # never read: held open so the flock lasts as long as the worker
+        self._may_overwrite = True
         return LOCKED
 
     def _note_once(self, message: str) -> None:
@@ -569,13 +645,19 @@ class SessionWorker:
 
     # -- State and reports ---------------------------------------------------
 
-    def _start_state(self) -> None:
+    def _start_state(self) -> bool:
+        """Write this run's State; False when the State on disk is a later run's (this run
+        was finished and handed over before this worker started: nothing is touched)."""
         spec = self.spec
         old = None
         try:
             old = self.sync_dir.load_state(spec.external_id)
         except CorruptRecord as exc:
-            log.warning("%s; starting it afresh (the backend keeps the position)", exc)
+            log.warning("%s; starting from what of it is valid (the backend keeps the position)", exc)
+            old = self.sync_dir.set_aside_invalid_state(spec.external_id)
+        if old is not None and old.run_id and old.run_id != spec.run_id:
+            log.info("%s: the State is the next run's (%s): this run is over", spec.external_id, old.run_id)
+            return False
         self.state = State(
             external_id=spec.external_id,
             transcript_path=spec.transcript_path,
@@ -595,21 +677,17 @@ class SessionWorker:
             pending_agents=old.pending_agents if old and old.transcript_path == spec.transcript_path else [],
             backoff=old.backoff if old else Backoff(),
             last_sync_at=old.last_sync_at if old else "",  # the last confirmed delivery, across restarts
+            run_id=spec.run_id,
+            session_end_sent=bool(old and old.run_id == spec.run_id and old.session_end_sent),
         )
         if self.state.finishing and not self.finish_reason:
             self.finish_reason = api.FINISH_RESUMED
-        if self._inbox_has_session_end():
-            self.finish_reason = self.finish_reason or api.SESSION_END_IN_INBOX
+        self._finish_if_inbox_says()
         if self.finish_reason:
             self.state.phase = Phase.FINISHING
         self._save_state()  # first thing: a record to adopt, whatever happens next
         self._report()
-
-    def _inbox_has_session_end(self) -> bool:
-        return bool(self._session_end_records())
-
-    def _session_end_records(self) -> list[InboxRecord]:
-        return self._valid_session_ends(self.sync_dir.read_inbox(self.spec.external_id))
+        return True
 
     def _valid_session_ends(self, inbox: list[InboxRecord]) -> list[InboxRecord]:
         """The session_end records whose hook input is this session's (others are skipped)."""
@@ -637,7 +715,15 @@ class SessionWorker:
                 self.state.confab_session_id = self.engine.session_id
 
     def _save_state(self) -> None:
-        """Write State when it changed: an idle session costs no disk writes."""
+        """Write State when it changed: an idle session costs no disk writes.
+
+        Until this worker knows nobody else holds the transcript's lock (it holds it, or the
+        transcript is absent or unreadable), a State on disk that someone else wrote is left
+        alone: that process (an orphaned worker) may hold the lock and be writing it (its
+        session_end_sent, its pending agents); this worker reads it once the lock is its
+        (_state_still_mine)."""
+        if not self._may_overwrite and self._state_written_by_another():
+            return
         self._keep_progress()
         self.state.pid = go_compat.state_pid(self.spec.parent_pid, self.spec.parent_create_time,
                                              self.state.finishing or self.state.phase == Phase.FINISHING,
@@ -653,6 +739,15 @@ class SessionWorker:
             if message != self.last_error:
                 log.error("%s: %s", self.spec.external_id, message)
             self.last_error = self.state.last_error = message
+
+    def _state_written_by_another(self) -> bool:
+        """The State on disk is not what this worker last wrote (or was removed after it)."""
+        try:
+            return read_private_file(self.sync_dir.state_path(self.spec.external_id)) != self._saved_state
+        except FileNotFoundError:
+            return bool(self._saved_state)
+        except OSError:
+            return False  # unreadable: the write reports what is wrong
 
     def _set_phase(self, phase: Phase, save: bool = True) -> None:
         """Phases move forward: once finishing, only done follows (a sink rebuilt for the

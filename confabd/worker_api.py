@@ -29,12 +29,13 @@ Exit codes: EXIT_DONE (0) the session is finished and its files removed;
 EXIT_MASTER_GONE the pipe hit EOF (the master died; State saved, session
 still live: a new master re-adopts it; also after SIGTERM);
 EXIT_UNFINISHED the session could not be finished: the final sync could not
-complete within the shutdown timeout, a file is blocked (an oversized line
-under `oversized_lines = "block"`, a refused chunk, the chunk cap), or the
-transcript stayed locked by another process or unreadable (State kept with
-`finishing` and the reason in `last_error`; the master should retry later,
-not count it as a crash); anything else is a crash and the
-master restarts the worker with backoff.
+complete within the shutdown timeout, or the transcript stayed locked by
+another process or unreadable (State kept with `finishing` and the reason in
+`last_error`; the master should retry later, not count it as a crash);
+EXIT_BLOCKED likewise, but because a file is blocked (an oversized line under
+`oversized_lines = "block"`, a refused chunk, the chunk cap): a retry on a
+timer would fail the same way, so the master retries only when asked;
+anything else is a crash and the master restarts the worker with backoff.
 The worker never exits because the backend is down.
 """
 
@@ -70,6 +71,7 @@ STOP_REQUESTED = "stop requested"  # confabctl stop, or a Finish request without
 SESSION_END_IN_INBOX = "SessionEnd recorded in the inbox"  # the hook could not reach the master
 SESSION_DELETED = "session deleted from backend"
 FINISH_RESUMED = "finishing was already under way"  # State says finishing, nobody said why
+REGISTERED_AGAIN = "registered again (a later run of the session is waiting)"  # runs.py
 
 
 def parent_exited(pid: int, agent: str = "Claude Code") -> str:
@@ -84,6 +86,7 @@ def parent_gone(pid: int = 0, agent: str = "Claude Code") -> str:
 EXIT_DONE = 0
 EXIT_MASTER_GONE = 75  # EX_TEMPFAIL: nothing wrong with the session itself
 EXIT_UNFINISHED = 76  # finishing could not complete (backend down, bad key): State kept, retry later
+EXIT_BLOCKED = 77  # a file cannot be delivered past a line (State.blocked): State kept, no retry by itself
 
 
 class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,6 +108,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     config_dir: str = ""  # the session's binding (bindings.py); "": the default backend
     # The user the worker becomes before it opens any file (system mode); None: stay as forked.
     run_as: Optional[User] = None
+    run_id: str = ""  # which run of the session (runs.py): "" the first
 
 
 class Finish(msgspec.Struct, tag="finish", frozen=True):

@@ -229,7 +229,7 @@ def test_a_blocked_file_keeps_the_session_unfinished_and_says_why(backend, home,
     w = workers(home, eid, path)
     wait_until(lambda: (r := w.last_report()) and "refused lines 1-3" in r.last_error, what="the refusal reported")
     w.finish()
-    assert w.wait_exit() == api.EXIT_UNFINISHED
+    assert w.wait_exit() == api.EXIT_BLOCKED
     state = state_of(home, eid)
     assert state.finishing and path.name in state.blocked and "refused" in state.blocked[path.name]
     assert "not finished" in w.reports[-1].last_error
@@ -248,7 +248,7 @@ def test_an_oversized_line_blocks_only_when_configured_and_then_the_session_stay
     w = workers(home, eid, path, settings=home.settings(oversized_lines="block"))
     wait_until(lambda: (r := w.last_report()) and "line 2" in r.last_error, what="the oversized line reported")
     w.finish()
-    assert w.wait_exit() == api.EXIT_UNFINISHED
+    assert w.wait_exit() == api.EXIT_BLOCKED
     assert "line 2" in state_of(home, eid).blocked[path.name]
     assert backend.events(eid) == []
 
@@ -290,7 +290,7 @@ def test_at_the_servers_chunk_cap_the_file_is_blocked_clearly_and_not_finished(h
         wait_until(lambda: (r := w.last_report()) and "limit of chunks per file" in r.last_error,
                    what="the cap reported")
         w.finish()
-        assert w.wait_exit() == api.EXIT_UNFINISHED
+        assert w.wait_exit() == api.EXIT_BLOCKED
         assert "limit of chunks" in state_of(home, eid).blocked[path.name]
         assert capped.events(eid) == []
 
@@ -402,3 +402,100 @@ def test_a_finish_ends_within_the_shutdown_timeout_against_a_stalled_backend(bac
     w = workers(home, eid, path, settings=settings, finish_reason="test")
     assert w.wait_exit(timeout=20) == api.EXIT_UNFINISHED  # the read timeout alone would take 30 s
     assert (home.sync_dir / f"{eid}.json").exists()
+
+
+def test_an_invalid_state_is_set_aside_and_its_pending_agents_salvaged(backend, home, workers):
+    """A State made invalid by one bad value (a negative offset) is not thrown away whole: it is
+    kept beside as <id>.json.invalid, and what is valid in it (the pending agent ID) is kept."""
+    eid, agent_id = "salvaged", "a9b8c7d6e5f4"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("m", 0, 3) + b'{"type":"user","toolUseResult":{"agentId":"%s"}}\n' % agent_id.encode())
+    first = workers(home, eid, path)
+    wait_until(lambda: delivered(backend, eid, path), what="the naming line on the backend")
+    wait_until(lambda: agent_id in state_of(home, eid).pending_agents, what="the agent ID pending in State")
+    first.kill()
+    state_path = home.sync_dir / f"{eid}.json"
+    raw = json.loads(state_path.read_bytes())
+    raw["files"][path.name]["byte_offset"] = -7
+    state_path.write_text(json.dumps(raw))
+    second = workers(home, eid, path)
+    agent = home.project / f"agent-{agent_id}.jsonl"
+    agent.write_bytes(numbered("agent", 0, 4))
+    wait_until(lambda: delivered(backend, eid, agent), timeout=30, what="the agent named in the invalid State")
+    aside = home.sync_dir / f"{eid}.json.invalid"
+    assert json.loads(aside.read_bytes()) == raw  # kept as it was, for a human to look at
+    second.finish()
+    assert second.wait_exit() == api.EXIT_DONE
+    assert not state_path.exists()
+
+
+def test_an_unreadable_transcript_is_reported_and_the_session_kept_not_crash_looped(backend, workers):
+    """EACCES for real: the worker runs as a throwaway user and the transcript is root's, 0600.
+    It says why in its report and State, stays up (no crash loop), and syncs once it may read."""
+    import pwd
+    import secrets
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from confabd.privileges import User
+    from tests.conftest import require_root_for
+    from tests.workers import decode_state
+
+    require_root_for("a worker as a throwaway user", "CONFABD_TEST_USERS", "sudo tests/run-tests tests/test_delivery.py")
+    if not shutil.which("useradd"):
+        pytest.skip("needs useradd")
+    name = "cfdeacces" + secrets.token_hex(3)
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True, capture_output=True)
+    try:
+        entry = pwd.getpwnam(name)
+        home = Home(Path(entry.pw_dir) / "t")
+        home.configure_backend(backend.url, backend.api_key)
+        subprocess.run(["chown", "-R", f"{entry.pw_uid}:{entry.pw_gid}", entry.pw_dir], check=True)
+        eid = "eacces"
+        path = home.transcript(eid)
+        path.write_bytes(numbered("r", 0, 4))  # root's, 0600: the user may not read it
+        path.chmod(0o600)
+        w = workers(home, eid, path, run_as=User(entry.pw_uid, entry.pw_gid, name, str(home.path)))
+        r = wait_until(lambda: (r := w.last_report()) and "Permission denied" in r.last_error and r,
+                       what="EACCES reported")
+        assert str(path) in r.last_error
+        state = wait_until(lambda: decode_state(home.sync_dir / f"{eid}.json"), what="State written")
+        assert "Permission denied" in state.last_error
+        assert w.process.is_alive()  # waiting for it, not crashing
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+        wait_until(lambda: delivered(backend, eid, path), timeout=30, what="delivery once readable")
+        w.finish()
+        assert w.wait_exit() == api.EXIT_DONE
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+
+
+
+
+def test_a_worker_waiting_for_the_lock_leaves_the_holders_state_alone(backend, home, workers):
+    """Found by the master soak: a new master's worker, started while an orphaned worker still held
+    the lock, wrote its State just after the orphan had recorded `session_end_sent` in it (read
+    before, written after), and sent a second session_end. Until a worker holds the lock it does
+    not overwrite a State on disk; once it does, it reads it."""
+    eid = "lock-waiter"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("w", 0, 4))
+    home.sync_dir.mkdir(parents=True, exist_ok=True)
+    state_path = home.sync_dir / f"{eid}.json"
+    held = msgspec.json.encode(State(external_id=eid, transcript_path=str(path), finishing=True,
+                                     session_end_sent=True, pending_agents=["a1b2c3d4"]))
+    state_path.write_bytes(held)  # the holder's, session_end accepted
+    holder = os.open(path, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        w = workers(home, eid, path, finish_reason="SessionEnd")
+        wait_until(lambda: (r := w.last_report()) and "another process is uploading" in r.last_error,
+                   what="the worker to see the lock")
+        assert state_path.read_bytes() == held
+    finally:
+        os.close(holder)
+    assert w.wait_exit() == api.EXIT_DONE
+    assert backend.events(eid) == []  # the holder sent it
+    assert delivered(backend, eid, path)

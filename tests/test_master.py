@@ -566,3 +566,115 @@ def test_under_the_journal_each_line_carries_its_priority_and_no_timestamp(cfd):
     assert any(line.startswith("<4>") and "restarting in" in line for line in lines), lines
     assert any(line.startswith("<6>") for line in lines)
     assert not any(re.search(r"\d\d:\d\d:\d\d", line) for line in lines), "journald stamps the time itself"
+
+
+def test_continue_while_finishing_survives_a_master_crash(cfd):
+    """`--continue` registers the session again while its first run is still finishing (its
+    session_end refused), then the master and its worker are killed -9. The next master
+    finishes the first run and then runs the second: every line of both once, two
+    session_end events with their own payloads."""
+    backend, eid = cfd.backend, "continued"
+    master = cfd.master()
+    first = cfd.claude()
+    path, lines = cfd.transcript(eid), fixture_lines("coverage-test-fix.jsonl")
+    append(path, lines[:10])
+    assert first.hook("session-start", cfd.payload(eid, source="startup"))[0] == 0
+    backend.wait_for(lambda: len(backend.lines(eid, path.name)) == 10, timeout=20)
+    backend.fail_next(10_000, 503, path="event")  # the first run stays finishing
+    end_first = cfd.payload(eid, "SessionEnd", reason="exit")
+    assert first.hook("session-end", end_first)[0] == 0
+    first.kill9()
+    wait_until(lambda: (s := cfd.session(eid)) and s["state"] == "finishing", what="finishing")
+    wait_until(lambda: any(r["endpoint"] == "event" for r in backend.requests_log()),
+               what="the first session_end refused")
+    second = cfd.claude()
+    assert second.hook("session-start", cfd.payload(eid, source="resume"))[0] == 0
+    os.killpg(master.pid, signal.SIGKILL)  # the master and its worker, at once
+    master.proc.wait(10)
+    backend.clear_faults()
+    append(path, lines[10:20])  # the second run writes while no master runs
+    cfd.master()
+    wait_until(lambda: len(backend.events(eid)) == 1, timeout=30, what="the first run's session_end")
+    s = wait_until(lambda: (s := cfd.session(eid)) and s["state"] == "syncing" and s, timeout=30,
+                   what="the second run, adopted and syncing")
+    assert s["parent_pid"] == second.pid
+    append(path, lines[20:])
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=30)
+    end_second = cfd.payload(eid, "SessionEnd", reason="prompt_input_exit")
+    assert second.hook("session-end", end_second)[0] == 0
+    wait_until(lambda: len(backend.events(eid)) == 2 and cfd.session(eid) is None, timeout=30)
+    assert [e["payload"] for e in backend.events(eid)] == [end_first, end_second]
+    assert_exactly_once(backend, eid, path)
+    assert not cfd.state_file(eid).exists() and not cfd.inbox_file(eid).exists()
+
+
+def test_a_session_end_accepted_as_the_master_dies_is_not_sent_again(cfd):
+    """The master is killed -9 while its worker's session_end is held by the backend; a new master
+    adopts the session (its worker waits for the orphan's lock); the held session_end then goes
+    through. The orphan records it in State and stops; the new worker sends no second one."""
+    backend, eid = cfd.backend, "end-once"
+    master = cfd.master()
+    claude = cfd.claude()
+    path = cfd.transcript(eid)
+    append(path, fixture_lines()[:6])
+    assert claude.hook("session-start", cfd.payload(eid))[0] == 0
+    backend.wait_for(lambda: backend_has_file(backend, eid, path), timeout=20)
+    held = backend.gate("event")
+    end = cfd.payload(eid, "SessionEnd", reason="exit")
+    try:
+        assert claude.hook("session-end", end)[0] == 0
+        wait_until(held.arrived.is_set, what="the session_end held by the backend")
+        master.kill9()
+        cfd.master()
+        wait_until(lambda: cfd.session(eid), what="the session adopted by the new master")
+    finally:
+        held.release()
+    wait_until(lambda: cfd.session(eid) is None and not cfd.state_file(eid).exists(), timeout=30,
+               what="the session finished")
+    assert [e["payload"] for e in backend.events(eid)] == [end]
+    assert_exactly_once(backend, eid, path)
+
+
+def test_a_state_that_says_session_end_was_sent_is_finished_without_another(cfd):
+    """kill -9 after the session_end was accepted and recorded, before State was deleted."""
+    backend, eid = cfd.backend, "end-recorded"
+    path = cfd.transcript(eid)
+    append(path, fixture_lines()[:4])
+    cfd.sync_dir.mkdir(parents=True)
+    cfd.state_file(eid).write_text(json.dumps({
+        "external_id": eid, "transcript_path": str(path), "finishing": True, "session_end_sent": True}))
+    cfd.master()
+    wait_until(lambda: not cfd.state_file(eid).exists() and cfd.session(eid) is None, timeout=30)
+    assert_exactly_once(backend, eid, path)  # the final sync still runs
+    assert backend.events(eid) == []
+
+
+def test_a_session_blocked_at_the_chunk_cap_is_not_retried_until_asked(tmp_path):
+    """At the server's chunk cap the final sync can never complete: failed and said why, not
+    restarted every 60 s; `confabctl stop` is the retry (and hears the same reason back)."""
+    from tests.conftest import Confabd
+    from tests.fakebackend import FakeBackend
+
+    with FakeBackend(max_chunks_per_file=2) as capped:
+        cfd = Confabd(tmp_path, capped)
+        try:
+            eid = "capped-master"
+            cfd.master()
+            path = cfd.transcript(eid)
+            append(path, fixture_lines()[:1])
+            assert cfd.ctl("start", "--session-id", eid, "--transcript", str(path)).returncode == 0
+            for n in (2, 3):
+                wait_until(lambda: len(capped.lines(eid, path.name)) == n - 1, what=f"chunk {n - 1}")
+                append(path, fixture_lines()[n - 1:n])
+            wait_until(lambda: "limit of chunks" in (cfd.session(eid)["last_error"] or ""), what="the cap")
+            assert cfd.ctl("stop", eid).returncode == 0
+            s = wait_until(lambda: (s := cfd.session(eid)) and s["state"] == "failed" and s, timeout=30,
+                           what="the session failed on its blocked file")
+            assert "limit of chunks" in s["last_error"] and "not retried by itself" in s["last_error"]
+            assert s["worker_pid"] is None
+            assert cfd.state_file(eid).exists()
+            r = cfd.ctl("stop", eid, "--wait", timeout=60)  # the retry: a worker again, the same answer
+            assert r.returncode == 1 and "limit of chunks" in r.stderr, (r.returncode, r.stdout, r.stderr)
+            assert cfd.session(eid)["restarts"] == 1 and capped.events(eid) == []
+        finally:
+            cfd.close()

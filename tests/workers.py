@@ -120,8 +120,12 @@ def _worker_entry(spec: api.WorkerSpec, conn, home: str, env: dict) -> None:
     for var in ("CONFAB_BACKEND_URL", "CONFAB_API_KEY", "CONFABD_STATE_DIR"):
         os.environ.pop(var, None)
     os.environ.update(env)  # what the master's environment would hold (e.g. CONFAB_API_KEY)
+    from confabd import privileges
     from confabd.worker import run_worker
 
+    if spec.run_as is not None:  # as worker_main does: nothing imported later needs root's access
+        privileges.preload_worker_modules()
+        privileges.become(spec.run_as)
     run_worker(spec, conn)
 
 
