@@ -272,3 +272,23 @@ def test_child_sessions_wait_for_the_servers_opencode_subagents_capability(cfd, 
         assert "'opencode_subagents'" in master.log_text()
     finally:
         agent.close()
+
+
+def test_a_start_announced_after_opencode_exited_is_finished_not_kept_forever(cfd, store):
+    """OpenCode's plugin can announce a session after OpenCode itself has exited (a late session.created or
+    reconcile event). No OpenCode process is among the hook's ancestors and the pid it names is gone:
+    nothing would ever end that session, so the master finishes it at once, after its final sync."""
+    backend = cfd.backend
+    cfd.env["CONFAB_OPENCODE_DB"] = str(store.path)
+    cfd.master()
+    root = store.session("ses_late")
+    store.turn(root, "plan the release", "here is a plan")
+    gone = subprocess.Popen([PYTHON, "-c", "pass"])
+    gone.wait()
+    r = cfd.ctl("hook", "session-start", "--provider", "opencode",
+                input=json.dumps({"session_id": root, "cwd": "/home/u/work", "parent_pid": gone.pid}))
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: cfd.session(root) is None, 30, what="the session of a gone OpenCode to finish")
+    messages = cfd.home / ".confab" / "opencode" / root / "messages.jsonl"
+    assert backend.lines(root, "messages.jsonl") == messages.read_text().splitlines()
+    assert len(backend.lines(root, "messages.jsonl")) == 2
