@@ -16,6 +16,10 @@ import logging
 log = logging.getLogger(__name__)
 
 NEEDED = {"agent": "workflow_files", "workflow_journal": "workflow_journal"}
+#: OpenCode's child sessions (`opencode/<child>/messages.jsonl`, file type `agent`): the server says
+#: `opencode_subagents` (internal/api/capabilities.go); the Go client asks `opencode_subagent_files`,
+#: a key no server sends, so its children never upload (docs/PROVIDERS.md).
+OPENCODE_SUBAGENTS = "opencode_subagents"
 
 _answers: dict[str, dict] = {}  # capabilities_key -> the backend's final answer
 _said: set[tuple[str, str]] = set()
@@ -32,16 +36,18 @@ class Capabilities:
     def new_round(self) -> None:
         self.failed = False
 
-    def allows(self, file_type: str) -> bool:
+    def allows(self, file_type: str, capability: str = "") -> bool:
+        """Whether files of `file_type` go to this backend: it says `capability` (by default the
+        one workflow files of that type need, NEEDED) in its capabilities."""
         answer = self._answer()
         if answer is None:
             return False
-        needed = NEEDED.get(file_type, "")
+        needed = capability or NEEDED.get(file_type, "")
         allowed = bool(needed and answer.get(needed))
         if not allowed and (self.key, needed) not in _said:
             _said.add((self.key, needed))
-            log.info("%s does not say %r in its capabilities: workflow %s files are not sent to it",
-                     self.key or "the sink", needed, file_type)
+            log.info("%s does not say %r in its capabilities: %s files are not sent to it",
+                     self.key or "the sink", needed, file_type if capability else f"workflow {file_type}")
         return allowed
 
     def _answer(self):

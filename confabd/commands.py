@@ -44,6 +44,11 @@ HANDLERS = {
 }
 
 
+def announcer_gone(hint: int) -> bool:
+    """The hook named its agent's pid (`claude_pid_hint`) and no such process exists."""
+    return hint > 1 and process_identity(hint) is None
+
+
 class Commands:
     def __init__(self, sessions: Sessions, tenancy, server: ControlServer, *,
                  describe_master: Callable[[], dict], shutdown: Callable[[], None],
@@ -153,6 +158,11 @@ class Commands:
         if session is None:
             return control.reply(registered=False,
                                  note="the session is finishing; it starts again once that is done")
+        if not parent_pid and request.hook_pid and announcer_gone(request.claude_pid_hint):
+            # The agent that announced it has exited already (OpenCode's plugin can fire after it
+            # exits): nothing will ever end this session, so it is finished now, after its final sync.
+            self.sessions.finish(session, worker_api.parent_gone(request.claude_pid_hint,
+                                                                 providers.get(request.provider).label))
         return control.reply(registered=True, worker_pid=session.proc.pid if session.proc else None,
                              parent_pid=parent_pid or None)
 

@@ -411,8 +411,8 @@ class SessionSync:
             if name not in self.files:
                 self._track(name, path, "agent")
         self.capabilities.new_round()
-        for name, (path, file_type) in self.locator.scan_gated().items():
-            if name not in self.files and self.capabilities.allows(file_type):
+        for name, (path, file_type, capability) in self.locator.scan_gated().items():
+            if name not in self.files and self.capabilities.allows(file_type, capability):
                 self._track(name, path, file_type)
 
     def _track_agent_file(self, name: str) -> Optional[TrackedFile]:

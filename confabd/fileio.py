@@ -98,3 +98,27 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def try_lock_file(path: str) -> "int | None":
+    """An exclusive flock on `path` (created 0600, never through a link): its fd, or None when
+    another process holds it. A file unlinked (by its last holder) between our open and our
+    flock is not the one at `path` any more: open it again, so two holders never each hold
+    "the" lock on different inodes."""
+    import fcntl  # here, not at the top: the hook path imports this module and never locks
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            here = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            here = None
+        held = os.fstat(fd)
+        if here is not None and (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)

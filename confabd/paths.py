@@ -41,6 +41,11 @@ def inbox_path(sync_dir_path, external_id):
     return os.path.join(sync_dir_path, external_id + ".inbox.jsonl")
 
 
+def lock_path(sync_dir_path, external_id):
+    """The session's uploader lock (worker.py): a file of its own, never replaced like a transcript."""
+    return os.path.join(sync_dir_path, external_id + ".lock")
+
+
 def user_socket_path(home, env=None):
     """$XDG_RUNTIME_DIR/confabd/control.sock, else ~/.confab/run/control.sock."""
     env = os.environ if env is None else env

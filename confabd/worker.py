@@ -34,14 +34,14 @@ from typing import Optional
 
 import msgspec
 
-from . import bindings, go_compat, privileges, providers, runs, worker_api as api
+from . import bindings, go_compat, paths, privileges, providers, runs, worker_api as api
 from .worker_api import Phase
 from .backlog import LineCounter
 from .config import ConfigError, load_backend_config
 from .delivery import MeteredSink, Tally, sink_target
 from .engine import SessionSync
 from .errors import CorruptRecord
-from .fileio import read_private_file, unlink_if_present
+from .fileio import ensure_private_dir, read_private_file, try_lock_file, unlink_if_present
 from .records import Backoff, HookInput, InboxRecord, NextRun, State
 from .sinks import _deadline_sockets, open_sink, retry_delay
 from .sinks.base import AuthFailed, SessionGone, SinkError, Unavailable
@@ -159,6 +159,7 @@ class SessionWorker:
         self.state: State = State(external_id=spec.external_id, transcript_path=spec.transcript_path)
         self.engine: Optional[SessionSync] = None
         self.lock_fd: Optional[int] = None
+        self.session_lock_fd: Optional[int] = None  # <sync dir>/<id>.lock, held with lock_fd
         self._may_overwrite = False  # State on disk: see _save_state
         self.finish_reason = spec.finish_reason  # the master's word: it knows why
         self.end_hook_input = spec.end_hook_input  # SessionEnd input that reached us without the inbox
@@ -475,6 +476,8 @@ class SessionWorker:
             self._hand_over(later)
         else:
             self.sync_dir.close_session(self.spec.external_id)
+            # while it is held: a waiter that opened it before sees it is gone and opens afresh
+            unlink_if_present(paths.lock_path(self.sync_dir.path, self.spec.external_id))
         self._set_phase(Phase.DONE, save=False)
         if self.engine is not None:
             self.engine.sink.close()
@@ -528,12 +531,25 @@ class SessionWorker:
             return UNUSABLE
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The transcript's flock is what `save` and older workers take; a transcript replaced
+            # by a rename is a new inode, whose flock says nothing of an orphaned worker still
+            # holding the old one, so the session's own lock file must be ours too.
+            session_fd = try_lock_file(paths.lock_path(ensure_private_dir(self.sync_dir.path),
+                                                       self.spec.external_id))
         except BlockingIOError:
+            session_fd = None
+        except OSError as exc:
+            os.close(fd)
+            self._may_overwrite = False
+            self._note_once(f"cannot lock session {self.spec.external_id}: {exc.strerror or exc}")
+            return UNUSABLE
+        if session_fd is None:
             os.close(fd)
             self._may_overwrite = False
             self._note_once("another process is uploading this session; waiting for it")
             return BUSY
         self.lock_fd = fd  # never read: held open so the flock lasts as long as the worker
+        self.session_lock_fd = session_fd
         self._may_overwrite = True
         return LOCKED
 

@@ -5,7 +5,9 @@
   reached, and fails instead under CI=true (CI must run these tests).
 - `FakeResponses` is a small ThreadingHTTPServer on 127.0.0.1 that answers `POST /v1/responses`
   with the three SSE events Codex needs for one assistant message (providers.md §7.1), and logs
-  every request.
+  every request. Given `spawn`, the root's turn instead spawns a subagent with that task
+  (Codex's own `spawn_agent` tool), waits for it (`wait_agent`), then answers; the subagent's
+  turn gets the message.
 - `codex_home()` writes a CODEX_HOME whose config.toml points Codex at that server.
 """
 
@@ -94,10 +96,12 @@ def codex_env(base: dict, home: Path, directory: Path) -> dict:
 
 
 class FakeResponses:
-    """A fake OpenAI Responses API: every `POST .../responses` answers one assistant message."""
+    """A fake OpenAI Responses API: every `POST .../responses` answers one assistant message (or,
+    given `spawn`, the root's multi-agent calls first); `bodies` keeps each request's JSON."""
 
-    def __init__(self, reply: str = "hello from fake"):
-        self.reply = reply
+    def __init__(self, reply: str = "hello from fake", spawn: str | None = None):
+        self.reply, self.spawn = reply, spawn
+        self.bodies: list[dict] = []
         self.released = threading.Event()  # cleared: every model request waits (a turn in progress)
         self.released.set()
         self.log: list[dict] = []
@@ -150,12 +154,13 @@ class FakeResponses:
                     self._send(404, b'{"error": {"message": "not here"}}')
                     return
                 n = len(api.requests("/responses"))
+                body = _json_object(raw)
+                with api._lock:
+                    api.bodies.append(body)
                 api.released.wait(120)
                 events = [
                     {"type": "response.created", "response": {"id": f"resp_{n}"}},
-                    {"type": "response.output_item.done",
-                     "item": {"type": "message", "role": "assistant", "id": f"msg_{n}",
-                              "content": [{"type": "output_text", "text": api.reply}]}},
+                    {"type": "response.output_item.done", "item": api.answer(body, n)},
                     {"type": "response.completed",
                      "response": {"id": f"resp_{n}", "usage": {
                          "input_tokens": 1, "input_tokens_details": None, "output_tokens": 1,
@@ -165,3 +170,42 @@ class FakeResponses:
                 self._send(200, body, "text/event-stream")
 
         return Handler
+
+    def answer(self, body: dict, n: int) -> dict:
+        """The output item for one model request: a message, or the root's next multi-agent call."""
+        call = self._root_call(body) if self.spawn else None
+        if call is None:
+            return {"type": "message", "role": "assistant", "id": f"msg_{n}",
+                    "content": [{"type": "output_text", "text": self.reply}]}
+        name, arguments = call
+        return {"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{n}", "namespace": "multi_agent_v1",
+                "name": name, "arguments": json.dumps(arguments)}
+
+    def _root_call(self, body: dict):
+        meta = json.loads((body.get("client_metadata") or {}).get("x-codex-turn-metadata") or "{}")
+        if meta.get("thread_source") != "user":
+            return None  # the subagent's own turn (its thread_source is "subagent")
+        outputs = [i for i in body.get("input", []) if i.get("type") == "function_call_output"]
+        if not outputs:
+            return "spawn_agent", {"message": self.spawn}
+        if len(outputs) == 1:
+            return "wait_agent", {"targets": [_agent_id(outputs[0])], "timeout_ms": 120000}
+        return None
+
+
+def _json_object(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _agent_id(output: dict) -> str:
+    """spawn_agent's result names the new agent."""
+    text = output.get("output")
+    text = text if isinstance(text, str) else json.dumps(text)
+    try:
+        return json.loads(text)["agent_id"]
+    except (ValueError, KeyError, TypeError):
+        return text

@@ -2,7 +2,9 @@
 
 - `install()` puts a pinned `opencode-ai` from npm into `tests/.cache/` once per machine and returns
   the `opencode` executable (skipped when npm cannot reach the registry; a failure under CI=true).
-- `FakeChat` answers `POST /v1/chat/completions` (SSE) with one assistant message (providers.md §7.2).
+- `FakeChat` answers `POST /v1/chat/completions` (SSE) with one assistant message (providers.md §7.2);
+  given a `task`, it first calls OpenCode's own `task` tool with it (a child session, a subagent) and
+  answers the child's prompt and the tool's result with the message. It keeps every request body.
 - `opencode_env()` isolates HOME and the XDG dirs and points OpenCode at the fake server.
 """
 
@@ -81,9 +83,10 @@ def opencode_env(base: dict, root: Path, api_url: str) -> dict:
 
 
 class FakeChat:
-    def __init__(self, reply: str = "hello from fake"):
-        self.reply = reply
+    def __init__(self, reply: str = "hello from fake", task: dict | None = None):
+        self.reply, self.task = reply, task
         self.log: list[str] = []
+        self.bodies: list[dict] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -118,17 +121,33 @@ class FakeChat:
                 self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}).encode())
 
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 api.log.append("POST " + self.path)
                 if not self.path.endswith("/chat/completions"):
                     self._send(404, b"{}")
                     return
-                base = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "fake-model"}
-                c1 = dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": api.reply},
-                                          "finish_reason": None}])
-                c2 = dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                body = json.loads(raw)
+                api.bodies.append(body)
+                base = {"id": f"c{len(api.bodies)}", "object": "chat.completion.chunk", "created": 0,
+                        "model": "fake-model"}
+                if api.spawns(body):
+                    call = {"index": 0, "id": f"call_{len(api.bodies)}", "type": "function",
+                            "function": {"name": "task", "arguments": json.dumps(api.task)}}
+                    delta, finish = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+                else:
+                    delta, finish = {"role": "assistant", "content": api.reply}, "stop"
+                c1 = dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": None}])
+                c2 = dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": finish}],
                           usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
                 body = f"data: {json.dumps(c1)}\n\ndata: {json.dumps(c2)}\n\ndata: [DONE]\n\n".encode()
                 self._send(200, body, "text/event-stream")
 
         return Handler
+
+    def spawns(self, body: dict) -> bool:
+        """The root's turn, offered the `task` tool, before its result: call it (the child's own turn,
+        which gets the task's prompt, and the root's turn after the result are answered in words)."""
+        if self.task is None or "task" not in {t["function"]["name"] for t in body.get("tools", [])}:
+            return False
+        last = body["messages"][-1]
+        return last["role"] == "user" and self.task["prompt"] not in json.dumps(last.get("content"))

@@ -499,3 +499,29 @@ def test_a_worker_waiting_for_the_lock_leaves_the_holders_state_alone(backend, h
     assert w.wait_exit() == api.EXIT_DONE
     assert backend.events(eid) == []  # the holder sent it
     assert delivered(backend, eid, path)
+
+
+def test_a_replaced_transcript_does_not_let_a_second_worker_upload_beside_the_first(backend, home, workers):
+    """The flock on the transcript is per inode: once the file is replaced by a rename, a new worker (a new
+    master's, beside a killed master's orphan) could lock the new inode and upload beside the first one
+    (found by the master soak: two workers of one session, each sending its session_end). The session's
+    own lock file in the sync dir is taken too: the second waits until the first is gone."""
+    eid = "replaced-beside"
+    path = home.transcript(eid)
+    path.write_bytes(numbered("r", 0, 4))
+    first = workers(home, eid, path)
+    wait_until(lambda: delivered(backend, eid, path), what="the first worker's upload")
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_bytes(numbered("r", 0, 6))
+    os.replace(fresh, path)  # a new inode at the same path
+    second = workers(home, eid, path)
+    wait_until(lambda: (r := second.last_report()) and "another process is uploading" in r.last_error,
+               what="the second worker to wait for the first")
+    assert second.process.is_alive()
+    first.process.terminate()  # suspended: State kept
+    first.process.join(30)
+    wait_until(lambda: delivered(backend, eid, path), what="the second worker's upload once the first is gone")
+    second.finish("SessionEnd")
+    assert second.wait_exit() == api.EXIT_DONE
+    assert backend.lines(eid, path.name) == [l.decode() for l in numbered("r", 0, 6).splitlines()]
+    assert not (home.sync_dir / f"{eid}.lock").exists()

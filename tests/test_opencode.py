@@ -243,3 +243,52 @@ def test_a_session_ended_before_its_first_collect_is_still_collected_and_shipped
     cfd.master()
     cfd.backend.wait_for(lambda: len(cfd.backend.lines(sid, "messages.jsonl")) == 2, timeout=30)
     wait_until(lambda: not cfd.state_file(sid).exists(), 30, what="the session to finish")
+
+
+def test_child_sessions_wait_for_the_servers_opencode_subagents_capability(cfd, store):
+    """The server says `opencode_subagents`; the Go client asks `opencode_subagent_files` (no server sends it)
+    and so never uploads children. A backend without the server's key gets the root's lines and no child:
+    the root still flows and finishes; the capability is the one the server sends, not the Go client's."""
+    backend = cfd.backend
+    backend.capabilities = {"workflow_files": True, "workflow_journal": True, "opencode_subagent_files": True}
+    cfd.env["CONFAB_OPENCODE_DB"] = str(store.path)
+    master = cfd.master()
+    agent = FakeOpenCode(cfd)
+    try:
+        root = store.session("ses_root")
+        assert agent.hook("session-start", {"session_id": root, "cwd": "/home/u/work", "parent_pid": agent.pid})[0] == 0
+        store.turn(root, "plan the release", "here is a plan")
+        backend.wait_for(lambda: len(backend.lines(root, "messages.jsonl")) == 2, timeout=30)
+        child = store.session("ses_child", parent=root)
+        store.turn(child, "check the tests", "they pass")
+        child_file = cfd.home / ".confab" / "opencode" / root / "children" / child / "messages.jsonl"
+        wait_until(lambda: child_file.exists() and len(child_file.read_text().splitlines()) == 2, 30,
+                   what="the child's messages collected")
+        store.turn(root, "ship it", "shipped")
+        assert agent.hook("session-end", {"session_id": root})[0] == 0
+        wait_until(lambda: cfd.session(root) is None, 30, what="the session to finish")
+        assert backend.file_types(root) == {"messages.jsonl": "transcript"}  # no child without the capability
+        assert len(backend.lines(root, "messages.jsonl")) == 4
+        assert "'opencode_subagents'" in master.log_text()
+    finally:
+        agent.close()
+
+
+def test_a_start_announced_after_opencode_exited_is_finished_not_kept_forever(cfd, store):
+    """OpenCode's plugin can announce a session after OpenCode itself has exited (a late session.created or
+    reconcile event). No OpenCode process is among the hook's ancestors and the pid it names is gone:
+    nothing would ever end that session, so the master finishes it at once, after its final sync."""
+    backend = cfd.backend
+    cfd.env["CONFAB_OPENCODE_DB"] = str(store.path)
+    cfd.master()
+    root = store.session("ses_late")
+    store.turn(root, "plan the release", "here is a plan")
+    gone = subprocess.Popen([PYTHON, "-c", "pass"])
+    gone.wait()
+    r = cfd.ctl("hook", "session-start", "--provider", "opencode",
+                input=json.dumps({"session_id": root, "cwd": "/home/u/work", "parent_pid": gone.pid}))
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: cfd.session(root) is None, 30, what="the session of a gone OpenCode to finish")
+    messages = cfd.home / ".confab" / "opencode" / root / "messages.jsonl"
+    assert backend.lines(root, "messages.jsonl") == messages.read_text().splitlines()
+    assert len(backend.lines(root, "messages.jsonl")) == 2

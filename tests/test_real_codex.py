@@ -236,3 +236,42 @@ def test_claude_code_codex_cursor_and_opencode_sessions_through_one_master(cfd, 
     finally:
         cursor.close()
         opencode.close()
+
+
+def spawn_edges(directory: Path) -> list[tuple[str, str]]:
+    """(parent, child) thread ids from Codex's own state DB, read-only."""
+    import sqlite3
+
+    [db] = directory.glob("state_*.sqlite")
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT parent_thread_id, child_thread_id FROM thread_spawn_edges").fetchall()
+
+
+def test_a_subagent_codex_spawns_is_shipped_under_its_root_once(cfd, codex, api):
+    """The fake model calls Codex's own `spawn_agent` (then `wait_agent`): the real Codex runs a
+    subagent in a thread of its own, with its own rollout and a spawn edge in its state DB. The child
+    rollout arrives under the root session as an `agent` file, every line once, with its sidecar
+    naming its parent; it is never a session of its own."""
+    backend = cfd.backend
+    cfd.master()
+    api.spawn = "list the files here"
+    r = codex.exec("spawn a helper")
+    assert r.returncode == 0 and "hello from fake" in r.stdout, r.stderr[-2000:]
+    turns = [json.loads(b["client_metadata"]["x-codex-turn-metadata"])["thread_source"] for b in api.bodies]
+    assert "subagent" in turns, turns  # the subagent asked the model itself
+    [(root_id, child_id)] = spawn_edges(codex.directory)
+    by_id = {session_id_of(p): p for p in codex.rollouts()}
+    assert set(by_id) == {root_id, child_id}
+    root, child = by_id[root_id], by_id[child_id]
+    wait_shipped(cfd, root_id, root)
+    backend.wait_for(lambda: backend.file_bytes(root_id, child.name) == child.read_bytes(), timeout=30)
+
+    assert backend.file_types(root_id) == {root.name: "transcript", child.name: "agent"}
+    for path in (root, child):
+        assert backend.lines(root_id, path.name) == path.read_text().splitlines()  # every line, once, in order
+    assert "list the files here" in child.read_text() and backend.session_id(child_id) is None
+    sidecars = {row["thread_uuid"]: row for row in backend.codex_rollouts()}
+    assert set(sidecars) == {root_id, child_id}
+    assert sidecars[child_id]["parent_thread_uuid"] == root_id and sidecars[child_id]["rollout_path"] == str(child)
+    assert "parent_thread_uuid" not in sidecars[root_id]
+    assert backend.events(root_id) == []

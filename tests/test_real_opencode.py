@@ -67,3 +67,42 @@ def test_opencode_run_and_resume_ship_its_messages_once(cfd, opencode_bin, tmp_p
     for path in (sessions[0].parent, sessions[0], messages):  # ours, private
         assert oct(path.stat().st_mode & 0o077) == "0o0", path
     assert backend.events(eid) == []
+
+
+def test_a_child_session_of_the_task_tool_ships_under_its_root_once(cfd, opencode_bin, tmp_path):
+    """The fake model calls OpenCode's own `task` tool: the real OpenCode runs a subagent in a child
+    session (parent_id = the root) and feeds its answer back; the child arrives under the root as
+    `opencode/<child>/messages.jsonl` (an `agent` file), never as a session of its own, every message once."""
+    backend = cfd.backend
+    task = {"description": "look around", "prompt": "list the files here", "subagent_type": "general"}
+    with FakeChat(task=task) as api:
+        env = opencode_env(cfd.env, tmp_path / "oc", api.url)
+        assert cfd.ctl("install-hooks", "--provider", "opencode", env=env).returncode == 0
+        cfd.master()
+        work = tmp_path / "work"
+        work.mkdir()
+        run(opencode_bin, work, env, "spawn a helper")
+        child_turns = [b for b in api.bodies if json.dumps(b["messages"][-1]).find(task["prompt"]) >= 0]
+        results = [b for b in api.bodies if b["messages"][-1]["role"] == "tool"]
+    assert child_turns and results, [[m["role"] for m in b["messages"]] for b in api.bodies]
+    assert "task" in {t["function"]["name"] for t in api.bodies[-1]["tools"]}  # the tool the root was offered
+    [root] = list((cfd.home / ".confab" / "opencode").iterdir())
+    eid = root.name
+    [child_dir] = list((root / "children").iterdir())
+    child = child_dir.name
+    assert child in results[0]["messages"][-1]["content"]  # the task's result names the child session
+    wait_until(lambda: cfd.session(eid) is None, 60, what="the session to finish after OpenCode exited")
+    name = f"opencode/{child}/messages.jsonl"
+    expected = {"messages.jsonl": (root / "messages.jsonl").read_text().splitlines(),
+                name: (child_dir / "messages.jsonl").read_text().splitlines()}
+    wait_until(lambda: backend.files(eid) == expected, 30, what="the root's and the child's messages at the backend")
+    assert backend.file_types(eid) == {"messages.jsonl": "transcript", name: "agent"}
+    assert backend.provider(eid) == "opencode" and backend.provider(child) is None  # no session of its own
+    for lines in expected.values():
+        assert len({json.loads(line)["info"]["id"] for line in lines}) == len(lines)  # no message twice
+    kid = [json.loads(line) for line in expected[name]]
+    assert [m["info"]["role"] for m in kid][:2] == ["user", "assistant"]
+    assert all(m["info"]["sessionID"] == child for m in kid)
+    assert task["prompt"] in json.dumps(kid[0]["parts"]) and "hello from fake" in json.dumps(kid[-1]["parts"])
+    tools = [p for line in expected["messages.jsonl"] for p in json.loads(line)["parts"] if p.get("type") == "tool"]
+    assert [(p["tool"], p["state"]["status"]) for p in tools] == [("task", "completed")]

@@ -81,8 +81,11 @@ def renders(shown: bytes) -> list[str]:
 def popen_save(home, *args, stderr):
     environment = {"PATH": os.environ["PATH"], "HOME": str(home.path), "PYTHONPATH": str(REPO),
                    "CONFABD_SOCKET": str(home.path / "no-master.sock")}
+    # SIGINT as a terminal gives it: a suite started in the background by a shell (`cmd &`) inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler (the Ctrl-C test hung).
     return subprocess.Popen([sys.executable, "-m", "confabd.ctl", "save", *args], env=environment,
-                            stdout=subprocess.PIPE, stderr=stderr, cwd=str(home.path))
+                            stdout=subprocess.PIPE, stderr=stderr, cwd=str(home.path),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_one_line_on_a_terminal_within_its_width_moving_within_a_chunk(home):  # noqa: F811

@@ -59,9 +59,10 @@ class Layout:
         """The file_type a side file of that name is sent as; "" for a name this client never sends."""
         return "agent" if self.is_side_file_name(file_name) else ""
 
-    def scan_gated(self) -> dict[str, tuple[str, str]]:
-        """{file_name: (path, file_type)} of side files sent only to a backend whose capabilities
-        allow that file_type (confabd.capabilities): Claude Code's workflow files."""
+    def scan_gated(self) -> dict[str, tuple[str, str, str]]:
+        """{file_name: (path, file_type, capability)} of side files sent only to a backend whose
+        capabilities say `capability` ("": the one its file_type needs, confabd.capabilities):
+        Claude Code's workflow files, OpenCode's child sessions."""
         return {}
 
     def agents_named(self, text: bytes) -> set[str]:

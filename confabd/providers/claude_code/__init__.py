@@ -38,8 +38,9 @@ class ClaudeLayout(Layout):
     def side_file_type(self, file_name: str) -> str:
         return sendable_file_type(file_name)  # agent-<id>.jsonl, or a workflow run's file
 
-    def scan_gated(self) -> dict[str, tuple[str, str]]:
-        return self.locator.scan_workflows()  # only to a backend whose capabilities say so
+    def scan_gated(self) -> dict[str, tuple[str, str, str]]:
+        # only to a backend whose capabilities say so (workflow_files / workflow_journal)
+        return {name: (path, file_type, "") for name, (path, file_type) in self.locator.scan_workflows().items()}
 
     def agents_named(self, text: bytes) -> set[str]:
         return agent_ids_in(text)

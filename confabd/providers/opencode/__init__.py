@@ -18,6 +18,7 @@ import re
 from typing import Optional
 
 from ...metadata import FIRST_MESSAGE_MAX_BYTES, clean_text
+from ...capabilities import OPENCODE_SUBAGENTS
 from ..base import Facts, Layout, Provider
 from .collector import Collector
 from .db import OpenCodeDB
@@ -50,8 +51,11 @@ class OpenCodeLayout(Layout):
         for collector in self.children.values():
             collector.reconcile()
 
-    def scan(self) -> dict[str, str]:
-        return {name: c.out_path for name, c in self.children.items() if os.path.isfile(c.out_path)}
+    def scan_gated(self) -> dict[str, tuple[str, str, str]]:
+        """Child sessions go only to a server that says `opencode_subagents` (the server's key; the
+        Go client asks `opencode_subagent_files`, which no server sends)."""
+        return {name: (c.out_path, "agent", OPENCODE_SUBAGENTS) for name, c in self.children.items()
+                if os.path.isfile(c.out_path)}
 
     def is_side_file_name(self, file_name: str) -> bool:
         return isinstance(file_name, str) and _CHILD.match(file_name) is not None
