@@ -83,8 +83,11 @@ def opencode_env(base: dict, root: Path, api_url: str) -> dict:
 
 
 class FakeChat:
-    def __init__(self, reply: str = "hello from fake", task: dict | None = None):
+    def __init__(self, reply: str = "hello from fake", task: dict | None = None,
+                 hold: threading.Event | None = None):
         self.reply, self.task = reply, task
+        self.hold = hold  # set: every completion waits for it (an agent caught mid-turn)
+        self.held = threading.Event()  # a completion is being held
         self.log: list[str] = []
         self.bodies: list[dict] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -128,6 +131,9 @@ class FakeChat:
                     return
                 body = json.loads(raw)
                 api.bodies.append(body)
+                if api.hold is not None and not api.hold.is_set():
+                    api.held.set()
+                    api.hold.wait(180)
                 base = {"id": f"c{len(api.bodies)}", "object": "chat.completion.chunk", "created": 0,
                         "model": "fake-model"}
                 if api.spawns(body):

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,44 @@ def test_a_child_session_of_the_task_tool_ships_under_its_root_once(cfd, opencod
     assert task["prompt"] in json.dumps(kid[0]["parts"]) and "hello from fake" in json.dumps(kid[-1]["parts"])
     tools = [p for line in expected["messages.jsonl"] for p in json.loads(line)["parts"] if p.get("type") == "tool"]
     assert [(p["tool"], p["state"]["status"]) for p in tools] == [("task", "completed")]
+
+
+def test_opencode_killed_mid_turn_ends_the_session_with_every_complete_message_once(cfd, opencode_bin, tmp_path):
+    """kill -9 of OpenCode while its model is still answering: the master sees its parent die and finishes
+    the session; every complete message (the prompt) is shipped once, the unfinished answer never."""
+    backend = cfd.backend
+    hold = threading.Event()
+    with FakeChat(hold=hold) as api:
+        env = opencode_env(cfd.env, tmp_path / "oc", api.url)
+        env["PWD"] = str(tmp_path / "work")
+        assert cfd.ctl("install-hooks", "--provider", "opencode", env=env).returncode == 0
+        cfd.master()
+        work = tmp_path / "work"
+        work.mkdir()
+        proc = subprocess.Popen([str(opencode_bin), "run", "say hello"], cwd=work, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            assert api.held.wait(120), "OpenCode never asked the model"
+            collected = cfd.home / ".confab" / "opencode"
+            wait_until(lambda: collected.exists() and any(collected.iterdir()), 60, what="the session announced")
+            [session_dir] = list(collected.iterdir())
+            eid, messages = session_dir.name, session_dir / "messages.jsonl"
+            wait_until(lambda: cfd.session(eid) is not None, 30, what="the session registered")
+            wait_until(lambda: messages.exists() and messages.read_text().count("\n") >= 1, 60,
+                       what="the prompt collected")
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            hold.set()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+    wait_until(lambda: cfd.session(eid) is None, 60, what="the session to finish after OpenCode was killed")
+    lines = messages.read_text().splitlines()
+    assert backend.lines(eid, "messages.jsonl") == lines and lines
+    assert len({json.loads(line)["info"]["id"] for line in lines}) == len(lines)  # no message twice
+    assert json.loads(lines[0])["info"]["role"] == "user"
+    assert all(json.loads(line)["info"]["role"] != "assistant" or json.loads(line)["info"].get("finish")
+               or json.loads(line)["info"].get("error") for line in lines)  # no unfinished answer
+    assert backend.events(eid) == []
