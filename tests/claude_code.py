@@ -67,7 +67,7 @@ def _works(claude: Path, version: str) -> bool:
         return False
     try:
         r = subprocess.run([str(claude), "--version"], capture_output=True, text=True, timeout=60,
-                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent",
+                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": _scratch_home(),
                                 "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -276,3 +276,14 @@ class FakeAnthropic:
 
         return Handler
 
+
+def _scratch_home() -> str:
+    """A HOME of its own for `--version`: run as root, an agent creates its dot-dirs in HOME, and a
+    made-up path such as /nonexistent then exists on the machine (it did: other tests rely on it not)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="agent-version-home-")
+    atexit.register(shutil.rmtree, home, True)
+    return home

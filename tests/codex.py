@@ -70,7 +70,7 @@ def _works(codex: Path, version: str) -> bool:
         return False
     try:
         r = subprocess.run([str(codex), "--version"], capture_output=True, text=True, timeout=60,
-                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent"})
+                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": _scratch_home()})
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0 and r.stdout.strip().endswith(version)
@@ -209,3 +209,15 @@ def _agent_id(output: dict) -> str:
         return json.loads(text)["agent_id"]
     except (ValueError, KeyError, TypeError):
         return text
+
+
+def _scratch_home() -> str:
+    """A HOME of its own for `--version`: run as root, an agent creates its dot-dirs in HOME, and a
+    made-up path such as /nonexistent then exists on the machine (it did: other tests rely on it not)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="agent-version-home-")
+    atexit.register(shutil.rmtree, home, True)
+    return home

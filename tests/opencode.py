@@ -57,7 +57,7 @@ def _works(binary: Path, version: str) -> bool:
         return False
     try:
         r = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60,
-                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent"})
+                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": _scratch_home()})
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0 and r.stdout.strip().endswith(version)
@@ -157,3 +157,15 @@ class FakeChat:
             return False
         last = body["messages"][-1]
         return last["role"] == "user" and self.task["prompt"] not in json.dumps(last.get("content"))
+
+
+def _scratch_home() -> str:
+    """A HOME of its own for `--version`: run as root, an agent creates its dot-dirs in HOME, and a
+    made-up path such as /nonexistent then exists on the machine (it did: other tests rely on it not)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="agent-version-home-")
+    atexit.register(shutil.rmtree, home, True)
+    return home
