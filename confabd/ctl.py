@@ -101,6 +101,20 @@ def hook_provider(args):
     return provider, rest
 
 
+def guarded_hook(provider, event, body):
+    """Run one agent's hook `body()`: whatever happens, say why on stderr and exit 0 (a hook must
+    never fail the agent that runs it)."""
+    try:
+        body()
+    except HookError as exc:
+        err(f"hook {event or '?'} --provider {provider}: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a hook must never fail its agent
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        err(f"hook {event or '?'} --provider {provider}: unexpected {type(exc).__name__}: {exc}")
+    return 0
+
+
 def hook_codex(args):
     """Codex's SessionStart (see confabd.providers.codex.hook); Codex has no end hook to honour."""
     from .providers.codex import hook as codex
@@ -108,7 +122,8 @@ def hook_codex(args):
     sys.stdout.write(codex.RESPONSE + "\n")
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
-    try:
+
+    def body():
         if event != "session-start":
             raise HookError(f"{' '.join(args) or 'no event'!r} is not used for codex: only session-start is "
                             "(a Codex session ends when its codex process exits); remove that hook from "
@@ -121,13 +136,7 @@ def hook_codex(args):
         except codex.Skip as exc:
             raise HookError(str(exc)) from None
         register(external_id, transcript, cwd, "codex")
-    except HookError as exc:
-        err(f"hook {event or '?'} --provider codex: {exc}")
-    except BaseException as exc:  # noqa: BLE001 - a hook must never fail Codex
-        if isinstance(exc, SystemExit) and not exc.code:
-            return 0
-        err(f"hook {event or '?'} --provider codex: unexpected {type(exc).__name__}: {exc}")
-    return 0
+    return guarded_hook("codex", event, body)
 
 
 def hook_opencode(args):
@@ -135,7 +144,8 @@ def hook_opencode(args):
     from .providers.opencode import hook as opencode
 
     event = args[0] if len(args) == 1 else ""
-    try:
+
+    def body():
         if event not in ("session-start", "session-end"):
             raise HookError(f"usage: confabctl hook session-start|session-end --provider opencode (got {' '.join(args)!r})")
         payload = read_hook_input(require_location=False)[3]
@@ -143,19 +153,13 @@ def hook_opencode(args):
             session_id = payload["session_id"]
             hook_session_end((session_id, "", "", {"session_id": session_id, "hook_event_name": "SessionEnd",
                                                    "reason": "OpenCode disposed of the session"}))
-            return 0
+            return
         try:
             session_id, transcript, cwd, pid = opencode.announce(payload, home=paths.home_dir())
         except opencode.Skip as exc:
             raise HookError(str(exc)) from None
         register(session_id, transcript, cwd, "opencode", hint=pid)
-    except HookError as exc:
-        err(f"hook {event or '?'} --provider opencode: {exc}")
-    except BaseException as exc:  # noqa: BLE001 - a hook must never fail OpenCode
-        if isinstance(exc, SystemExit) and not exc.code:
-            return 0
-        err(f"hook {event or '?'} --provider opencode: unexpected {type(exc).__name__}: {exc}")
-    return 0
+    return guarded_hook("opencode", event, body)
 
 
 def hook_cursor(args):
@@ -165,7 +169,8 @@ def hook_cursor(args):
     sys.stdout.write(cursor.RESPONSE + "\n")
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
-    try:
+
+    def body():
         if event not in ("session-start", "session-end"):
             raise HookError(f"usage: confabctl hook session-start|session-end --provider cursor (got {' '.join(args)!r})")
         payload = read_hook_input(require_location=False)[3]
@@ -177,13 +182,7 @@ def hook_cursor(args):
             register(session_id, transcript, cwd, "cursor", model)
         else:
             hook_session_end((session_id, transcript, cwd, cursor.end_payload(payload, transcript)))
-    except HookError as exc:
-        err(f"hook {event or '?'} --provider cursor: {exc}")
-    except BaseException as exc:  # noqa: BLE001 - a hook must never fail Cursor
-        if isinstance(exc, SystemExit) and not exc.code:
-            return 0
-        err(f"hook {event or '?'} --provider cursor: unexpected {type(exc).__name__}: {exc}")
-    return 0
+    return guarded_hook("cursor", event, body)
 
 
 def tool_hook(event):
