@@ -292,3 +292,18 @@ def test_a_start_announced_after_opencode_exited_is_finished_not_kept_forever(cf
     messages = cfd.home / ".confab" / "opencode" / root / "messages.jsonl"
     assert backend.lines(root, "messages.jsonl") == messages.read_text().splitlines()
     assert len(backend.lines(root, "messages.jsonl")) == 2
+
+
+def test_a_database_path_with_uri_characters_is_still_read(tmp_path):
+    """Agents' databases are opened read-only through an SQLite URI; a '?' or '#' in the path (a user's
+    directory name) must not end the file name inside that URI."""
+    from confabd.providers import readonly_db
+
+    path = tmp_path / "odd?dir#x" / "opencode.db"
+    path.parent.mkdir()
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (v)")
+        conn.execute("INSERT INTO t VALUES (7)")
+    conn.close()
+    assert readonly_db.query(str(path), "SELECT v FROM t", (), 1.0) == [(7,)]
+    assert readonly_db.query(str(tmp_path / "missing.db"), "SELECT 1", (), 1.0) is None

@@ -16,9 +16,10 @@ import glob
 import json
 import os
 import re
-import sqlite3
 import stat
 import time
+
+from .. import readonly_db
 
 UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 ROLLOUT_RE = re.compile(r"rollout-.+-(" + UUID + r")\.jsonl(?:\.zst)?\Z")  # Codex may compress rollouts
@@ -149,18 +150,7 @@ class StateDB:
         self.path = path
 
     def _query(self, sql: str, args: tuple) -> list[tuple] | None:
-        if not self.path or not regular_file(self.path):
-            return None
-        try:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-        except sqlite3.Error:
-            return None
-        try:
-            return conn.execute(sql, args).fetchall()
-        except sqlite3.Error:
-            return None
-        finally:
-            conn.close()
+        return readonly_db.query(self.path, sql, args, BUSY_TIMEOUT_S)
 
     def parent_of(self, thread: str) -> str:
         rows = self._query("SELECT parent_thread_id FROM thread_spawn_edges WHERE child_thread_id = ? LIMIT 1",

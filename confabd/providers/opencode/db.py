@@ -10,8 +10,8 @@ writes it in WAL mode) and closes it again; an error reads as "nothing there yet
 from __future__ import annotations
 
 import os
-import sqlite3
-import stat
+
+from .. import readonly_db
 
 BUSY_TIMEOUT_S = 5.0
 MAX_DESCENDANTS = 1000
@@ -30,18 +30,7 @@ class OpenCodeDB:
         self.path = path
 
     def _query(self, sql: str, args: tuple) -> list[tuple] | None:
-        try:
-            if not stat.S_ISREG(os.stat(self.path).st_mode):
-                return None
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-        except (OSError, sqlite3.Error):
-            return None
-        try:
-            return conn.execute(sql, args).fetchall()
-        except sqlite3.Error:
-            return None
-        finally:
-            conn.close()
+        return readonly_db.query(self.path, sql, args, BUSY_TIMEOUT_S)
 
     def session(self, session_id: str) -> tuple[str, str] | None:
         """(directory, parent id or "") of a session; None when it is not (yet) there."""
