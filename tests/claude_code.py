@@ -11,12 +11,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
-import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -26,52 +22,15 @@ from typing import Callable, Optional
 
 import pytest
 
+from tests import npm_cache
+
 CLAUDE_CODE_VERSION = "2.1.330"
-CACHE = Path(__file__).resolve().parent / ".cache"
-INSTALL_TIMEOUT_S = 600
 
 
 def install(version: str = CLAUDE_CODE_VERSION) -> Path:
-    """The `claude` executable of `version`, installed into tests/.cache/ on first use (else skip)."""
-    prefix = CACHE / f"claude-code-{version}"
-    claude = prefix / "node_modules" / ".bin" / "claude"
-    if _works(claude, version):
-        return claude
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not on PATH: cannot install the real Claude Code")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".install.lock", "w") as lock:  # parallel test runs install once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _works(claude, version):
-            return claude
-        shutil.rmtree(prefix, ignore_errors=True)
-        prefix.mkdir(parents=True)
-        try:
-            r = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(prefix),
-                                f"@anthropic-ai/claude-code@{version}"],
-                               capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(prefix, ignore_errors=True)
-            pytest.skip(f"npm install @anthropic-ai/claude-code@{version} took over {INSTALL_TIMEOUT_S} s")
-        if r.returncode != 0 or not _works(claude, version):
-            shutil.rmtree(prefix, ignore_errors=True)
-            tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
-            pytest.skip(f"cannot install @anthropic-ai/claude-code@{version} with npm "
-                        f"(exit {r.returncode}): {' | '.join(tail)}")
-    return claude
-
-
-def _works(claude: Path, version: str) -> bool:
-    if not claude.exists():
-        return False
-    try:
-        r = subprocess.run([str(claude), "--version"], capture_output=True, text=True, timeout=60,
-                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": _scratch_home(),
-                                "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0 and r.stdout.startswith(version)
+    """The `claude` executable of `version`, installed into tests/.cache/ on first use."""
+    return npm_cache.install("@anthropic-ai/claude-code", version, "claude", "Claude Code", cache_as="claude-code",
+                             env={"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
 
 
 def project_dir_name(cwd: str) -> str:
@@ -275,15 +234,3 @@ class FakeAnthropic:
                 self.wfile.write(data)
 
         return Handler
-
-
-def _scratch_home() -> str:
-    """A HOME of its own for `--version`: run as root, an agent creates its dot-dirs in HOME, and a
-    made-up path such as /nonexistent then exists on the machine (it did: other tests rely on it not)."""
-    import atexit
-    import shutil
-    import tempfile
-
-    home = tempfile.mkdtemp(prefix="agent-version-home-")
-    atexit.register(shutil.rmtree, home, True)
-    return home

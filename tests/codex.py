@@ -13,67 +13,20 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
+from tests import npm_cache
 
 CODEX_VERSION = "0.171.0"
-CACHE = Path(__file__).resolve().parent / ".cache"
-INSTALL_TIMEOUT_S = 900
 FAKE_KEY_VAR = "FAKE_OPENAI_KEY"
-
-
-def _unavailable(why: str):
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"the real Codex is required under CI: {why}")
-    pytest.skip(why)
 
 
 def install(version: str = CODEX_VERSION) -> Path:
     """The `codex` executable of `version`, installed into tests/.cache/ on first use."""
-    prefix = CACHE / f"codex-{version}"
-    codex = prefix / "node_modules" / ".bin" / "codex"
-    if _works(codex, version):
-        return codex
-    npm = shutil.which("npm")
-    if npm is None:
-        _unavailable("npm is not on PATH: cannot install the real Codex")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".install.lock", "w") as lock:  # parallel test runs install once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _works(codex, version):
-            return codex
-        shutil.rmtree(prefix, ignore_errors=True)
-        prefix.mkdir(parents=True)
-        try:
-            r = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(prefix),
-                                f"@openai/codex@{version}"], capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(prefix, ignore_errors=True)
-            _unavailable(f"npm install @openai/codex@{version} took over {INSTALL_TIMEOUT_S} s")
-        if r.returncode != 0 or not _works(codex, version):
-            shutil.rmtree(prefix, ignore_errors=True)
-            tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
-            _unavailable(f"cannot install @openai/codex@{version} with npm (exit {r.returncode}): {' | '.join(tail)}")
-    return codex
-
-
-def _works(codex: Path, version: str) -> bool:
-    if not codex.exists():
-        return False
-    try:
-        r = subprocess.run([str(codex), "--version"], capture_output=True, text=True, timeout=60,
-                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": _scratch_home()})
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0 and r.stdout.strip().endswith(version)
+    return npm_cache.install("@openai/codex", version, "codex", "Codex", cache_as="codex")
 
 
 def codex_home(home: Path, api_url: str) -> Path:
@@ -209,15 +162,3 @@ def _agent_id(output: dict) -> str:
         return json.loads(text)["agent_id"]
     except (ValueError, KeyError, TypeError):
         return text
-
-
-def _scratch_home() -> str:
-    """A HOME of its own for `--version`: run as root, an agent creates its dot-dirs in HOME, and a
-    made-up path such as /nonexistent then exists on the machine (it did: other tests rely on it not)."""
-    import atexit
-    import shutil
-    import tempfile
-
-    home = tempfile.mkdtemp(prefix="agent-version-home-")
-    atexit.register(shutil.rmtree, home, True)
-    return home

@@ -10,57 +10,18 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests.codex import CACHE, INSTALL_TIMEOUT_S, _unavailable
+from tests import npm_cache
 
 OPENCODE_VERSION = "1.18.33"
 
 
 def install(version: str = OPENCODE_VERSION) -> Path:
-    prefix = CACHE / f"opencode-{version}"
-    binary = prefix / "node_modules" / ".bin" / "opencode"
-    if _works(binary, version):
-        return binary
-    npm = shutil.which("npm")
-    if npm is None:
-        _unavailable("npm is not on PATH: cannot install the real OpenCode")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _works(binary, version):
-            return binary
-        shutil.rmtree(prefix, ignore_errors=True)
-        prefix.mkdir(parents=True)
-        try:
-            r = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(prefix),
-                                f"opencode-ai@{version}"], capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(prefix, ignore_errors=True)
-            _unavailable(f"npm install opencode-ai@{version} took over {INSTALL_TIMEOUT_S} s")
-        if r.returncode != 0 or not _works(binary, version):
-            shutil.rmtree(prefix, ignore_errors=True)
-            tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
-            _unavailable(f"cannot install opencode-ai@{version} with npm (exit {r.returncode}): {' | '.join(tail)}")
-    return binary
-
-
-def _works(binary: Path, version: str) -> bool:
-    if not binary.exists():
-        return False
-    try:
-        r = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60,
-                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": _scratch_home()})
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0 and r.stdout.strip().endswith(version)
+    return npm_cache.install("opencode-ai", version, "opencode", "OpenCode", cache_as="opencode")
 
 
 def opencode_env(base: dict, root: Path, api_url: str) -> dict:
@@ -157,15 +118,3 @@ class FakeChat:
             return False
         last = body["messages"][-1]
         return last["role"] == "user" and self.task["prompt"] not in json.dumps(last.get("content"))
-
-
-def _scratch_home() -> str:
-    """A HOME of its own for `--version`: run as root, an agent creates its dot-dirs in HOME, and a
-    made-up path such as /nonexistent then exists on the machine (it did: other tests rely on it not)."""
-    import atexit
-    import shutil
-    import tempfile
-
-    home = tempfile.mkdtemp(prefix="agent-version-home-")
-    atexit.register(shutil.rmtree, home, True)
-    return home
