@@ -152,9 +152,15 @@ class Commands:
         if isinstance(parent, str):
             return control.error(parent)
         parent_pid, create_time = parent
+        # A hook's session gets its worker once the hook has its answer and has gone: the hook (and
+        # the agent that runs it) waits for nothing else, and does not use the worker's pid.
+        from_hook = bool(request.hook_pid)
         session = self.sessions.register(
             Registration(owner, external_id, transcript, request.cwd, parent_pid, create_time,
-                         provider=request.provider, model=request.model, config_dir=request.config_dir))
+                         provider=request.provider, model=request.model, config_dir=request.config_dir),
+            deferred=from_hook)
+        if session is not None and from_hook:
+            conn.on_close.append(lambda: self.sessions.begin_deferred(session))
         if session is None:
             return control.reply(registered=False,
                                  note="the session is finishing; it starts again once that is done")

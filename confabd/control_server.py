@@ -59,6 +59,7 @@ class Connection:
         self.close_after_flush = False
         self.closed = False
         self.events = selectors.EVENT_READ  # what the selector watches for it now (0: nothing)
+        self.on_close: list[Callable[[], None]] = []  # run once when it closes (the peer hung up)
 
     @property
     def output_full(self) -> bool:
@@ -117,7 +118,9 @@ class ControlServer:
             pass
 
     def close_all(self) -> None:
+        """The master is exiting: nothing more is started for a peer that hangs up now."""
         for conn in list(self.connections):
+            conn.on_close = []
             self.close_connection(conn)
         self.close()
 
@@ -271,6 +274,9 @@ class ControlServer:
             self.selector.unregister(conn.sock)
             conn.events = 0
         conn.sock.close()
+        callbacks, conn.on_close = conn.on_close, []
+        for callback in callbacks:
+            self.guard(callback)
 
 
 def remove_stale_socket(path: str) -> None:

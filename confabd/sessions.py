@@ -61,6 +61,10 @@ BACKOFF_MAX_S = 60.0
 STABLE_AFTER_S = 60.0  # a worker that ran this long resets the crash count
 CRASH_LOOP_LIMIT = 5  # this many crashes without a stable minute: failed
 UNFINISHED_RETRY_S = 60.0  # a final sync that hit the shutdown timeout is tried again after this
+# A hook's session starts its worker once the hook has hung up: the agent waits for the hook, and
+# a fork (and the new worker's first sync) next to it, on 2 cores, cost it ~3 ms (bench/RESULTS.md).
+# A hook that keeps its connection open does not hold the session back longer than this.
+HOOK_EXIT_WAIT_S = 0.2
 # The phases a worker reports; BACKOFF and FAILED are the master's alone, DONE is followed by its exit.
 REPORTED_PHASES = (Phase.WAITING, Phase.CONNECTING, Phase.SYNCING, Phase.FINISHING)
 
@@ -118,6 +122,7 @@ class Session:
         self.restarts = 0
         self.crashes = 0  # since the last stable minute
         self.restart_timer: Optional[list] = None
+        self.start_timer: Optional[list] = None  # registered by a hook: starts once it has its answer
         self.finish_reason = ""  # set once: the session is being finished
         self.end_hook_input: Optional[dict] = None  # SessionEnd input that only the master holds
         self.report: Optional[worker_api.Report] = None
@@ -210,15 +215,16 @@ class Sessions:
 
     # -- beginnings ----------------------------------------------------------------
 
-    def register(self, registration: Registration) -> Optional[Session]:
-        """Start the session; None when it is finishing and will start again once that is done."""
+    def register(self, registration: Registration, deferred: bool = False) -> Optional[Session]:
+        """Start the session; None when it is finishing and will start again once that is done.
+        `deferred`: its worker starts at `begin_deferred` (or after HOOK_EXIT_WAIT_S at the latest)."""
         session = self.get(registration.owner, registration.external_id)
         if session is not None and session.finish_reason and session.phase != Phase.FAILED:
             self.register_next_run(session, registration)  # e.g. --continue right after SessionEnd
             return None
         if session is not None:  # failed before: start over
             self.forget(session)
-        return self.start(registration)
+        return self.start(registration, deferred)
 
     def register_next_run(self, session: Session, registration: Registration) -> None:
         """Start `registration` once `session` is finished, and say so on disk now (an inbox
@@ -233,10 +239,10 @@ class Sessions:
         log.info("session %s: registered again while finishing; run %s starts once it is done",
                  session.external_id, run_id)
 
-    def start(self, registration: Registration) -> Session:
+    def start(self, registration: Registration, deferred: bool = False) -> Session:
         session = Session(registration)
         self.tenancy.remember(session.owner)
-        self.add(session)
+        self.add(session, deferred=deferred)
         return session
 
     def adopt(self, state: State, owner: int = USER_OWNER, finish_reason: str = "",
@@ -261,16 +267,33 @@ class Sessions:
         self.add(session, finish_reason)
         return session
 
-    def add(self, session: Session, finish_reason: str = "") -> None:
+    def add(self, session: Session, finish_reason: str = "", deferred: bool = False) -> None:
         self.table[session.key] = session
         if finish_reason:
             session.finish_reason = finish_reason
-        else:
+        if deferred:
+            session.start_timer = self.timers.call_later(HOOK_EXIT_WAIT_S, lambda: self.begin(session))
+            return
+        self.begin(session)
+
+    def begin_deferred(self, session: Session) -> None:
+        """Now, not at its timer: the hook that registered it has gone."""
+        if session.start_timer is not None:
+            self.timers.cancel(session.start_timer)
+            self.begin(session)
+
+    def begin(self, session: Session) -> None:
+        """Watch the session's parent and start its first worker."""
+        session.start_timer = None
+        if self.table.get(session.key) is not session or session.alive:
+            return
+        if not session.finish_reason:
             self.watch_parent(session)
         self.spawn(session)
 
     def forget(self, session: Session) -> None:
         self.unwatch_parent(session)
+        self.timers.cancel(session.start_timer)
         self.timers.cancel(session.restart_timer)
         if self.table.pop(session.key, None) is session:
             self.on_slot_freed(session.owner)
@@ -617,6 +640,7 @@ class Sessions:
         """Shutdown: sessions already finishing finish; live ones are suspended (State kept)."""
         self.stopping = True
         for session in list(self.table.values()):
+            self.begin_deferred(session)  # registered just now: it was promised a worker
             self.timers.cancel(session.restart_timer)
             self.unwatch_parent(session)
             if not session.alive:

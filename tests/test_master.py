@@ -678,3 +678,51 @@ def test_a_session_blocked_at_the_chunk_cap_is_not_retried_until_asked(tmp_path)
             assert cfd.session(eid)["restarts"] == 1 and capped.events(eid) == []
         finally:
             cfd.close()
+
+
+def held_registration(cfd, eid):
+    """A hook's registration on a connection that stays open: (the socket, the reply)."""
+    from confabd import client
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(cfd.socket))
+    body = json.dumps({"v": 1, "type": "register", "external_id": eid, "transcript_path": str(cfd.transcript(eid)),
+                       "cwd": "/home/dev/proj", "parent_pid": os.getpid(), "hook_pid": os.getpid()}).encode()
+    sock.sendall(len(body).to_bytes(4, "big") + body)
+    size = int.from_bytes(client._recv_exactly(sock, 4), "big")
+    return sock, json.loads(client._recv_exactly(sock, size))
+
+
+def test_a_hook_is_answered_before_its_worker_is_forked_and_a_held_connection_does_not_hold_it(cfd):
+    """A hook's session gets its worker once the hook has hung up (the agent waits for the hook, not
+    for the fork: issue 15), and anyway soon when it does not hang up."""
+    backend, eid = cfd.backend, "held-open"
+    cfd.master()
+    path = cfd.transcript(eid)
+    append(path, fixture_lines()[:5])
+    sock, reply = held_registration(cfd, eid)
+    try:
+        assert reply["ok"] and reply["registered"] and reply["worker_pid"] is None  # answered before the fork
+        wait_until(lambda: (cfd.session(eid) or {}).get("worker_pid"), what="the worker, the hook still connected")
+        backend.wait_for(lambda: len(backend.lines(eid, path.name)) == 5, timeout=20)
+    finally:
+        sock.close()
+
+
+def test_a_shutdown_right_after_a_hooks_registration_still_keeps_its_session(cfd):
+    """The master stops before the hook has hung up: the session it answered for is not lost."""
+    backend, eid = cfd.backend, "promised"
+    master = cfd.master()
+    path = cfd.transcript(eid)
+    append(path, fixture_lines()[:5])
+    sock, reply = held_registration(cfd, eid)
+    try:
+        assert reply["registered"]
+        assert cfd.ctl("shutdown").returncode == 0
+        wait_until(lambda: master.proc.poll() is not None, what="the master to stop")
+    finally:
+        sock.close()
+    assert cfd.state_file(eid).exists()
+    cfd.master()
+    wait_until(lambda: cfd.session(eid), what="the next master to adopt it")
+    backend.wait_for(lambda: len(backend.lines(eid, path.name)) == 5, timeout=20)
