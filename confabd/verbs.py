@@ -17,7 +17,8 @@ import sys
 import time
 
 from . import client
-from .ctl import EXIT_FAIL, EXIT_NO_MASTER, EXIT_OK, EXIT_USAGE, ask, err, sync_dir
+from .cli import ask
+from .ctl import EXIT_FAIL, EXIT_NO_MASTER, EXIT_OK, EXIT_USAGE, err, sync_dir
 
 HANDOVER_STOP_DEADLINE_S = 120.0  # the user master's shutdown: its final flushes (shutdown_timeout_ms)
 

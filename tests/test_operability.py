@@ -292,7 +292,7 @@ def test_library_warnings_are_debug_records(capfd):
 
 
 def test_status_shows_a_state_it_does_not_know():
-    from confabd.ctl import format_status
+    from confabd.cli import format_status
 
     status = {"master": {"version": "9", "pid": 1, "mode": "user", "uptime_s": 1, "socket": "/s"},
               "sessions": [{"external_id": "abc", "state": "levitating", "files": {}}]}
