@@ -190,6 +190,8 @@ def url_to_link(hook_input: dict, git) -> str:
     command = tool_input.get("command") if isinstance(tool_input, dict) else None
     if tool != BASH or not isinstance(command, str) or not command:
         return ""
+    if "commit" not in command and "push" not in command and "create" not in command:
+        return ""  # the common case, settled without importing re (each pattern needs its word)
     if _first("pr_create", command) >= 0:
         return pr_url_in(response)
     if not (_first("commit", command) >= 0 or _first("push", command) >= 0) or not successful_bash(response):

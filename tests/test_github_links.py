@@ -143,17 +143,20 @@ def test_post_tool_use_links_the_commit_and_the_pr(cfd, synced, tmp_path):
     assert len(backend.github_links(eid)) == 2
 
 
-def test_the_pre_tool_use_hook_stays_light(cfd, tmp_path):
-    """Before every Bash call: no msgspec, requests, psutil, subprocess or argparse imported."""
+@pytest.mark.parametrize("event", ["pre-tool-use", "post-tool-use"])
+def test_the_tool_hooks_stay_light(cfd, tmp_path, event):
+    """Before and after every Bash call: no msgspec, requests, psutil, subprocess, argparse, nor
+    even re imported (post-tool-use compiled its patterns for every command, ~5 ms, before)."""
     payload = tmp_path / "in.json"
-    payload.write_text(json.dumps(tool_input(cfd, "light", "Bash", command="ls")))
+    response = {"stdout": "a\n", "stderr": ""} if event == "post-tool-use" else None
+    payload.write_text(json.dumps(tool_input(cfd, "light", "Bash", response=response, command="ls")))
     with open(payload) as stdin:
         r = subprocess.run([PYTHON, "-X", "importtime", "-c",
-                            "import sys; from confabd.ctl import hook; sys.exit(hook(['pre-tool-use']))"],
+                            f"import sys; from confabd.ctl import hook; sys.exit(hook([{event!r}]))"],
                            stdin=stdin, env=cfd.env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout == ""
     imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
-    for heavy in ("msgspec", "psutil", "requests", "backoff", "argparse", "socket", "subprocess"):
+    for heavy in ("msgspec", "psutil", "requests", "backoff", "argparse", "socket", "subprocess", "re"):
         assert heavy not in imported, heavy
 
 
