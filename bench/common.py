@@ -360,11 +360,16 @@ class Install:
 
     def hook_input(self, event: str, external_id: str) -> bytes:
         """The fixture hook input (session-start.json / session-end.json), pointed at this install."""
-        name = "session-start.json" if event in ("SessionStart", "UserPromptSubmit") else "session-end.json"
+        name = "session-end.json" if event == "SessionEnd" else "session-start.json"
         payload = json.loads((HOOK_INPUT / name).read_text())
         if event == "UserPromptSubmit":  # the fields a prompt hook carries (tests/fixtures/hook-input/real-*)
             payload.update(hook_event_name="UserPromptSubmit", prompt="go on")
             payload.pop("source", None)
+        if event in ("PreToolUse", "PostToolUse"):  # a Bash call that is neither a commit nor a PR: most of them
+            payload.update(hook_event_name=event, tool_name="Bash", tool_input={"command": "ls -la src"})
+            payload.pop("source", None)
+            if event == "PostToolUse":
+                payload["tool_response"] = {"stdout": "main.py\n", "stderr": "", "interrupted": False}
         payload.update(session_id=external_id, transcript_path=str(self.transcript(external_id)))
         return json.dumps(payload).encode()
 

@@ -103,8 +103,8 @@ def run(quick: bool = False) -> list[Figure]:
         lean.write_text(lean_script_text())
         lean.chmod(0o755)
         log(f"hook latency: {runs} x (python -c pass, python -I -S -c pass, confabctl hook session-start, "
-            f"lean script, user-prompt-submit), interleaved")
-        base, base_is, hook, hook_m, hook_lean, prompt = [], [], [], [], [], []
+            f"lean script, user-prompt-submit, pre-tool-use, post-tool-use), interleaved")
+        base, base_is, hook, hook_m, hook_lean, prompt, pre_tool, post_tool = [], [], [], [], [], [], [], []
         sids = []
         for i in range(runs):
             sid = f"hook-{i:03d}"
@@ -132,6 +132,14 @@ def run(quick: bool = False) -> list[Figure]:
             if rc != 0 or err.strip() or b'"continue": true' not in out:
                 raise RuntimeError(f"hook user-prompt-submit failed: rc={rc} {out!r} {err!r}")
             prompt.append(wall)
+            # PreToolUse and PostToolUse of a Bash call (commit and PR links): before and after every one
+            for event, times in (("PreToolUse", pre_tool), ("PostToolUse", post_tool)):
+                name = "pre-tool-use" if event == "PreToolUse" else "post-tool-use"
+                wall, _, rc, out, err = run_timed([str(lean), "hook", name], env=inst.env,
+                                                  stdin_bytes=inst.hook_input(event, sid + "-lean"))
+                if rc != 0 or err.strip() or out.strip():
+                    raise RuntimeError(f"hook {name} failed: rc={rc} {out!r} {err!r}")
+                times.append(wall)
             if i % 4 == 0:  # the `python -m` form too, for comparison (re-register: "already registered")
                 hook_m.append(run_timed([PYTHON, "-m", "confabd.ctl", "hook", "session-start"], env=inst.env,
                                         stdin_bytes=payload)[0])
@@ -144,6 +152,11 @@ def run(quick: bool = False) -> list[Figure]:
         figures.append(Figure("hook latency (user-prompt-submit, session already owned) vs python -I -S", p, "s",
                               bis, "python -I -S -c pass (median)", "<= 1.5x baseline", p <= 1.5 * bis,
                               spread=f"hook {spread(prompt)}; per-round ratios {ratio_spread(prompt, base_is)}"))
+        for label, times in (("pre-tool-use", pre_tool), ("post-tool-use", post_tool)):
+            t = median(times)
+            figures.append(Figure(f"hook latency ({label}, a Bash call) vs python -I -S", t, "s", bis,
+                                  "python -I -S -c pass (median)", "<= 1.5x baseline", t <= 1.5 * bis,
+                                  spread=f"hook {spread(times)}; per-round ratios {ratio_spread(times, base_is)}"))
         fig = Figure("hook latency (session-start, whole process, shipped entry script)", h, "s", b,
                      "python -c pass (median)", "<= 2.0x baseline", h <= 2.0 * b,
                      spread=f"hook {spread(hook_lean)}; baseline {spread(base)}; script: {LEAN_SCRIPT.splitlines()[:2]}")
