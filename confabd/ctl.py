@@ -292,8 +292,9 @@ def register(session_id, transcript, cwd, provider, model="", hint=0):
         message["provider"] = provider
     if model:
         message["model"] = model
-    if provider == "claude-code" and session_config_dir(transcript):  # a binding picks its backend
-        message["config_dir"] = session_config_dir(transcript)
+    config_dir = session_config_dir(transcript) if provider == "claude-code" else ""
+    if config_dir:  # a binding picks its backend
+        message["config_dir"] = config_dir
     try:
         reply = request_with_autostart(message)
     except (client.NoMaster, client.ProtocolError, OSError) as exc:
