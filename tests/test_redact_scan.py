@@ -91,10 +91,12 @@ CUSTOM_LINES = [
     b"TICKET-1234", "TICKET-\u0663\u0664\u0665\u0666 arabic digits".encode(), "TICKET-١٢٣٤".encode(),
     "ÜNÏCODEé and ünïcodeß".encode(), "\u212aelvin-ab \u017ftuff KELVIN-\u017f".encode(),
     b"acct_0123456789ab", b"x-acct_0123456789ab", b"acct_0123456789abc", b"user=bob", b"user=BOB",
-    b"'tok=abc'", b"'tok=abc\"", b'{"a": "\\"tok=x\\""}', b"secret", b": x", b"secret :", b"s", b"secret\t:\xc2\xa0v",
+    b"'tok=abc'", b"'tok=abc\"", b'{"a": "\\"tok=x\\""}', b"secret", b": x", b"secret :", b"s",
+    b"secret\t:\xc2\xa0v",
     "ééé x".encode(), "\u2028\u2028\u2028x".encode(), b"header:12345", b"x header:12345", "header:ééééé".encode(),
     b"the end-marker", b"end-marker ", b"", b"   ", b"\t", b"id = 42!", b"id = ?", b"id=4?", b"wordy", b"word",
-    "wordé".encode(), b"abc12", "ab\u00e912".encode(), b"\x80bad", b"\xffbad", "\udc80bad".encode("utf-8", "surrogatepass"),
+    "wordé".encode(), b"abc12", "ab\u00e912".encode(), b"\x80bad", b"\xffbad",
+    "\udc80bad".encode("utf-8", "surrogatepass"),
     b"qqz", b"qz", b"ba\r", b'k"k"', b'a"A"', b'{"k": "a\\nb"}',
 ]
 CUSTOM_CONFIG = {"enabled": True, "patterns": [
@@ -189,7 +191,7 @@ def test_the_compiled_database_is_cached_privately_and_a_bad_cache_is_replaced(t
 # Short patterns over a small alphabet of the characters where `str` and byte semantics part.
 FUZZ_PATTERNS = [r"(?i)k\w", r"\d\d", r"\s\S", r"[^a]{2}", r"a.b", r"\W{2}", r"(?i)[a-z]{2}", r"(?<=a)b", r"(\w)\1",
                  r"^.{3}$", r"\Bk", r"(?i)İ", r"(?a)\w\w\w", r"é+", r"(?i)É", r"[é-ü]", r"(?<!\s)a", r"b(?!\S)",
-                 r'(a|k)"\1"']
+                 r'(a|k)"\1"', r"(?>a+)b", r"a*+b", r"[\s\S]\s", r"(?:a|k){2,3000}b"]
 FUZZ_ALPHABET = ["a", "b", "k", "K", "\u212a", "\u017f", "\u0130", "\u0131", "1", "\u0663", "_", " ", "\t", "\xa0",
                  "\u2028", "\x1c", "é", "É", "ü", "\U0001f600", '"', "\r", "\udc80", "\udcff"]
 
@@ -324,3 +326,25 @@ def test_patterns_that_compile_alone_but_not_together_are_all_left_to_re(monkeyp
     patterns = [re.compile("TICKET-1"), re.compile("TICKET-2")]
     first_pass, left_to_re = compile_custom_first_pass([("ghp_", "", False)], patterns)
     assert left_to_re == [0, 1] and flagged_lines([b"TICKET-1", b"ghp_"], first_pass) == [1]
+
+
+@needs_hyperscan
+def test_a_pattern_too_large_as_it_is_goes_in_as_a_hyperscan_prefilter(monkeypatch):
+    """HS_FLAG_PREFILTER: Hyperscan's looser pattern, which matches at least as much."""
+    from confabd import redact_scan
+
+    real_compile = redact_scan._compile
+    tried = []
+
+    def only_as_prefilter(expressions, flags):
+        tried.append(flags)
+        if not all(flag & hyperscan.HS_FLAG_PREFILTER for flag in flags):
+            raise hyperscan.CompilerError("Pattern is too large (simulated)")
+        return real_compile(expressions, flags)
+
+    monkeypatch.setattr(redact_scan, "_compile", only_as_prefilter)
+    pattern = re.compile(r"(?<=k)(a|k)\1{2,50}b")
+    first_pass, left_to_re = compile_custom_first_pass((), [pattern])
+    assert left_to_re == [] and tried[-1] == [hyperscan.HS_FLAG_MULTILINE | hyperscan.HS_FLAG_PREFILTER]
+    lines = fuzz_lines() + [b"kaaab", b"kkkkb", b"kab"]
+    assert lines_re_finds(pattern, lines) <= set(flagged_lines(lines, first_pass))
