@@ -245,6 +245,7 @@ def test_caseless_ascii_letters_match_only_the_four_documented_non_ascii_letters
     for source in [f"(?i){letter}" for letter in string.ascii_letters] + ["(?i)[a-zA-Z]"]:
         found = {c.encode("utf-8", "surrogatepass") for c in re.findall(source, everything)}
         assert found <= set(redact_superset._CASELESS_TWINS), (source, found)
+    assert not re.findall("(?ai)[a-zA-Z]", everything)  # with re.ASCII, none: no twins added
 
 
 def count_redact_line_calls(redactor: Redactor, lines: list[bytes]) -> int:
