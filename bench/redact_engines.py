@@ -1,6 +1,7 @@
 """Redaction first-pass engines on the bench corpus (issue 15 item 3): which tool, by measurement.
 
-    .venv/bin/python -m bench.redact_engines [MB]      # default 30 MB of each corpus file
+    .venv/bin/python -m bench.redact_engines [MB]            # default 30 MB of each corpus file
+    .venv/bin/python -m bench.redact_engines --custom [MB]   # with CUSTOM_PATTERNS configured too
 
 Each engine finds the lines that may hold a secret in 1 MiB line-aligned blocks of the corpus
 (bench/corpus.py, clean and 1 % secrets), and those lines go through `Redactor.redact_line`;
@@ -9,6 +10,11 @@ reported wrong. MB/s of CPU time (process_time), best of 3 interleaved rounds; t
 is zstd -3 of the same blocks in the same round. Engines: the shipped `re` path line by line,
 the `re` prefilter over whole blocks, Hyperscan (confabd/redact_scan.py, what ships), and
 google-re2 (the anchors as one regex, `finditer` per block) when installed.
+
+`--custom`: the default patterns plus CUSTOM_PATTERNS (among them a look-behind and a
+back-reference, which Hyperscan has no syntax for): `re` line by line, as every line
+went before, against the first pass (redact_superset.py turns each into a Hyperscan
+pattern that matches at least as much).
 """
 
 from __future__ import annotations
@@ -38,6 +44,24 @@ def blocks_of(data: bytes) -> list[tuple[list[bytes], bytes]]:
         out.append((block.split(b"\n")[:-1], block))
         start = end
     return out
+
+
+# A few custom patterns of the kinds users write: a ticket id, a caseless internal host,
+# an account id with look-arounds, a quoted token with a back-reference.
+CUSTOM_PATTERNS = [
+    {"name": "ticket", "pattern": r"TICKET-\d{4,}"},
+    {"name": "internal host", "pattern": r"(?i)\binternal\.example\.com/[\w/-]+"},
+    {"name": "account", "pattern": r"(?<![\w-])acct_[0-9a-f]{12}(?![\w-])"},
+    {"name": "quoted token", "pattern": r"(['\"])tok=([^'\"]+)\1", "capture_group": 2},
+]
+
+
+def custom_engines():
+    r = Redactor.from_config({"enabled": True, "patterns": CUSTOM_PATTERNS})
+    found = {"re, line by line (custom: every line before)": lambda lines, block: [r.redact_line(x) for x in lines]}
+    if redact._custom_first_pass(True, [rule.regex for rule in r._custom_rules]) is not None:
+        found["hyperscan first pass with the custom patterns"] = r.redact_lines
+    return r, found
 
 
 def engines():
@@ -83,6 +107,8 @@ def engines():
 
 
 def main(argv: list[str]) -> int:
+    custom = "--custom" in argv
+    argv = [arg for arg in argv if arg != "--custom"]
     size = int(float(argv[0]) * 1e6) if argv else 30_000_000
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
@@ -90,7 +116,7 @@ def main(argv: list[str]) -> int:
             path = os.path.join(tmp, name.replace("% ", "pct-") + ".jsonl")
             write_corpus(path, size, TRANSCRIPTS, secret_share=share)
             files[name] = blocks_of(open(path, "rb").read())
-    r, found = engines()
+    r, found = custom_engines() if custom else engines()
     compressor = zstandard.ZstdCompressor(level=3)
     best: dict[tuple[str, str], float] = {}
     for name, blocks in files.items():

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from .redact_scan import compile_first_pass, flagged_lines
+from .redact_scan import compile_custom_first_pass, compile_first_pass, flagged_lines
 
 __all__ = ["Redactor", "DEFAULT_PATTERNS"]
 
@@ -198,15 +198,34 @@ _DEFAULT_PREFILTER = _build_prefilter(DEFAULT_PATTERNS)
 _FIRST_PASS: list = []  # [the compiled first pass, or None]: built once per process, on first use
 
 
+def _default_anchors():
+    return ((literal, tail, spec.ignore_case_anchors) for spec in DEFAULT_PATTERNS for literal, tail in spec.anchors)
+
+
+def _cache_dir() -> str:
+    from .paths import confab_dir, home_dir
+
+    return os.path.join(confab_dir(home_dir()), "cache")
+
+
 def _default_first_pass():
     """The default anchors' first pass (redact_scan.py), None without Hyperscan."""
     if not _FIRST_PASS:
-        from .paths import confab_dir, home_dir
-
-        _FIRST_PASS.append(compile_first_pass(
-            ((literal, tail, spec.ignore_case_anchors) for spec in DEFAULT_PATTERNS for literal, tail in spec.anchors),
-            cache_dir=os.path.join(confab_dir(home_dir()), "cache")))
+        _FIRST_PASS.append(compile_first_pass(_default_anchors(), cache_dir=_cache_dir()))
     return _FIRST_PASS[0]
+
+
+_CUSTOM_FIRST_PASSES: dict = {}  # (defaults?, custom patterns) -> compile_custom_first_pass(...), once per process
+
+
+def _custom_first_pass(with_defaults: bool, patterns: list[re.Pattern[str]]):
+    """The first pass over the default anchors (when used) and custom value patterns:
+    (first pass, indexes of the patterns left to `re`), None without Hyperscan."""
+    key = (with_defaults, tuple((p.pattern, p.flags) for p in patterns))
+    if key not in _CUSTOM_FIRST_PASSES:
+        _CUSTOM_FIRST_PASSES[key] = compile_custom_first_pass(
+            _default_anchors() if with_defaults else (), patterns, cache_dir=_cache_dir())
+    return _CUSTOM_FIRST_PASSES[key]
 # The same scan over one decoded JSON string value: lets the JSON path skip
 # the whole default rule set for the (many) values of a line that hold none.
 _DEFAULT_TEXT_PREFILTER = re.compile(_DEFAULT_PREFILTER.pattern.decode("ascii"))
@@ -340,16 +359,46 @@ class Redactor:
 
     def redact_lines(self, lines: list[bytes], joined: bytes | None = None) -> list[bytes]:
         """`redact_line` of each line, in one first pass over the batch when it can
-        be (redact_scan.py: Hyperscan, the default patterns only); each line that
-        nothing matched is the very object given, as with `redact_line`.
-        `joined`: the same lines joined by newlines, when the caller has it."""
-        first_pass = _default_first_pass() if self._scan is not None else None
+        be (redact_scan.py: Hyperscan); each line that nothing matched is the very
+        object given, as with `redact_line`. `joined`: the same lines joined by
+        newlines, when the caller has it.
+
+        The first pass flags every line `redact_line` can change: a hit of the
+        default anchors or of a custom value pattern's superset. Custom patterns it
+        could not take are searched on every line, and a custom field pattern
+        (it can name any key) sends every JSON line on, as `redact_line` does."""
+        left_to_re: list[re.Pattern[str]] = []
+        if self._scan is not None:
+            first_pass = _default_first_pass()
+        else:
+            plan = _custom_first_pass(bool(self._default_rules), [rule.regex for rule in self._custom_rules])
+            first_pass = plan[0] if plan else None
+            left_to_re = [self._custom_rules[i].regex for i in plan[1]] if plan else []
         if first_pass is None:
             return [self.redact_line(line) for line in lines]
         out = list(lines)
-        for index in flagged_lines(lines, first_pass, joined):
+        flagged = flagged_lines(lines, first_pass, joined)
+        if left_to_re or self._always_scan_json:
+            flagged = self._also_flagged(lines, set(flagged), left_to_re)
+        for index in flagged:
             out[index] = self.redact_line(lines[index])
         return out
+
+    def _also_flagged(self, lines: list[bytes], flagged: set[int], left_to_re: list[re.Pattern[str]]) -> list[int]:
+        """`flagged` plus the lines the first pass cannot judge: those a custom pattern
+        left to `re` matches (searched as `_may_contain_secret` does), and with a
+        custom field pattern every JSON line."""
+        scan_json = self._always_scan_json
+        for index, line in enumerate(lines):
+            if index in flagged:
+                continue
+            if scan_json and _looks_like_json(line):
+                flagged.add(index)
+            elif left_to_re:
+                text = line.decode("utf-8", "surrogateescape")
+                if any(regex.search(text) for regex in left_to_re):
+                    flagged.add(index)
+        return sorted(flagged)
 
     # -- per line -----------------------------------------------------------
 
