@@ -30,7 +30,7 @@ from confabd import redact
 from confabd.redact import Redactor
 from confabd.redact_scan import flagged_lines
 
-from .common import TRANSCRIPTS
+from .common import TRANSCRIPTS, Figure, log
 from .corpus import write_corpus
 
 BLOCK = 1 << 20
@@ -106,10 +106,8 @@ def engines():
     return r, found
 
 
-def main(argv: list[str]) -> int:
-    custom = "--custom" in argv
-    argv = [arg for arg in argv if arg != "--custom"]
-    size = int(float(argv[0]) * 1e6) if argv else 30_000_000
+def measure(size: int, custom: bool) -> tuple[list[str], dict[tuple[str, str], float]]:
+    """(engine names, zstd first; best MB/s per (file, engine)), every engine's output checked first."""
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
         for name, share in (("clean", 0.0), ("1% secrets", 0.01)):
@@ -137,9 +135,33 @@ def main(argv: list[str]) -> int:
                     fn(lines, block)
                 rate = total / (time.process_time() - t) / 1e6
                 best[(name, engine)] = max(best.get((name, engine), 0), rate)
+    return ["zstd -3 (baseline)"] + list(found), best
+
+
+def run(quick: bool = False) -> list[Figure]:
+    """bench/run.py's `redaction` group: every engine, default patterns and with CUSTOM_PATTERNS."""
+    size = 10_000_000 if quick else 30_000_000
+    figures = []
+    for custom in (False, True):
+        log(f"redaction engines, {size / 1e6:.0f} MB per file{', custom patterns too' if custom else ''}")
+        names, best = measure(size, custom)
+        base = best[("clean", names[0])]
+        for engine in names[1:]:
+            label = f"redaction{' (defaults + custom)' if custom else ''}: {engine}, MB/s CPU, clean"
+            figures.append(Figure(label, best[("clean", engine)], "MB/s", base, "zstd -3 of the same blocks",
+                                  "info", None, spread=f"1 % secrets: {best[('1% secrets', engine)]:,.0f} MB/s "
+                                  f"(zstd {best[('1% secrets', names[0])]:,.0f}); best of 3, output checked identical"))
+    return figures
+
+
+def main(argv: list[str]) -> int:
+    custom = "--custom" in argv
+    argv = [arg for arg in argv if arg != "--custom"]
+    size = int(float(argv[0]) * 1e6) if argv else 30_000_000
+    names, best = measure(size, custom)
     print(f"| engine ({size / 1e6:.0f} MB per file, output checked identical) | MB/s clean | MB/s 1 % secrets |")
     print("|---|---|---|")
-    for engine in ["zstd -3 (baseline)"] + list(found):
+    for engine in names:
         print(f"| {engine} | {best[('clean', engine)]:,.0f} | {best[('1% secrets', engine)]:,.0f} |")
     return 0
 

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/run.py            # everything (~6 min on 2 cores, plus the backfill group's rounds)
     .venv/bin/python bench/run.py --quick    # short smoke run (smaller samples, 20 MB backfill, 15 s idle)
-    .venv/bin/python bench/run.py --only hook   # one group: hook, lifecycle, backfill, throughput, memory, scale
+    .venv/bin/python bench/run.py --only hook   # one group: hook, lifecycle, backfill, throughput, memory, scale,
+                                                #   scale-many, redaction
     .venv/bin/python bench/run.py --only backfill --quick   # the honest backfill bench at 30 MB
 
 `backfill` (bench/backfill.py) is the backfill figure: `confabctl save` against
@@ -42,6 +43,7 @@ GROUPS = {
     "memory": ("bench.memory", "memory per session, idle cost (100 sessions)"),
     "scale": ("bench.scale", "200 sessions through the hook command"),
     "scale-many": ("bench.scale_many", "100 to 1,000 concurrent sessions: memory, registration, status (issue 15)"),
+    "redaction": ("bench.redact_engines", "redaction first-pass engines, default and custom patterns (issue 15)"),
 }
 
 
