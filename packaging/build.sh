@@ -142,7 +142,7 @@ sed -e "s/@VERSION@/$VERSION/g" -e "s/@DATE@/$DATE/" "$HERE/doc/changelog.in" | 
 # (the tools' interpreter, with the staged site-packages for confabd and its dependencies).
 mkdir -p "$GEN/completions"
 for shell in bash zsh; do
-	for prog in confabctl:confabd.ctl confabd:confabd.master_cli; do
+	for prog in confabctl:confabd.cli confabd:confabd.master_cli; do
 		PYTHONPATH=$VENV/lib/python$PYVER/site-packages "$TOOLS/bin/python" -m shtab --shell="$shell" \
 			--prog="${prog%%:*}" --prefix="${prog%%:*}" -u "${prog#*:}.build_parser" >"$GEN/completions/${prog%%:*}.$shell"
 	done

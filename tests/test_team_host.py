@@ -223,6 +223,8 @@ def test_retry_forget_and_reload_act_for_the_caller_only(system, users, backend)
     eid = "a-fails"
     path = a.transcript(eid, fixture_lines())
     assert hook(system, a, "session-start", eid, path).returncode == 0
+    state = a.sync_dir / f"{eid}.json"
+    wait_until(state.exists, 30, what="the first worker to write the session's State")  # then kill it
     killed = set()
     while True:  # kill -9 each new worker until the master calls it failed
         s = wait_until(lambda: (x := system.status().get(eid)) and (x["state"] == "failed" or
@@ -232,7 +234,6 @@ def test_retry_forget_and_reload_act_for_the_caller_only(system, users, backend)
             break
         os.kill(s["worker_pid"], signal.SIGKILL)
         killed.add(s["worker_pid"])
-    state = a.sync_dir / f"{eid}.json"
     assert state.exists()
     for verb in (("retry", eid), ("forget", eid, "--yes")):  # b: as if there were no such session
         r = ctl(system, b, *verb)
