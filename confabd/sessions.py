@@ -42,7 +42,7 @@ from typing import Callable, Iterator, Optional
 
 import msgspec
 
-from . import providers, worker_api
+from . import forking, providers, worker_api
 from .config import Settings
 from .parents import process_identity, same_process
 from .privileges import PrivilegeError
@@ -109,7 +109,7 @@ class Session:
         self.config_dir = registration.config_dir
         self.run_id = registration.run_id
         self.parent_fd: Optional[int] = None  # a pidfd: readable when the parent exits
-        self.proc: Optional[multiprocessing.process.BaseProcess] = None
+        self.proc: Optional[forking.Worker] = None
         self.pipe: Optional[WorkerChannel] = None  # the master's end of the worker's Pipe, non-blocking
         self.started = 0.0  # monotonic start of the current worker
         self.last_heard = 0.0  # monotonic: the worker's last message (or its start)
@@ -144,13 +144,11 @@ class Session:
 class Sessions:
     """Every session of this master, by (owner, external_id), and everything that happens to them."""
 
-    def __init__(self, settings: Settings, tenancy, selector: selectors.BaseSelector, timers,
-                 inherited_fds: Callable[[], list[int]]):
+    def __init__(self, settings: Settings, tenancy, selector: selectors.BaseSelector, timers):
         self.settings = settings
         self.tenancy = tenancy
         self.selector = selector
         self.timers = timers  # call_later(delay, fn) -> entry; cancel(entry)
-        self.inherited_fds = inherited_fds  # the master's fds a new worker must shed
         self.ctx = multiprocessing.get_context(START_METHOD)
         self.table: dict[tuple[int, str], Session] = {}
         self.stopping = False  # shutdown: no new sessions, no restarts
@@ -290,10 +288,8 @@ class Sessions:
             provider=session.provider, model=session.model, restarts=session.restarts, finish_reason=session.finish_reason,
             end_hook_input=session.end_hook_input, config_dir=session.config_dir, run_id=session.run_id)
         master_end, worker_end = self.ctx.Pipe(duplex=True)
-        inherited = self.inherited_fds() + [master_end.fileno()]
         worker_main = importlib.import_module(WORKER_MODULE).worker_main  # preloaded: no import here
-        proc = self.ctx.Process(target=worker_main, name=f"confabd-worker {session.external_id}",
-                                args=(spec, worker_end, inherited))
+        proc = forking.Worker(worker_main, (spec, worker_end))  # it sheds every fd but its own
         try:
             # Collect garbage, then freeze what is left, so the child's collector never
             # writes to (and so copies) the pages it shares with the master.
