@@ -47,6 +47,7 @@ from .config import Settings
 from .parents import process_identity, same_process
 from .privileges import PrivilegeError
 from .records import NextRun, State
+from .session_table import SessionTable
 from .tenancy import USER_OWNER
 from .worker_api import Phase
 from .worker_channel import Unreadable, WorkerChannel
@@ -114,6 +115,7 @@ class Session:
         self.started = 0.0  # monotonic start of the current worker
         self.last_heard = 0.0  # monotonic: the worker's last message (or its start)
         self.kill_reason = ""  # why the master killed the current worker (hung): its crash says so
+        self.tally: Optional[SessionTable] = None  # the table counting it as live, while in it
         self.phase = Phase.WAITING
         self.restarts = 0
         self.crashes = 0  # since the last stable minute
@@ -126,6 +128,19 @@ class Session:
         self.waiters: list[Waiter] = []  # `stop --wait` callers
         self.then_register: Optional[Registration] = None  # registered again while finishing
         self.is_blocked = False  # failed on a blocked file: retried only when asked (blocked())
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: Phase) -> None:
+        """Into or out of FAILED moves its owner's live count (session_table.py)."""
+        if self.tally is not None:
+            self.tally.count(self, -1)
+        self._phase = phase
+        if self.tally is not None:
+            self.tally.count(self, +1)
 
     @property
     def alive(self) -> bool:
@@ -150,7 +165,7 @@ class Sessions:
         self.selector = selector
         self.timers = timers  # call_later(delay, fn) -> entry; cancel(entry)
         self.ctx = multiprocessing.get_context(START_METHOD)
-        self.table: dict[tuple[int, str], Session] = {}
+        self.table: SessionTable = SessionTable()  # (owner, external_id) -> Session
         self.stopping = False  # shutdown: no new sessions, no restarts
         self.on_slot_freed: Callable[[int], None] = lambda owner: None  # adoption.py: a session ended
         # metrics.py: every report (counts, reachability), and what a status row adds from them
@@ -173,7 +188,8 @@ class Sessions:
         return [s for s in self.table.values() if self.tenancy.may_see(viewer, s.owner)]
 
     def live_count(self, owner: int) -> int:
-        return sum(1 for s in self.table.values() if s.owner == owner and s.phase != Phase.FAILED)
+        """`owner`'s sessions that are not FAILED (what max_sessions_per_user caps)."""
+        return self.table.live_count(owner)
 
     def owned_by(self, owner: int) -> bool:
         return any(s.owner == owner for s in self.table.values())
