@@ -15,8 +15,8 @@ tenancy (confabd.tenancy), chosen by master_cli.
 
 Workers are forked (start method "fork"): the master is single-threaded
 (forking is safe), and a fork costs ~3 ms and ~11 MB PSS per idle worker
-against ~80 ms / ~22 MB for spawn; the child sheds every master fd it
-inherited before running the worker (confabd.worker.worker_main).
+against ~80 ms / ~22 MB for spawn; the child sheds every fd it inherited
+but its own before running the worker (confabd.worker.worker_main).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class Arbiter:
         self.wake_r = self.wake_w = None
         self.helpers = Helpers(self.selector, self.timers, guarded)  # system mode: as-a-user jobs
         tenancy.use_helpers(self.helpers)
-        self.sessions = Sessions(settings, tenancy, self.selector, self.timers, self.inherited_fds)
+        self.sessions = Sessions(settings, tenancy, self.selector, self.timers)
         self.adoption = Adoption(self.sessions, tenancy, self.timers)
         self.metrics = Metrics(BackendHealth())  # per backend reachability, counts: status and metrics
         self.sessions.on_report_taken = self.metrics.take_report
@@ -195,16 +195,6 @@ class Arbiter:
         gc.collect()
         gc.freeze()
 
-    def inherited_fds(self) -> list[int]:
-        """Every fd of the master a worker must not keep (listener, connections, pipes, pidfds...)."""
-        fds = [key.fd for key in self.selector.get_map().values()]
-        fds.append(self.selector.fileno())
-        if self.wake_w is not None:
-            fds.append(self.wake_w.fileno())
-        if self.pidfile_fd is not None:
-            fds.append(self.pidfile_fd)
-        return fds
-
     def notify(self, message: str) -> None:
         try:
             notify.notify(message)
@@ -275,7 +265,7 @@ class Arbiter:
         self.sessions.close_all()
         self.control.close_all()
         # After a normal shutdown no worker is left. After an error, none may keep this process
-        # from exiting (multiprocessing joins its children at exit): their State is on disk.
+        # from exiting: their State is on disk.
         self.sessions.kill_remaining()
         if self.wake_w is not None:
             signal.set_wakeup_fd(-1)

@@ -42,11 +42,12 @@ from typing import Callable, Iterator, Optional
 
 import msgspec
 
-from . import providers, worker_api
+from . import forking, providers, worker_api
 from .config import Settings
 from .parents import process_identity, same_process
 from .privileges import PrivilegeError
 from .records import NextRun, State
+from .session_table import SessionTable
 from .tenancy import USER_OWNER
 from .worker_api import Phase
 from .worker_channel import Unreadable, WorkerChannel
@@ -113,11 +114,12 @@ class Session:
         self.config_dir = registration.config_dir
         self.run_id = registration.run_id
         self.parent_fd: Optional[int] = None  # a pidfd: readable when the parent exits
-        self.proc: Optional[multiprocessing.process.BaseProcess] = None
+        self.proc: Optional[forking.Worker] = None
         self.pipe: Optional[WorkerChannel] = None  # the master's end of the worker's Pipe, non-blocking
         self.started = 0.0  # monotonic start of the current worker
         self.last_heard = 0.0  # monotonic: the worker's last message (or its start)
         self.kill_reason = ""  # why the master killed the current worker (hung): its crash says so
+        self.tally: Optional[SessionTable] = None  # the table counting it as live, while in it
         self.phase = Phase.WAITING
         self.restarts = 0
         self.crashes = 0  # since the last stable minute
@@ -131,6 +133,19 @@ class Session:
         self.waiters: list[Waiter] = []  # `stop --wait` callers
         self.then_register: Optional[Registration] = None  # registered again while finishing
         self.is_blocked = False  # failed on a blocked file: retried only when asked (blocked())
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: Phase) -> None:
+        """Into or out of FAILED moves its owner's live count (session_table.py)."""
+        if self.tally is not None:
+            self.tally.count(self, -1)
+        self._phase = phase
+        if self.tally is not None:
+            self.tally.count(self, +1)
 
     @property
     def alive(self) -> bool:
@@ -149,15 +164,13 @@ class Session:
 class Sessions:
     """Every session of this master, by (owner, external_id), and everything that happens to them."""
 
-    def __init__(self, settings: Settings, tenancy, selector: selectors.BaseSelector, timers,
-                 inherited_fds: Callable[[], list[int]]):
+    def __init__(self, settings: Settings, tenancy, selector: selectors.BaseSelector, timers):
         self.settings = settings
         self.tenancy = tenancy
         self.selector = selector
         self.timers = timers  # call_later(delay, fn) -> entry; cancel(entry)
-        self.inherited_fds = inherited_fds  # the master's fds a new worker must shed
         self.ctx = multiprocessing.get_context(START_METHOD)
-        self.table: dict[tuple[int, str], Session] = {}
+        self.table: SessionTable = SessionTable()  # (owner, external_id) -> Session
         self.stopping = False  # shutdown: no new sessions, no restarts
         self.on_slot_freed: Callable[[int], None] = lambda owner: None  # adoption.py: a session ended
         # metrics.py: every report (counts, reachability), and what a status row adds from them
@@ -180,7 +193,8 @@ class Sessions:
         return [s for s in self.table.values() if self.tenancy.may_see(viewer, s.owner)]
 
     def live_count(self, owner: int) -> int:
-        return sum(1 for s in self.table.values() if s.owner == owner and s.phase != Phase.FAILED)
+        """`owner`'s sessions that are not FAILED (what max_sessions_per_user caps)."""
+        return self.table.live_count(owner)
 
     def owned_by(self, owner: int) -> bool:
         return any(s.owner == owner for s in self.table.values())
@@ -313,10 +327,8 @@ class Sessions:
             provider=session.provider, model=session.model, restarts=session.restarts, finish_reason=session.finish_reason,
             end_hook_input=session.end_hook_input, config_dir=session.config_dir, run_id=session.run_id)
         master_end, worker_end = self.ctx.Pipe(duplex=True)
-        inherited = self.inherited_fds() + [master_end.fileno()]
         worker_main = importlib.import_module(WORKER_MODULE).worker_main  # preloaded: no import here
-        proc = self.ctx.Process(target=worker_main, name=f"confabd-worker {session.external_id}",
-                                args=(spec, worker_end, inherited))
+        proc = forking.Worker(worker_main, (spec, worker_end))  # it sheds every fd but its own
         try:
             # Collect garbage, then freeze what is left, so the child's collector never
             # writes to (and so copies) the pages it shares with the master.

@@ -1,7 +1,7 @@
 """The contract between the master and a session worker.
 
-The master forks one process per session with `confabd.worker.worker_main(spec, conn,
-inherited_fds)` as its target, where `conn` is the worker's end of a
+The master forks one process per session (confabd.forking) with
+`confabd.worker.worker_main(spec, conn)` as its target, where `conn` is the worker's end of a
 `multiprocessing.Pipe()`; `run_worker(spec, conn)` is the same without the
 post-fork clean-up (what the tests start).
 

@@ -205,6 +205,54 @@ def test_50_sessions_at_once_all_synced(cfd):
         assert_exactly_once(backend, eid, cfd.transcript(eid))
 
 
+def _open_files(pid: int) -> dict[int, tuple[str, int]]:
+    """fd -> (what it is, its access mode) of a process, from /proc."""
+    files = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                flags = int(next(line for line in f if line.startswith("flags:")).split()[1], 8)
+        except (OSError, StopIteration):
+            continue  # closed meanwhile
+        files[int(name)] = (link, flags & os.O_ACCMODE)
+    return files
+
+
+def test_a_worker_keeps_none_of_the_masters_fds(cfd):
+    """Listener, connections, other workers' pipes, pidfds, epoll, pidfile: a worker keeps
+    none of them; only stdio (the log) and its own exit pipe's write end are shared with the
+    master. Bug: every worker kept the write end of a multiprocessing pipe per elder sibling
+    (which no selector knew of, so the list of fds to shed missed them)."""
+    master = cfd.master()
+    claudes = [cfd.claude() for _ in range(3)]  # parents: the master holds a pidfd for each
+    held = socket.socket(socket.AF_UNIX)  # a connection the master holds open meanwhile
+    try:
+        held.connect(str(cfd.socket))
+        for i, claude in enumerate(claudes):
+            cfd.transcript(f"fds-{i}").write_bytes(b"")
+            code, _, err = claude.hook("session-start", cfd.payload(f"fds-{i}"))
+            assert code == 0, err
+        pid = wait_until(lambda: (s := cfd.session("fds-2")) and s["worker_pid"])
+        # it has reported: past worker_main's shedding
+        wait_until(lambda: cfd.session("fds-2")["state"] in ("waiting", "syncing"))
+        ours, theirs = _open_files(master.pid), _open_files(pid)
+        shared_links = {link for link, _ in ours.values()}
+        log = ours[1][0]
+        master_read_pipes = {link for link, mode in ours.values() if link.startswith("pipe:") and mode == os.O_RDONLY}
+        kept = {}
+        for fd, (link, mode) in theirs.items():
+            if link.startswith("anon_inode:") or (link in shared_links and link not in ("/dev/null", log)):
+                kept[fd] = (link, mode)
+        exit_pipes = {fd: v for fd, v in kept.items() if v[0] in master_read_pipes and v[1] == os.O_WRONLY}
+        assert len(exit_pipes) == 1, (kept, ours)  # its exit pipe: the master's end reads
+        leaked = {fd: v for fd, v in kept.items() if fd not in exit_pipes}
+        assert leaked == {}, f"the worker keeps master fds {leaked}; the master has {ours}"
+        assert theirs[0][0] == "/dev/null", theirs
+    finally:
+        held.close()
+
+
 def test_20_concurrent_hook_calls_for_one_session_give_one_worker(cfd):
     """No master yet: the hooks race to auto-start one; exactly one master, one worker."""
     backend, eid = cfd.backend, "same-session"
