@@ -97,7 +97,7 @@ MASTER_ONLY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")  # sy
 
 
 def worker_main(spec: api.WorkerSpec, conn) -> None:
-    """The master's Process target: the first code in a freshly forked worker.
+    """The target of the master's forking.Worker: the first code in a freshly forked worker.
 
     Everything a worker must shed or become, in one place: the master's signal
     setup, its systemd variables, its fds, then (system mode) root itself.
