@@ -27,6 +27,11 @@ from typing import Callable, Optional
 _kept: tuple[int, ...] = ()  # in a worker: this module's fds it must not close
 
 
+def sigterm_ready() -> None:
+    """In a worker, once its SIGTERM handler is set: SIGTERM may come now (see Worker.start)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 def kept_fds() -> tuple[int, ...]:
     """In a worker: the fds the launcher gave it (its end of the exit pipe)."""
     return _kept
@@ -41,17 +46,25 @@ class Worker:
         self._exitcode: Optional[int] = None
 
     def start(self) -> None:
-        """Fork; the child runs target(*args) and exits with its sys.exit code (1 on an exception)."""
+        """Fork; the child runs target(*args) and exits with its sys.exit code (1 on an exception).
+
+        The child starts with SIGTERM blocked, and its target unblocks it once it has its own
+        handler (`sigterm_ready`): a SIGTERM sent meanwhile (a shutdown right after the fork)
+        waits for that handler, rather than killing the child with the master's disposition
+        or reaching the master's handler, which does nothing in a child."""
         exit_r, exit_w = os.pipe()  # both close-on-exec; fork keeps them
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(exit_r)
             os.close(exit_w)
             raise
         if pid == 0:
             os.close(exit_r)
             os._exit(_run_child(self.target, self.args, exit_w))
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(exit_w)
         self.pid, self.sentinel = pid, exit_r
 

@@ -225,6 +225,7 @@ class SessionWorker:
     def run(self) -> int:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        forking.sigterm_ready()  # blocked since the fork: one sent meanwhile is handled now
         try:
             if not self._start_state():
                 return api.EXIT_DONE

@@ -68,3 +68,35 @@ def test_the_child_knows_its_exit_pipe_and_reads_nothing_from_our_stdin():
     assert worker.exitcode == 0 and stdin == "/dev/null"
     assert len(eval(kept)) == 1  # its end of the exit pipe, which the master's sentinel reads
     worker.close()
+
+
+def _handle_sigterm_late(ready_w: int):
+    """Say "forked", wait (with a deadline) until the parent's SIGTERM is pending, then handle it."""
+    os.write(ready_w, b"x")
+    deadline = time.monotonic() + 30
+    while signal.SIGTERM not in signal.sigpending():
+        if time.monotonic() > deadline:
+            sys.exit(2)
+        time.sleep(0.01)
+    got = []
+    signal.signal(signal.SIGTERM, lambda *_: got.append(1))
+    forking.sigterm_ready()
+    sys.exit(0 if got else 3)
+
+
+def test_a_sigterm_sent_before_the_worker_has_its_handler_waits_for_it():
+    """A shutdown right after a fork: the SIGTERM neither kills the child nor is lost (it was both)."""
+    ready_r, ready_w = os.pipe()
+    worker = forking.Worker(_handle_sigterm_late, (ready_w,))
+    worker.start()
+    os.close(ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        worker.terminate()
+        worker.join(30)
+        assert worker.exitcode == 0
+    finally:
+        os.close(ready_r)
+        worker.kill()
+        worker.join(5)
+        worker.close()
