@@ -445,7 +445,6 @@ class Sessions:
         for session in list(self.table.values()):
             if session.proc is not None and session.proc.exitcode is not None:
                 self.worker_exited(session)
-        multiprocessing.active_children()  # joins any other finished child
 
     def worker_exited(self, session: Session) -> None:
         proc = session.proc
