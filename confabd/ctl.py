@@ -81,7 +81,8 @@ def hook(args):
     sys.stdout.write(HOOK_RESPONSE + "\n")
     sys.stdout.flush()
     event = args[0] if len(args) == 1 else ""
-    try:
+
+    def body():
         if provider != "claude-code":
             raise HookError(f"unknown --provider {provider!r} (expected claude-code, codex, cursor or opencode)")
         if event in ("session-start", "user-prompt-submit"):
@@ -93,13 +94,8 @@ def hook(args):
         else:
             raise HookError("usage: confabctl hook session-start|session-end|user-prompt-submit "
                             f"(got {' '.join(args)!r})")
-    except HookError as exc:
-        err(f"hook {event or '?'}: {exc}")
-    except BaseException as exc:  # noqa: BLE001 - a hook must never fail Claude Code
-        if isinstance(exc, SystemExit) and not exc.code:
-            return 0
-        err(f"hook {event or '?'}: unexpected {type(exc).__name__}: {exc}")
-    return 0
+
+    return guarded_hook("", event, body)
 
 
 def hook_provider(args):
@@ -118,15 +114,16 @@ def hook_provider(args):
 
 def guarded_hook(provider, event, body):
     """Run one agent's hook `body()`: whatever happens, say why on stderr and exit 0 (a hook must
-    never fail the agent that runs it)."""
+    never fail the agent that runs it). `provider` "": Claude Code's, said without --provider."""
+    where = f"hook {event or '?'}" + (f" --provider {provider}" if provider else "")
     try:
         body()
     except HookError as exc:
-        err(f"hook {event or '?'} --provider {provider}: {exc}")
+        err(f"{where}: {exc}")
     except BaseException as exc:  # noqa: BLE001 - a hook must never fail its agent
         if isinstance(exc, SystemExit) and not exc.code:
             return 0
-        err(f"hook {event or '?'} --provider {provider}: unexpected {type(exc).__name__}: {exc}")
+        err(f"{where}: unexpected {type(exc).__name__}: {exc}")
     return 0
 
 
